@@ -1,0 +1,145 @@
+"""``petstab``: the command line of PETStabilityDenoise.
+
+    petstab denoise --pet P --mr M --out DIR    fit DIP, write the four volumes and run.json
+    petstab blend --run DIR --alpha A           re-blend a finished run, no new fit
+    petstab simulate --out DIR                  write a simulated brain PET/MR case
+    petstab demo                                simulate, denoise and plot a low-dose case
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .validation import InputError
+
+log = logging.getLogger("petstab")
+
+
+def _add_dip_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("DIP settings (override the preset)")
+    group.add_argument("--preset", default="paper", help="paper (200/5/100), fast or tiny; default: paper")
+    group.add_argument("--epochs", type=int, help="epochs N")
+    group.add_argument("--interval", type=int, help="stability sampling interval M")
+    group.add_argument("--start", type=int, help="first sampled epoch m")
+    group.add_argument("--optimizer", choices=("lbfgs", "adam"))
+    group.add_argument("--learning-rate", type=float)
+    group.add_argument("--input-mode", choices=("mr", "mr+pet", "noise"),
+                       help="network input: the MR (default), MR and PET as two channels, or fixed noise")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA if available)")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def _dip_config(args: argparse.Namespace):
+    from .presets import get_preset
+
+    return get_preset(
+        args.preset, epochs=args.epochs, interval=args.interval, start=args.start, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, input_mode=args.input_mode, device=args.device, seed=args.seed,
+        threads=args.threads,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petstab", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("denoise", help="denoise a PET volume with stability-map conditional DIP")
+    p.add_argument("--pet", required=True, type=Path, help="noisy PET: NIfTI, NRRD, MHA or a DICOM series folder")
+    p.add_argument("--mr", type=Path, help="the subject's MR, registered to the PET (any grid); omit for plain DIP")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--alpha", type=float, default=0.6, help="blend strength (default 0.6; 0 = DIP output)")
+    p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "mha"), help="output file format")
+    p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"),
+                   help="bar: a progress bar on stderr; jsonl: one JSON object per epoch on stdout")
+    _add_dip_arguments(p)
+
+    p = commands.add_parser("blend", help="re-blend a finished run at a new alpha, with no new fit")
+    p.add_argument("--run", required=True, type=Path, help="a folder written by 'petstab denoise'")
+    p.add_argument("--alpha", required=True, type=float)
+
+    p = commands.add_parser("simulate", help="simulate a brain FDG PET/MR case with known truth")
+    p.add_argument("--labels", type=Path, help="tissue label volume (BrainWeb labels); default: the bundled subject 04")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1], help="dose fractions")
+    p.add_argument("--lesions", type=int, default=3, help="PET-only hot lesions (absent from the MR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "mha"))
+
+    p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
+    p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
+    p.add_argument("--dose", type=float, default=0.1, help="dose fraction of the simulated case (default 1/10)")
+    p.add_argument("--alpha", type=float, default=0.6)
+    p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"))
+    _add_dip_arguments(p)
+    p.set_defaults(preset="fast")
+    return parser
+
+
+def run_denoise(args: argparse.Namespace) -> int:
+    from .pipeline import denoise
+    from .progress import make_reporter
+    from .run_folder import write_run
+    from .volume_io import read_volume
+
+    pet = read_volume(args.pet)
+    mr = read_volume(args.mr) if args.mr else None
+    if mr is None:
+        log.warning("No --mr given: running the original (unconditional) DIP from random noise")
+    config = _dip_config(args)
+    with make_reporter(args.progress) as report:
+        result = denoise(pet, mr, config, alpha=args.alpha, progress=report)
+    paths = write_run(result, args.out, args.format, config=config, pet_path=args.pet, mr_path=args.mr)
+    log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_blend(args: argparse.Namespace) -> int:
+    from .run_folder import reblend_run
+
+    paths = reblend_run(args.run, args.alpha)
+    log.info("Re-blended at alpha %g: %s", args.alpha, ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from .simulation import SimulationConfig, bundled_labels_path, simulate_case
+
+    labels = sitk.ReadImage(str(args.labels or bundled_labels_path()))
+    case = simulate_case(labels, SimulationConfig(doses=tuple(args.doses), n_lesions=args.lesions, seed=args.seed))
+    paths = case.write(args.out, fmt=args.format)
+    log.info("Wrote %d files to %s", len(paths), args.out)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    demo(args.out, dose=args.dose, config=_dip_config(args), alpha=args.alpha, progress=args.progress)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    command = {"denoise": run_denoise, "blend": run_blend, "simulate": run_simulate, "demo": run_demo}
+    try:
+        return command[args.command](args)
+    except (InputError, ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

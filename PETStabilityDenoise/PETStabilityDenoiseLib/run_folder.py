@@ -1,0 +1,100 @@
+"""The output folder of one denoising run: fixed file names plus ``run.json``.
+
+Scripts and the Slicer worker rely on these names:
+``denoised``, ``network_output``, ``stability``, ``stability_norm`` (each
+``.<fmt>``) and ``run.json`` (parameters, versions, device, timings, loss per
+epoch, number of stability samples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from pathlib import Path
+from typing import Optional
+
+import SimpleITK as sitk
+
+from . import __version__
+from .dip import DIPConfig
+from .geometry import grids_match
+from .pipeline import DenoiseResult, blend_images
+from .validation import InputError
+from .volume_io import output_path, read_volume, write_volume
+
+RUN_FILE = "run.json"
+VOLUME_NAMES = ("denoised", "network_output", "stability", "stability_norm")
+
+
+def package_versions() -> dict:
+    import monai
+    import numba
+    import numpy
+    import torch
+
+    return {"petstabilitydenoise": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "monai": monai.__version__, "numpy": numpy.__version__, "SimpleITK": sitk.Version_VersionString(),
+            "numba": numba.__version__, "cuda": torch.version.cuda}
+
+
+def write_run(
+    result: DenoiseResult,
+    out_dir: Path,
+    fmt: str,
+    *,
+    config: DIPConfig,
+    pet_path: Path,
+    mr_path: Optional[Path],
+) -> dict:
+    """Writes the four volumes and run.json into ``out_dir``; returns name -> path."""
+    out_dir = Path(out_dir)
+    volumes = {"denoised": result.denoised, "network_output": result.network_output,
+               "stability": result.stability, "stability_norm": result.stability_norm}
+    paths = {name: write_volume(image, output_path(out_dir, name, fmt)) for name, image in volumes.items()}
+    record = {
+        "pet": str(Path(pet_path).resolve()),
+        "mr": str(Path(mr_path).resolve()) if mr_path else None,
+        "format": fmt,
+        "alpha": result.alpha,
+        "stability_mean": result.stability_mean,
+        "stability_mean_region": "head mask",
+        "n_samples": result.n_samples,
+        "sample_epochs": result.dip.sample_epochs,
+        "config": dataclasses.asdict(config),
+        "device": result.dip.device,
+        "timings": result.info["timings"],
+        "loss_per_epoch": result.dip.loss_history,
+        "fit_shape": result.info["fit_shape"],
+        "mr_resampled": result.info["mr_resampled"],
+        "versions": package_versions(),
+        "outputs": {name: path.name for name, path in paths.items()},
+    }
+    paths["run"] = out_dir / RUN_FILE
+    paths["run"].write_text(json.dumps(record, indent=2))
+    return paths
+
+
+def reblend_run(run_dir: Path, alpha: float) -> dict:
+    """Re-blends a finished run at ``alpha``: rewrites denoised and stability_norm, updates run.json.
+
+    The original PET is read from the path that run.json records.
+    """
+    run_dir = Path(run_dir)
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise InputError(f"{run_file} not found: --run must be a folder written by 'petstab denoise'")
+    record = json.loads(run_file.read_text())
+    fmt = record["format"]
+    pet = read_volume(record["pet"])
+    network_output = read_volume(output_path(run_dir, "network_output", fmt))
+    stability = read_volume(output_path(run_dir, "stability", fmt))
+    if not grids_match(pet, network_output, tol=1e-4):
+        raise InputError(f"the PET at {record['pet']} no longer matches this run's grid; "
+                         "it was moved or changed since the run: re-run 'petstab denoise'")
+    denoised, stability_norm = blend_images(pet, network_output, stability, alpha, record["stability_mean"])
+    paths = {"denoised": write_volume(denoised, output_path(run_dir, "denoised", fmt)),
+             "stability_norm": write_volume(stability_norm, output_path(run_dir, "stability_norm", fmt))}
+    record["alpha"] = alpha
+    run_file.write_text(json.dumps(record, indent=2))
+    return paths
