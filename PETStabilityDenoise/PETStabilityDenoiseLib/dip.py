@@ -135,6 +135,8 @@ def fit_dip(
     mask: Optional[np.ndarray] = None,
     progress: Optional[Callable[[EpochReport], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    output_epochs: Sequence[int] = (),
+    on_output: Optional[Callable[[int, np.ndarray], None]] = None,
 ) -> DIPResult:
     """Fits the conditional DIP to ``pet`` and returns its output and stability map.
 
@@ -147,6 +149,9 @@ def fit_dip(
             positive voxels).
         progress: called after every epoch with an :class:`EpochReport`.
         should_stop: polled every epoch; True raises :class:`Cancelled`.
+        output_epochs, on_output: ``on_output(epoch, image)`` receives the
+            network output (PET units) at each of these epochs, e.g. to
+            compare early stopping points from one fit.
     """
     if pet.ndim != 3:
         raise ValueError(f"fit_dip needs a 3D volume; got shape {pet.shape}")
@@ -171,6 +176,14 @@ def fit_dip(
 
     wanted = set(sample_epochs(config.epochs, config.interval, config.start))
     stability = WelfordAccumulator()
+    requested = set(output_epochs) if on_output is not None else set()
+
+    def _record(epoch: int, output: torch.Tensor) -> None:
+        if epoch in wanted:
+            stability.update(output)
+        if epoch in requested:
+            on_output(epoch, output[0, 0].float().cpu().numpy() * pet_scale)
+
     losses: list = []
     t_fit = time.perf_counter()
 
@@ -189,8 +202,7 @@ def fit_dip(
             return loss
 
         loss = optimizer.step(closure)
-        if epoch - 1 in wanted:
-            stability.update(first_output[0])
+        _record(epoch - 1, first_output[0])
         losses.append(float(loss.detach()))
         if not np.isfinite(losses[-1]):
             raise FloatingPointError(
@@ -205,8 +217,7 @@ def fit_dip(
 
     with torch.no_grad():
         final = net(net_input)
-    if config.epochs in wanted:
-        stability.update(final)
+    _record(config.epochs, final)
     t_end = time.perf_counter()
 
     return DIPResult(

@@ -231,17 +231,17 @@ def head_mask(
     Air voxels cost U-Net compute for nothing and, being near zero, drag down the
     mean of the stability map that conditions the DIP, so we crop to the head.
     Steps: light Gaussian smoothing (noise spikes in air would otherwise pass the
-    threshold), threshold at ``threshold_fraction`` of the 99.5th percentile (robust
-    to a few hot voxels), optional union with MR above ``mr_threshold_fraction`` of
-    its 99th percentile (scalp/skull have little PET uptake), largest connected
-    component (drops the bed, head rest and stray blobs), then hole filling
+    threshold), threshold at ``threshold_fraction`` of the smoothed maximum (a
+    percentile would shift with the amount of air in the field of view), optional
+    union with the smoothed MR above ``mr_threshold_fraction`` of its maximum
+    (scalp/skull have little PET uptake), largest connected component (drops the bed, head rest and stray blobs), then hole filling
     (low-uptake ventricles and sinuses are still head).
     """
     smoothed = ndimage.gaussian_filter(np.asarray(pet, dtype=np.float32), sigma=sigma_voxels)
-    high = float(np.percentile(smoothed, 99.5))
+    high = float(smoothed.max())
     if high <= 0.0:
         raise InputError(
-            "PET has no positive signal in its brightest voxels, so no head mask can be "
+            "PET has no positive signal, so no head mask can be "
             "found; check the intensity scaling of the PET volume."
         )
     mask = smoothed > threshold_fraction * high
@@ -251,13 +251,14 @@ def head_mask(
                 f"MR shape {mr.shape} differs from PET shape {pet.shape}; resample the MR "
                 "onto the PET grid first (resample_to_reference)."
             )
-        mr_high = float(np.percentile(mr, 99.0))
+        mr_smoothed = ndimage.gaussian_filter(np.asarray(mr, dtype=np.float32), sigma=sigma_voxels)
+        mr_high = float(mr_smoothed.max())
         if mr_high > 0.0:
-            mask |= np.asarray(mr) > mr_threshold_fraction * mr_high
+            mask |= mr_smoothed > mr_threshold_fraction * mr_high
         else:
             logger.warning("MR has no positive signal; using the PET alone for the head mask.")
 
-    # Never empty: the voxels at or above the 99.5th percentile pass the threshold.
+    # Never empty: the smoothed maximum passes the threshold.
     labels, _ = ndimage.label(mask)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0  # background label

@@ -1,0 +1,132 @@
+"""The numerical engine: blend, stability schedule, Welford accumulator, DIP fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from PETStabilityDenoiseLib.blend import blend
+from PETStabilityDenoiseLib.dip import DIPConfig, fit_dip
+from PETStabilityDenoiseLib.stability import WelfordAccumulator, sample_epochs
+
+TINY = DIPConfig(epochs=8, interval=2, start=2, channels=(4, 8), num_res_units=1)
+
+
+def test_blend_matches_hand_computed_values():
+    x0 = np.array([1, 2, 3, 4], np.float32)
+    net = np.array([2, 2, 2, 2], np.float32)
+    s = np.array([0, 1, 2, 5], np.float32)
+    # mean(S) = 2, alpha 0.5: S_norm = min(0.25 S, 1) = 0, 0.25, 0.5, 1
+    # x = S_norm x0 + (1 - S_norm) f = 2, 0.25*2+0.75*2, 0.5*3+0.5*2, 4
+    x, s_norm = blend(x0, net, s, 0.5)
+    np.testing.assert_allclose(s_norm, [0, 0.25, 0.5, 1.0])
+    np.testing.assert_allclose(x, [2.0, 2.0, 2.5, 4.0])
+    # An explicit mean(S) replaces the whole-volume mean: 1.0 -> S_norm = min(0.5 S, 1)
+    x, s_norm = blend(x0, net, s, 0.5, stability_mean=1.0)
+    np.testing.assert_allclose(s_norm, [0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(x, [2.0, 2.0, 3.0, 4.0])
+
+
+def test_blend_limits_and_buffers():
+    rng = np.random.default_rng(0)
+    x0, net = (rng.random((6, 7, 8), dtype=np.float32) for _ in range(2))
+    s = rng.random((6, 7, 8), dtype=np.float32)
+    s[0] = 0
+    out, norm = np.empty_like(x0), np.empty_like(x0)
+    x, s_norm = blend(x0, net, s, 0.0, out=out, stability_norm_out=norm)
+    assert x is out and s_norm is norm
+    np.testing.assert_array_equal(x, net)
+    x, _ = blend(x0, net, s, 1e9, out=out, stability_norm_out=norm)
+    np.testing.assert_array_equal(x[s > 0], x0[s > 0])
+    np.testing.assert_array_equal(x[s == 0], net[s == 0])
+
+
+def test_blend_rejects_bad_arguments():
+    a = np.ones((2, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="one shape"):
+        blend(a, a, np.ones((2, 2, 3), np.float32), 0.6)
+    with pytest.raises(ValueError, match="alpha"):
+        blend(a, a, a, -1.0)
+    with pytest.raises(ValueError, match="float32"):
+        blend(a.astype(np.float64), a, a, 0.6)
+
+
+@pytest.mark.parametrize(
+    "epochs, interval, start, expected",
+    [(200, 5, 100, list(range(100, 201, 5))), (200, 5, 101, list(range(105, 201, 5))), (10, 3, 0, [0, 3, 6, 9])],
+)
+def test_sample_epochs(epochs, interval, start, expected):
+    assert sample_epochs(epochs, interval, start) == expected
+    assert len(sample_epochs(200, 5, 100)) == 21
+
+
+def test_schedule_errors():
+    with pytest.raises(ValueError):
+        sample_epochs(10, 0, 0)
+    with pytest.raises(ValueError, match="after the last epoch"):
+        DIPConfig(epochs=50, start=100)
+
+
+def test_welford_matches_numpy():
+    rng = np.random.default_rng(3)
+    samples = rng.normal(5, 2, (7, 3, 4, 5)).astype(np.float32)
+    acc = WelfordAccumulator()
+    for sample in samples:
+        acc.update(torch.from_numpy(sample))
+    assert acc.count == 7
+    np.testing.assert_allclose(acc.std().numpy(), samples.std(axis=0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(acc.mean.numpy(), samples.mean(axis=0), rtol=1e-6)
+
+
+def _blob(shape=(16, 16, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    clean = 1.0 + 2.0 * (((z - 8) ** 2 + (y - 8) ** 2 + (x - 8) ** 2) < 20)
+    return (clean + rng.normal(0, 0.3, shape)).astype(np.float32), clean.astype(np.float32) * 10
+
+
+def test_stability_map_equals_std_of_stored_snapshots():
+    pet, mr = _blob()
+    stored = {}
+    result = fit_dip(pet, mr, TINY, output_epochs=sample_epochs(8, 2, 2),
+                     on_output=lambda epoch, image: stored.__setitem__(epoch, image.copy()))
+    assert sorted(stored) == [2, 4, 6, 8] == result.sample_epochs
+    assert result.n_samples == 4
+    expected = np.std(np.stack([stored[e] for e in sorted(stored)]), axis=0, ddof=1)
+    np.testing.assert_allclose(result.stability, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.network_output, stored[8], rtol=1e-6)
+    assert expected.max() > 0
+
+
+def test_same_seed_same_output_on_cpu():
+    pet, mr = _blob()
+    a = fit_dip(pet, mr, TINY.replace(seed=5))
+    b = fit_dip(pet, mr, TINY.replace(seed=5))
+    c = fit_dip(pet, mr, TINY.replace(seed=6))
+    np.testing.assert_array_equal(a.network_output, b.network_output)
+    np.testing.assert_array_equal(a.stability, b.stability)
+    assert a.loss_history == b.loss_history
+    assert not np.array_equal(a.network_output, c.network_output)
+
+
+@pytest.mark.parametrize("mode", ["mr", "mr+pet", "noise"])
+def test_input_modes_and_optimizers(mode):
+    pet, mr = _blob()
+    for optimizer in ("lbfgs", "adam"):
+        result = fit_dip(pet, None if mode == "noise" else mr,
+                         TINY.replace(input_mode=mode, optimizer=optimizer, learning_rate=0.01))
+        assert result.network_output.shape == pet.shape
+        assert np.isfinite(result.network_output).all() and result.n_samples == 4
+        assert len(result.loss_history) == TINY.epochs
+
+
+def test_fit_dip_rejects_bad_shapes_and_modes():
+    pet, mr = _blob((15, 16, 16))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        fit_dip(pet, mr, TINY)
+    pet, mr = _blob()
+    with pytest.raises(ValueError, match="MR shape"):
+        fit_dip(pet, mr[:, :, :8], TINY)
+    with pytest.raises(ValueError, match="needs an MR"):
+        fit_dip(pet, None, TINY)
