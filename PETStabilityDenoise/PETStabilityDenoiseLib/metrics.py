@@ -1,0 +1,60 @@
+"""Image-quality metrics of METHOD.md section 4, on numpy arrays and boolean-like masks of the same shape."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _region(image: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    """Voxel values of ``image`` inside ``mask``, after checking that the mask fits and selects something."""
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if mask.shape != image.shape:
+        raise ValueError(f"{name} mask shape {mask.shape} does not match image shape {image.shape}")
+    values = image[mask.astype(bool)]
+    if values.size == 0:
+        raise ValueError(f"{name} mask is empty")
+    return values.astype(np.float64)
+
+
+def _nonzero(value: float, name: str) -> float:
+    if value == 0:
+        raise ValueError(f"{name} mean is zero")
+    return value
+
+
+def peak_to_valley_ratio(image: np.ndarray, peak_masks: Sequence[np.ndarray], valley_mask: np.ndarray) -> float:
+    """Mean of the peak ROI means divided by the valley ROI mean."""
+    if len(peak_masks) == 0:
+        raise ValueError("no peak masks given")
+    peaks = [_region(image, m, f"peak {i}").mean() for i, m in enumerate(peak_masks)]
+    valley = _nonzero(_region(image, valley_mask, "valley").mean(), "valley")
+    return float(np.mean(peaks) / valley)
+
+
+def wm_noise(image: np.ndarray, wm_mask: np.ndarray) -> tuple[float, float]:
+    """(standard deviation, coefficient of variation std/mean) inside the (eroded) white-matter mask."""
+    values = _region(image, wm_mask, "white-matter")
+    std = float(values.std())
+    return std, std / _nonzero(float(values.mean()), "white-matter")
+
+
+def roi_bias(image: np.ndarray, reference: np.ndarray, roi_mask: np.ndarray) -> float:
+    """Relative bias of the ROI mean against the reference: (mean - mean_ref) / mean_ref."""
+    if np.shape(reference) != np.shape(image):
+        raise ValueError(f"reference shape {np.shape(reference)} does not match image shape {np.shape(image)}")
+    ref = _nonzero(float(_region(reference, roi_mask, "ROI").mean()), "reference ROI")
+    return float((_region(image, roi_mask, "ROI").mean() - ref) / ref)
+
+
+def contrast_recovery(
+    image: np.ndarray, lesion_mask: np.ndarray, background_mask: np.ndarray, true_ratio: float
+) -> float:
+    """Hot-lesion contrast recovery: (lesion mean / background mean - 1) / (true ratio - 1)."""
+    if true_ratio == 1:
+        raise ValueError("true ratio must differ from 1")
+    lesion = _region(image, lesion_mask, "lesion").mean()
+    background = _nonzero(float(_region(image, background_mask, "lesion background").mean()), "lesion background")
+    return float((lesion / background - 1.0) / (true_ratio - 1.0))
