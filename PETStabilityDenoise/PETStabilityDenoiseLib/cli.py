@@ -77,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.6)
     p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"))
     _add_dip_arguments(p)
-    p.set_defaults(preset="fast")
     return parser
 
 

@@ -36,7 +36,7 @@ class DIPConfig:
     interval: int = 5
     start: int = 100
     optimizer: OptimizerName = "lbfgs"
-    learning_rate: float = 0.5
+    learning_rate: float = 1.0
     inner_iterations: int = 1
     history_size: int = 10
     line_search: Optional[str] = None
