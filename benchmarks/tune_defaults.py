@@ -101,7 +101,6 @@ def main() -> None:
         fit_s = time.perf_counter() - t
         net = sitk.GetArrayFromImage(res.network_output)
         s = sitk.GetArrayFromImage(res.stability)
-        head = np.ones_like(s, bool) if "head" not in score.masks else score.masks["head"]
         s_ratio = {region: float(s[score.masks[key]].mean() / res.stability_mean)
                    for region, key in (("wm", "wm_eroded"), ("gm", "gm"), ("lesions", "lesions"),
                                        ("peaks", "peak_left"))}
@@ -118,7 +117,7 @@ def main() -> None:
             "config": {k: v for k, v in vars(config).items()}, "fit_s": fit_s, "final_loss": res.dip.loss_history[-1],
             "stability_mean_head": res.stability_mean, "stability_mean_fov": float(s.mean()),
             "s_over_mean": s_ratio, "blend": blends, "blend_fov_mean_alpha0.6": score(x_fov),
-            "head_voxels": int(head.sum()),
+            "head_voxels": int(score.masks["head"].sum()),
         }
         op = blends[6]
         print(f"{name}: {fit_s:.0f} s | DIP cov {blends[0]['wm_cov']:.3f} pvr {blends[0]['pvr']:.3f} "

@@ -106,9 +106,8 @@ def denoise(
                   progress=progress, should_stop=should_stop)
 
     # Outside the crop there is only air: the output there is the input, with S = 0.
-    network_output = undo_crop_pad(dip.network_output, plan, fill=0.0)
-    outside = undo_crop_pad(np.ones(dip.network_output.shape, np.float32), plan, fill=0.0) == 0
-    network_output[outside] = pet_array[outside]
+    network_output = undo_crop_pad(dip.network_output, plan, fill=np.nan)
+    np.copyto(network_output, pet_array, where=np.isnan(network_output))
     stability = undo_crop_pad(dip.stability, plan, fill=0.0)
     # mean(S) over the head, not the field of view: alpha then means the same
     # thing whatever the crop, padding or amount of air (METHOD.md §5).
