@@ -8,7 +8,8 @@ import torch
 
 from PETStabilityDenoiseLib.blend import blend
 from PETStabilityDenoiseLib.dip import DIPConfig, fit_dip
-from PETStabilityDenoiseLib.stability import WelfordAccumulator, sample_epochs
+from PETStabilityDenoiseLib.config import sample_epochs
+from PETStabilityDenoiseLib.stability import WelfordAccumulator
 
 TINY = DIPConfig(epochs=8, interval=2, start=2, channels=(4, 8), num_res_units=1)
 

@@ -13,7 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]

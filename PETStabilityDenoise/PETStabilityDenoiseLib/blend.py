@@ -15,17 +15,32 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import numba
 import numpy as np
 
+try:
+    import numba
+except ImportError:
+    numba = None
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _blend_kernel(x0, net, stability, scale, out, stability_norm):  # pragma: no cover - compiled
-    for i in numba.prange(x0.size):
-        weight = min(stability[i] * scale, np.float32(1.0))
-        stability_norm[i] = weight
-        # x = f + S_norm * (x0 - f): the two-weight form with one multiply fewer.
-        out[i] = net[i] + weight * (x0[i] - net[i])
+
+def _blend_numpy(x0, net, stability, scale, out, stability_norm):
+    np.multiply(stability, scale, out=stability_norm)
+    np.minimum(stability_norm, np.float32(1.0), out=stability_norm)
+    # x = f + S_norm * (x0 - f): the two-weight form with one multiply fewer.
+    np.subtract(x0, net, out=out)
+    out *= stability_norm
+    out += net
+
+
+if numba is not None:
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def _blend_kernel(x0, net, stability, scale, out, stability_norm):  # pragma: no cover - compiled
+        for i in numba.prange(x0.size):
+            weight = min(stability[i] * scale, np.float32(1.0))
+            stability_norm[i] = weight
+            out[i] = net[i] + weight * (x0[i] - net[i])
+else:
+    _blend_kernel = _blend_numpy
 
 
 def _flat_float32(array: np.ndarray, label: str) -> np.ndarray:

@@ -13,58 +13,16 @@ U-Net accepts (see ``pipeline.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .network import build_unet, required_multiple
-from .stability import WelfordAccumulator, sample_epochs
-
-InputMode = Literal["mr", "mr+pet", "noise"]
-OptimizerName = Literal["lbfgs", "adam"]
-
-
-@dataclass(frozen=True)
-class DIPConfig:
-    """Everything that defines one DIP fit. Defaults are documented in docs/DEFAULTS.md."""
-
-    epochs: int = 200
-    interval: int = 5
-    start: int = 100
-    optimizer: OptimizerName = "lbfgs"
-    learning_rate: float = 1.0
-    inner_iterations: int = 1
-    history_size: int = 10
-    line_search: Optional[str] = None
-    channels: Tuple[int, ...] = (16, 32, 64, 128)
-    num_res_units: int = 2
-    input_mode: InputMode = "mr"
-    seed: int = 0
-    device: str = "auto"
-    threads: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        sample_epochs(self.epochs, self.interval, self.start)  # validates the schedule
-        if self.start > self.epochs:
-            raise ValueError(f"start ({self.start}) is after the last epoch ({self.epochs}): S would have no samples")
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"optimizer must be 'lbfgs' or 'adam'; got {self.optimizer!r}")
-        if self.input_mode not in ("mr", "mr+pet", "noise"):
-            raise ValueError(f"input_mode must be 'mr', 'mr+pet' or 'noise'; got {self.input_mode!r}")
-        if self.learning_rate <= 0 or self.inner_iterations < 1 or self.history_size < 1:
-            raise ValueError("learning_rate must be > 0, inner_iterations and history_size >= 1")
-
-    def replace(self, **changes) -> "DIPConfig":
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def size_multiple(self) -> int:
-        return required_multiple(self.channels)
-
+from .config import DIPConfig, InputMode, sample_epochs
+from .network import build_unet
+from .stability import WelfordAccumulator
 
 @dataclass(frozen=True)
 class EpochReport:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -29,8 +28,3 @@ def build_unet(
         strides=(2,) * (len(channels) - 1),
         num_res_units=num_res_units,
     )
-
-
-def required_multiple(channels: Sequence[int]) -> int:
-    """Each spatial size must be divisible by this for the U-Net's skip connections to align."""
-    return int(math.pow(2, len(channels) - 1))

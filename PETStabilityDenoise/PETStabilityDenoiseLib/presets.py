@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .dip import DIPConfig
+from .config import DIPConfig
 
 PRESETS: dict = {
     # The paper's schedule (200 epochs, M=5, m=100) with the measured defaults.

@@ -12,11 +12,15 @@ from tqdm import tqdm
 from .dip import EpochReport
 
 
+def report_as_dict(report: EpochReport) -> dict:
+    """The fields of one progress line, shared by ``--progress jsonl`` and the Slicer worker."""
+    return {"epoch": report.epoch, "epochs": report.epochs, "loss": report.loss,
+            "elapsed": round(report.elapsed_s, 3), "eta": round(report.eta_s, 3), "samples": report.samples}
+
+
 def report_as_json(report: EpochReport) -> str:
-    """One line of the ``--progress jsonl`` protocol (the Slicer worker reads these)."""
-    return json.dumps({"epoch": report.epoch, "epochs": report.epochs, "loss": report.loss,
-                       "elapsed": round(report.elapsed_s, 3), "eta": round(report.eta_s, 3),
-                       "samples": report.samples})
+    """One line of the ``--progress jsonl`` protocol."""
+    return json.dumps(report_as_dict(report))
 
 
 @contextlib.contextmanager

@@ -29,13 +29,14 @@ VOLUME_NAMES = ("denoised", "network_output", "stability", "stability_norm")
 
 def package_versions() -> dict:
     import monai
-    import numba
     import numpy
     import torch
 
+    from .blend import numba
+
     return {"petstabilitydenoise": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "monai": monai.__version__, "numpy": numpy.__version__, "SimpleITK": sitk.Version_VersionString(),
-            "numba": numba.__version__, "cuda": torch.version.cuda}
+            "numba": numba.__version__ if numba else None, "cuda": torch.version.cuda}
 
 
 def write_run(

@@ -48,15 +48,3 @@ class WelfordAccumulator:
         if self.count < 2:
             return torch.zeros_like(self._m2)
         return torch.sqrt(self._m2 / (self.count - 1))
-
-
-def sample_epochs(epochs: int, interval: int, start: int) -> list[int]:
-    """Epochs n in [start, epochs] with n % interval == 0: where S is sampled.
-
-    Epoch n means the weights after n optimiser epochs (n = 0: the initial
-    weights). The paper's 200 / 5 / 100 gives 21 samples: 100, 105, ..., 200.
-    """
-    if epochs < 1 or interval < 1 or start < 0:
-        raise ValueError(f"need epochs >= 1, interval >= 1, start >= 0; got {epochs}, {interval}, {start}")
-    first = -(-start // interval) * interval
-    return list(range(first, epochs + 1, interval))

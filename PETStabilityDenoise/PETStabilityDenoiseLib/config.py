@@ -1,0 +1,70 @@
+"""The settings of one DIP fit and its sampling schedule.
+
+Kept free of torch so that the Slicer panel and the logic can list presets
+and check settings without loading the deep-learning stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence, Tuple
+
+InputMode = Literal["mr", "mr+pet", "noise"]
+OptimizerName = Literal["lbfgs", "adam"]
+
+
+@dataclass(frozen=True)
+class DIPConfig:
+    """Everything that defines one DIP fit. Defaults are documented in docs/DEFAULTS.md."""
+
+    epochs: int = 200
+    interval: int = 5
+    start: int = 100
+    optimizer: OptimizerName = "lbfgs"
+    learning_rate: float = 1.0
+    inner_iterations: int = 1
+    history_size: int = 10
+    line_search: Optional[str] = None
+    channels: Tuple[int, ...] = (16, 32, 64, 128)
+    num_res_units: int = 2
+    input_mode: InputMode = "mr"
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        sample_epochs(self.epochs, self.interval, self.start)  # validates the schedule
+        if self.start > self.epochs:
+            raise ValueError(f"start ({self.start}) is after the last epoch ({self.epochs}): S would have no samples")
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"optimizer must be 'lbfgs' or 'adam'; got {self.optimizer!r}")
+        if self.input_mode not in ("mr", "mr+pet", "noise"):
+            raise ValueError(f"input_mode must be 'mr', 'mr+pet' or 'noise'; got {self.input_mode!r}")
+        if self.learning_rate <= 0 or self.inner_iterations < 1 or self.history_size < 1:
+            raise ValueError("learning_rate must be > 0, inner_iterations and history_size >= 1")
+
+    def replace(self, **changes) -> "DIPConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def size_multiple(self) -> int:
+        return required_multiple(self.channels)
+
+
+def sample_epochs(epochs: int, interval: int, start: int) -> list[int]:
+    """Epochs n in [start, epochs] with n % interval == 0: where S is sampled.
+
+    Epoch n means the weights after n optimiser epochs (n = 0: the initial
+    weights). The paper's 200 / 5 / 100 gives 21 samples: 100, 105, ..., 200.
+    """
+    if epochs < 1 or interval < 1 or start < 0:
+        raise ValueError(f"need epochs >= 1, interval >= 1, start >= 0; got {epochs}, {interval}, {start}")
+    first = -(-start // interval) * interval
+    return list(range(first, epochs + 1, interval))
+
+
+def required_multiple(channels: Sequence[int]) -> int:
+    """Each spatial size must be divisible by this for the U-Net's skip connections to align."""
+    return int(math.pow(2, len(channels) - 1))
