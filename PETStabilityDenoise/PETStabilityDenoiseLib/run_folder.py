@@ -12,16 +12,18 @@ import dataclasses
 import json
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import SimpleITK as sitk
 
 from . import __version__
-from .dip import DIPConfig
+from .config import DIPConfig
 from .geometry import grids_match
-from .pipeline import DenoiseResult, blend_images
 from .validation import InputError
 from .volume_io import output_path, read_volume, write_volume
+
+if TYPE_CHECKING:
+    from .pipeline import DenoiseResult
 
 RUN_FILE = "run.json"
 VOLUME_NAMES = ("denoised", "network_output", "stability", "stability_norm")
@@ -40,7 +42,7 @@ def package_versions() -> dict:
 
 
 def write_run(
-    result: DenoiseResult,
+    result: "DenoiseResult",
     out_dir: Path,
     fmt: str,
     *,
@@ -81,6 +83,8 @@ def reblend_run(run_dir: Path, alpha: float) -> dict:
 
     The original PET is read from the path that run.json records.
     """
+    from .pipeline import blend_images
+
     run_dir = Path(run_dir)
     run_file = run_dir / RUN_FILE
     if not run_file.is_file():

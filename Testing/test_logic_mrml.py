@@ -1,0 +1,254 @@
+"""The Slicer logic on a real MRML scene (``slicer-core`` wheel): geometry, outputs, blend, cancel, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+import vtk  # noqa: E402 - after the skip: vtk comes with slicer-core
+
+from PETStabilityDenoiseLib.logic import InputError, PETStabilityDenoiseLogic, WorkerFailed  # noqa: E402
+from PETStabilityDenoiseLib.mrml_volumes import node_to_image  # noqa: E402
+
+TINY = dict(preset="tiny", device="cpu", seed=0)
+
+
+def add_node_from_image(scene, image: sitk.Image, name: str):
+    """A volume node with the image's voxels and geometry (LPS -> RAS), built independently of the logic."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    flip = np.diag([-1.0, -1.0, 1.0])
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = flip @ direction @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = flip @ np.array(image.GetOrigin())
+    vtk_matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtk_matrix.SetElement(r, c, matrix[r, c])
+    node.SetIJKToRASMatrix(vtk_matrix)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    return node
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+@pytest.fixture()
+def scene():
+    scene = slicer.vtkMRMLScene()
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)
+    colors.AddDefaultColorNodes()
+    slicer.mrmlScene = scene
+    yield scene
+    slicer.mrmlScene = None
+
+
+@pytest.fixture()
+def pet_mr_nodes(scene, small_pet_mr):
+    pet_image, mr_image, _ = small_pet_mr
+    return add_node_from_image(scene, pet_image, "PET"), add_node_from_image(scene, mr_image, "MR")
+
+
+def volume_node_ids(scene) -> set:
+    return {scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetID()
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))}
+
+
+def test_node_to_image_keeps_geometry_and_applies_parent_transform(scene, small_pet_mr):
+    pet_image = small_pet_mr[0]
+    node = add_node_from_image(scene, pet_image, "PET")
+    image = node_to_image(node, "PET")
+    np.testing.assert_allclose(image.GetOrigin(), pet_image.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(image.GetSpacing(), pet_image.GetSpacing(), atol=1e-12)
+    np.testing.assert_allclose(image.GetDirection(), pet_image.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(pet_image))
+
+    before = ijk_to_ras(node)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 10.0)  # 10 mm to the right (RAS x), i.e. -10 mm in LPS x
+    transform.SetMatrixTransformToParent(shift)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    moved = node_to_image(node, "PET")
+    np.testing.assert_allclose(np.array(moved.GetOrigin()) - image.GetOrigin(), [-10.0, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_array_equal(ijk_to_ras(node), before)
+
+
+def test_process_outputs_carry_the_pet_geometry_and_set_alpha_follows_the_blend(scene, pet_mr_nodes, tmp_path):
+    pet, mr = pet_mr_nodes
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Subject"), "Study")
+    hierarchy.CreateItem(study, pet)
+    pet_before, mr_before = slicer.util.arrayFromVolume(pet).copy(), slicer.util.arrayFromVolume(mr).copy()
+    pet_matrix_before = ijk_to_ras(pet)
+    reports = []
+
+    logic = PETStabilityDenoiseLogic(temp_root=str(tmp_path))
+    result = logic.process(pet, mr, alpha=0.6, wait=True, progress=reports.append, **TINY)
+
+    assert [r.epoch for r in reports] == list(range(1, 7))
+    assert list(tmp_path.iterdir()) == [], "the temporary run folder must be removed"
+    outputs = {"denoised": result.denoisedNode, "network output": result.networkOutputNode,
+               "stability": result.stabilityNode, "normalized stability": result.normalizedStabilityNode}
+    for suffix, node in outputs.items():
+        assert node.GetName() == f"PET {suffix}"
+        np.testing.assert_array_equal(ijk_to_ras(node), ijk_to_ras(pet))
+        assert node.GetImageData().GetDimensions() == pet.GetImageData().GetDimensions()
+        assert np.isfinite(slicer.util.arrayFromVolume(node)).all()
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(pet), pet_before)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(mr), mr_before)
+    np.testing.assert_array_equal(ijk_to_ras(pet), pet_matrix_before)
+    assert result.runInfo["n_samples"] == 3 and result.stabilityMean > 0
+
+    x0 = pet_before.astype(np.float64)
+    f = slicer.util.arrayFromVolume(result.networkOutputNode).astype(np.float64)
+    s = slicer.util.arrayFromVolume(result.stabilityNode).astype(np.float64)
+    for alpha in (0.4, 2.5):
+        logic.setAlpha(result, alpha)
+        s_norm = np.minimum(alpha * s / result.stabilityMean, 1.0)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(result.normalizedStabilityNode), s_norm, rtol=1e-5)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(result.denoisedNode), s_norm * x0 + (1 - s_norm) * f,
+                                   rtol=1e-5, atol=1e-5 * np.abs(x0).max())
+    logic.setAlpha(result, 0.0)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.denoisedNode),
+                                  slicer.util.arrayFromVolume(result.networkOutputNode))
+    with pytest.raises(InputError, match="alpha"):
+        logic.setAlpha(result, -1.0)
+
+
+def test_show_result_sets_colours_and_overlay(scene, pet_mr_nodes, tmp_path):
+    pet, mr = pet_mr_nodes
+    composites = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    logic = PETStabilityDenoiseLogic(temp_root=str(tmp_path))
+    result = logic.process(pet, mr, wait=True, **TINY)
+
+    logic.showResult(result, overlay="stability_norm", opacity=0.3)
+    for composite in composites:
+        assert composite.GetBackgroundVolumeID() == result.denoisedNode.GetID()
+        assert composite.GetForegroundVolumeID() == result.normalizedStabilityNode.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    assert "PET" in result.denoisedNode.GetDisplayNode().GetColorNodeID()
+    assert "Heat" in result.stabilityNode.GetDisplayNode().GetColorNodeID()
+    assert result.normalizedStabilityNode.GetDisplayNode().GetWindowLevelMax() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="overlay"):
+        logic.showResult(result, overlay="S")
+
+
+def nested_launcher(args, cwd):
+    """Starts the worker through an intermediate Python process, as PythonSlicer's launcher does."""
+    wrapper = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", wrapper, *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_cancel_mid_run_kills_the_process_tree_and_adds_nothing(scene, pet_mr_nodes, tmp_path):
+    pet, mr = pet_mr_nodes
+    nodes_before = volume_node_ids(scene)
+    first_epoch, ended = threading.Event(), []
+    logic = PETStabilityDenoiseLogic(launcher=nested_launcher, temp_root=str(tmp_path))
+    handle = logic.process(pet, mr, wait=False, progress=lambda report: first_epoch.set(),
+                           finished=ended.append, preset="tiny", device="cpu", epochs=5000, start=4990)
+    assert first_epoch.wait(120), "the worker never reported an epoch"
+    launcher_process = psutil.Process(handle._worker.pid)
+    tree = [launcher_process] + launcher_process.children(recursive=True)
+    assert len(tree) == 2 and logic.isRunning
+
+    logic.cancel()
+
+    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"processes left running after cancel: {alive}"
+    assert handle.state == "cancelled" and not logic.isRunning
+    assert ended == [handle]
+    assert volume_node_ids(scene) == nodes_before
+    assert list(tmp_path.iterdir()) == []
+    time.sleep(0.3)  # a late poll from the scheduler thread must not add anything either
+    assert volume_node_ids(scene) == nodes_before
+
+
+def scripted_launcher(script: str):
+    """A launcher that runs ``script`` instead of the worker, to stand in for a crashing worker."""
+    def launch(args, cwd):
+        return subprocess.Popen([sys.executable, "-c", script], cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return launch
+
+
+def test_worker_crash_raises_with_its_last_log_lines(scene, pet_mr_nodes, tmp_path):
+    pet, mr = pet_mr_nodes
+    nodes_before = volume_node_ids(scene)
+    crash = "import sys; print('loading the network'); print('Segmentation fault in libfoo', file=sys.stderr); sys.exit(7)"
+    logic = PETStabilityDenoiseLogic(launcher=scripted_launcher(crash), temp_root=str(tmp_path))
+    with pytest.raises(WorkerFailed, match="exit code 7") as failure:
+        logic.process(pet, mr, wait=True, **TINY)
+    assert "Segmentation fault in libfoo" in str(failure.value)
+    assert "Segmentation fault in libfoo" in failure.value.log_tail
+    assert volume_node_ids(scene) == nodes_before and list(tmp_path.iterdir()) == []
+
+
+def test_worker_out_of_memory_suggests_cpu_or_smaller_preset(scene, pet_mr_nodes, tmp_path):
+    pet, mr = pet_mr_nodes
+    from PETStabilityDenoiseLib.worker import GPU_MEMORY_ADVICE
+
+    line = json.dumps({"event": "error", "kind": "out_of_memory", "message": GPU_MEMORY_ADVICE})
+    logic = PETStabilityDenoiseLogic(launcher=scripted_launcher(f"import sys; print({line!r}); sys.exit(3)"),
+                                     temp_root=str(tmp_path))
+    finished = threading.Event()
+    handle = logic.process(pet, mr, wait=False, finished=lambda h: finished.set(), **TINY)
+    assert finished.wait(30)
+    assert handle.state == "failed" and isinstance(handle.error, WorkerFailed)
+    assert handle.error.kind == "out_of_memory"
+    assert "'cpu'" in str(handle.error) and "smaller preset" in str(handle.error)
+
+
+def test_worker_input_error_comes_back_as_input_error(scene, pet_mr_nodes, tmp_path):
+    pet, _ = pet_mr_nodes
+    line = json.dumps({"event": "error", "kind": "input", "message": "PET is all zeros; load the emission image"})
+    logic = PETStabilityDenoiseLogic(launcher=scripted_launcher(f"import sys; print({line!r}); sys.exit(2)"),
+                                     temp_root=str(tmp_path))
+    with pytest.raises(InputError, match="all zeros"):
+        logic.process(pet, None, wait=True, **TINY)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="unet"), "unknown method"),
+    (dict(alpha=-0.1), "alpha"),
+    (dict(alpha=float("nan")), "alpha"),
+    (dict(preset="huge"), "unknown preset"),
+    (dict(epochs_total=10), "unknown engine parameter"),
+    (dict(epochs=10, start=20), "start"),
+])
+def test_bad_arguments_are_rejected_before_any_work(scene, pet_mr_nodes, tmp_path, kwargs, message):
+    pet, mr = pet_mr_nodes
+    nodes_before = volume_node_ids(scene)
+    logic = PETStabilityDenoiseLogic(temp_root=str(tmp_path))
+    with pytest.raises(InputError, match=message):
+        logic.process(pet, mr, wait=True, **{**TINY, **kwargs})
+    assert volume_node_ids(scene) == nodes_before and list(tmp_path.iterdir()) == []
+
+
+def test_missing_or_non_scalar_inputs_are_rejected(scene, pet_mr_nodes, tmp_path):
+    pet, _ = pet_mr_nodes
+    logic = PETStabilityDenoiseLogic(temp_root=str(tmp_path))
+    with pytest.raises(InputError, match="no PET volume selected"):
+        logic.process(None, None, **TINY)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(InputError, match="no image data"):
+        logic.process(empty, None, **TINY)
+    transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    pet.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(InputError, match="non-linear transform"):
+        logic.process(pet, None, **TINY)

@@ -1,0 +1,101 @@
+"""The background worker's protocol and the caller's side of it, without Slicer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from PETStabilityDenoiseLib import blend as blend_module
+from PETStabilityDenoiseLib import worker
+from PETStabilityDenoiseLib.worker_process import WorkerProcess, parse_event
+
+
+def protocol_lines(text: str) -> list:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_worker_writes_the_run_folder_and_reports_json_lines(small_pet_mr, tmp_path):
+    pet, mr, _ = small_pet_mr
+    sitk.WriteImage(pet, str(tmp_path / "pet.nrrd"))
+    sitk.WriteImage(mr, str(tmp_path / "mr.nrrd"))
+    completed = subprocess.run(
+        [sys.executable, "-m", "PETStabilityDenoiseLib.worker", "--pet", str(tmp_path / "pet.nrrd"),
+         "--mr", str(tmp_path / "mr.nrrd"), "--out", str(tmp_path / "out"), "--preset", "tiny",
+         "--parameters", json.dumps({"device": "cpu", "epochs": 4, "start": 2})],
+        capture_output=True, text=True, timeout=300, cwd=Path(worker.__file__).parent.parent)
+    assert completed.returncode == 0, completed.stderr
+    events = protocol_lines(completed.stdout)
+    assert [e["epoch"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
+    assert {"loss", "elapsed", "eta", "samples", "epochs"} <= set(events[0])
+    assert events[-1]["event"] == "done"
+    for name, file_name in events[-1]["outputs"].items():
+        output = sitk.ReadImage(str(tmp_path / "out" / file_name))
+        assert output.GetSize() == pet.GetSize()
+        np.testing.assert_allclose(output.GetDirection(), pet.GetDirection(), atol=1e-9)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["config"]["epochs"] == 4
+
+
+def test_worker_reports_bad_parameters_as_input_error(small_pet_mr, tmp_path, capsys):
+    sitk.WriteImage(small_pet_mr[0], str(tmp_path / "pet.nrrd"))
+    code = worker.main(["--pet", str(tmp_path / "pet.nrrd"), "--out", str(tmp_path / "out"),
+                        "--parameters", "{epochs: 3}"])
+    assert code == worker.EXIT_INPUT_ERROR
+    event = protocol_lines(capsys.readouterr().out)[-1]
+    assert event["event"] == "error" and event["kind"] == "input" and "not valid JSON" in event["message"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_worker_turns_gpu_out_of_memory_into_advice(small_pet_mr, tmp_path, capsys, monkeypatch):
+    sitk.WriteImage(small_pet_mr[0], str(tmp_path / "pet.nrrd"))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("PETStabilityDenoiseLib.pipeline.denoise", out_of_memory)
+    code = worker.main(["--pet", str(tmp_path / "pet.nrrd"), "--out", str(tmp_path / "out"), "--preset", "tiny"])
+    assert code == worker.EXIT_OUT_OF_MEMORY
+    event = protocol_lines(capsys.readouterr().out)[-1]
+    assert event["kind"] == "out_of_memory"
+    assert "'cpu'" in event["message"] and "smaller preset" in event["message"] and "2.00 GiB" in event["message"]
+
+
+def test_parse_event_separates_protocol_from_log_text():
+    assert parse_event('{"event": "progress", "epoch": 1}') == {"event": "progress", "epoch": 1}
+    assert parse_event('{"epoch": 1}') is None  # JSON, but not a protocol line
+    assert parse_event("{not json") is None
+    assert parse_event("INFO petstab: resampled MR") is None
+
+
+def test_worker_process_collects_events_and_log_tail():
+    script = ("import json, sys\n"
+              "print('warming up')\n"
+              "print(json.dumps({'event': 'progress', 'epoch': 1}), flush=True)\n"
+              "print('a warning', file=sys.stderr)\n")
+    process = WorkerProcess([sys.executable, "-c", script], cwd=".")
+    process._process.wait(30)
+    process._reader.join(30)
+    assert process.finished() and process.returncode == 0
+    assert process.events() == [{"event": "progress", "epoch": 1}]
+    assert process.events() == []
+    assert process.log_tail() == ["warming up", "a warning"]
+
+
+def test_numpy_fallback_blend_matches_the_kernel():
+    rng = np.random.default_rng(3)
+    x0, net, stability = (rng.random((5, 6, 7), dtype=np.float32) for _ in range(3))
+    expected = [np.empty_like(x0) for _ in range(2)]
+    got = [np.empty_like(x0) for _ in range(2)]
+    blend_module._blend_kernel(x0.ravel(), net.ravel(), stability.ravel(), np.float32(1.7),
+                               expected[0].ravel(), expected[1].ravel())
+    blend_module._blend_numpy(x0.ravel(), net.ravel(), stability.ravel(), np.float32(1.7),
+                              got[0].ravel(), got[1].ravel())
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert (got[1] <= 1).all() and (got[1] == 1).any()
