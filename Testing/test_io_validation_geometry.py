@@ -378,3 +378,15 @@ def test_head_mask_fills_holes_and_drops_stray_blobs():
     mr = np.where(radius < 17, 1.0, 0.0)
     assert head_mask(pet, mr)[20, 20, 36]
     assert not head_mask(pet)[20, 20, 36]
+
+
+def test_validate_mr_has_no_sign_rule_but_still_rejects_nan_and_constant(pet_array):
+    z_scored = (pet_array - 0.8 * pet_array.max()) / pet_array.std()  # mostly negative, as a z-scored MR can be
+    with pytest.raises(InputError, match="difference image"):
+        validate_volume(z_scored, "PET")
+    validate_volume(z_scored, "MR", activity=False)
+    z_scored[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        validate_volume(z_scored, "MR", activity=False)
+    with pytest.raises(InputError, match="constant"):
+        validate_volume(np.full_like(pet_array, -1.0), "MR", activity=False)

@@ -292,7 +292,7 @@ class PETStabilityDenoiseLogic:
         mr_image = None
         if mrNode is not None:
             mr_image = node_to_image(mrNode, "MR")
-            validate_volume(mr_image, "MR")
+            validate_volume(mr_image, "MR", activity=False)
         pet_array = np.array(volume_array(petNode, "PET"), dtype=np.float32)
 
         temp_dir = Path(tempfile.mkdtemp(prefix="PETStabilityDenoise-", dir=self.temp_root))

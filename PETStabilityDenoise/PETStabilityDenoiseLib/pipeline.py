@@ -92,7 +92,7 @@ def denoise(
             log.info("No MR given: running the original DIP from a fixed random-noise input")
             config = config.replace(input_mode="noise")
     else:
-        validate_volume(mr, "MR")
+        validate_volume(mr, "MR", activity=False)
         mr_array = sitk.GetArrayFromImage(resample_to_reference(mr, pet, name="MR")).astype(np.float32)
 
     mask = head_mask(pet_array, mr_array)

@@ -41,12 +41,16 @@ def validate_volume(
     max_voxels: int = 512**3,
     min_dimension: int = MIN_DIMENSION,
     max_spacing_mm: float = MAX_SPACING_MM,
+    activity: bool = True,
 ) -> None:
     """Check that ``array_or_image`` is a plausible single 3D activity volume.
 
     Accepts a ``SimpleITK.Image`` (dimension, components, spacing and values
     are checked) or a numpy array in (z, y, x) order (shape and values only).
-    Returns quietly on success; raises :class:`InputError` otherwise.
+    ``activity=False`` is for the MR: its intensities have no sign
+    convention (a z-scored MR is mostly negative), so only finiteness and
+    non-constancy are checked. Returns quietly on success; raises
+    :class:`InputError` otherwise.
     """
     if isinstance(array_or_image, sitk.Image):
         _check_image_header(array_or_image, name, max_spacing_mm)
@@ -67,7 +71,7 @@ def validate_volume(
             f"{name} has pixel type {array.dtype}, which is not a real-valued intensity; "
             "export the volume as integer or floating-point activity values."
         )
-    _check_values(array, name)
+    _check_values(array, name, activity)
 
 
 def _check_image_header(image: sitk.Image, name: str, max_spacing_mm: float) -> None:
@@ -119,7 +123,7 @@ def _check_shape(shape: tuple[int, ...], name: str, max_voxels: int, min_dimensi
         )
 
 
-def _check_values(array: np.ndarray, name: str) -> None:
+def _check_values(array: np.ndarray, name: str, activity: bool) -> None:
     finite = np.isfinite(array)
     n_bad = int(array.size - np.count_nonzero(finite))
     if n_bad:
@@ -135,6 +139,8 @@ def _check_values(array: np.ndarray, name: str) -> None:
             f"{name} volume is {what}; check that the right file or series was selected "
             "and that the export did not drop the pixel data."
         )
+    if not activity:
+        return
     if vmax <= 0.0:
         raise InputError(
             f"{name} volume has no positive values (range [{vmin:g}, {vmax:g}]); "
