@@ -1,0 +1,102 @@
+"""Requirement parsing, missing-package detection and the constraints that protect Slicer's own packages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from PETStabilityDenoiseLib import dependencies as deps
+
+REQUIREMENTS_TXT = Path(__file__).resolve().parents[1] / "PETStabilityDenoise" / "Resources" / "requirements.txt"
+
+INSTALLED = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "vtk": "9.4.0", "monai": "1.3.2", "psutil": "6.0.0"}
+
+
+def fake_version(name: str):
+    return INSTALLED.get(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "requirements.txt"
+    path.write_text(text)
+    return path
+
+
+def test_read_requirements_skips_comments_and_blank_lines(tmp_path):
+    path = write(tmp_path, "# header\n\nmonai>=1.4  # the engine\n  psutil>=5.9\nscikit-image[data]>=0.21\n")
+    assert [str(r) for r in deps.read_requirements(path)] == ["monai>=1.4", "psutil>=5.9", "scikit-image[data]>=0.21"]
+
+
+def test_bad_line_error_names_file_line_and_text(tmp_path):
+    path = write(tmp_path, "monai>=1.4\nnot a requirement!\n")
+    with pytest.raises(ValueError, match=r"requirements\.txt, line 2: 'not a requirement!'"):
+        deps.read_requirements(path)
+
+
+def test_pip_options_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="line 1"):
+        deps.read_requirements(write(tmp_path, "-r other.txt\n"))
+
+
+@pytest.mark.parametrize("line", ["numpy>=2", "SimpleITK", "simpleitk==2.5", "VTK", "torch>=2.3"])
+def test_protected_packages_are_refused(tmp_path, line):
+    with pytest.raises(ValueError, match="must not be listed"):
+        deps.read_requirements(write(tmp_path, f"monai>=1.4\n{line}\n"))
+
+
+def test_missing_outdated_and_satisfied():
+    requirements = [Requirement(r) for r in ("monai>=1.4", "psutil>=5.9", "numba>=0.59", "monai<2")]
+    missing = deps.missing_requirements(requirements, installed_version=fake_version)
+    # monai 1.3.2 is too old for the first, fine for the last; numba is not installed; psutil is satisfied.
+    assert [str(r) for r in missing] == ["monai>=1.4", "numba>=0.59"]
+
+
+def test_prerelease_satisfies_a_floor():
+    missing = deps.missing_requirements([Requirement("monai>=1.4")], installed_version={"monai": "1.5.0rc1"}.get)
+    assert missing == []
+
+
+def test_requirements_whose_marker_does_not_apply_are_skipped():
+    requirement = Requirement(f'numba>=0.59; python_version < "{sys.version_info.major}.0"')
+    assert deps.missing_requirements([requirement], installed_version=fake_version) == []
+
+
+def test_default_lookup_sees_this_environment():
+    assert deps.installed_version("packaging") is not None
+    assert deps.installed_version("no-such-package-petstab") is None
+
+
+def test_constraints_pin_every_installed_protected_package(tmp_path):
+    path = deps.write_constraints(tmp_path / "sub" / "constraints.txt", installed_version=fake_version)
+    pins = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    # torch is not installed here, so it is not pinned; the others are, to the installed version.
+    assert pins == ["numpy==1.26.4", "SimpleITK==2.4.0", "vtk==9.4.0"]
+    for pin in pins:
+        Requirement(pin)
+
+
+def test_pip_arguments_put_the_constraints_first(tmp_path):
+    missing = [Requirement("monai>=1.4"), Requirement('numba>=0.59; python_version >= "3"')]
+    constraints = tmp_path / "c.txt"
+    assert deps.pip_arguments(missing, constraints) == ["-c", str(constraints), "monai>=1.4", "numba>=0.59"]
+
+
+def test_install_hint_names_packages_and_commands(tmp_path):
+    hint = deps.format_install_hint([Requirement("monai>=1.4"), Requirement("numba")], tmp_path / "c.txt")
+    assert "monai>=1.4, numba" in hint
+    assert f"slicer.util.pip_install(['-c', {str(tmp_path / 'c.txt')!r}, 'monai>=1.4', 'numba'])" in hint
+    assert f'PythonSlicer -m pip install "-c" "{tmp_path / "c.txt"}" "monai>=1.4" "numba"' in hint
+
+
+def test_install_hint_without_constraints_and_with_nothing_missing():
+    assert "slicer.util.pip_install(['monai>=1.4'])" in deps.format_install_hint([Requirement("monai>=1.4")])
+    assert "installed" in deps.format_install_hint([])
+
+
+def test_bundled_requirements_parse_and_name_no_protected_package():
+    requirements = deps.read_requirements(REQUIREMENTS_TXT)
+    assert requirements
+    assert not any(deps.is_protected(r.name) for r in requirements)
