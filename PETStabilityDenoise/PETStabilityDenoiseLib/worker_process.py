@@ -15,8 +15,6 @@ import subprocess
 import threading
 from typing import Callable, List, Optional, Sequence
 
-import psutil
-
 Launcher = Callable[[List[str], str], subprocess.Popen]
 
 # How long a killed process tree may take to go away; the panel promises 2 s.
@@ -97,6 +95,9 @@ class WorkerProcess:
         Killing the launched process alone is not enough: inside Slicer it is a
         launcher whose child is the real Python worker.
         """
+        # Imported here: Slicer does not ship psutil, and the panel must open before it is installed.
+        import psutil
+
         try:
             root = psutil.Process(self._process.pid)
             tree = root.children(recursive=True) + [root]
