@@ -35,8 +35,7 @@ def onFinished(handle):
     result = handle.result
     # Re-blending is instant and needs no new run: it rewrites the denoised node's voxels in place.
     logic.setAlpha(result, 0.4)
-    slicer.util.setSliceViewerLayers(background=result.denoisedNode, foreground=result.stabilityNode,
-                                     foregroundOpacity=0.4)
+    logic.showResult(result, overlay="stability", opacity=0.4)
     print(f"Done: {result.denoisedNode.GetName()} (alpha {result.alpha}). Try logic.setAlpha(result, 1.0).")
 
 
