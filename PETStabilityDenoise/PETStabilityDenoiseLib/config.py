@@ -53,6 +53,18 @@ class DIPConfig:
         return required_multiple(self.channels)
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """What a progress callback receives once per epoch (in this process, or from the worker)."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    elapsed_s: float
+    eta_s: float
+    samples: int
+
+
 def sample_epochs(epochs: int, interval: int, start: int) -> list[int]:
     """Epochs n in [start, epochs] with n % interval == 0: where S is sampled.
 

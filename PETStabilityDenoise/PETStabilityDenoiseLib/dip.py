@@ -20,21 +20,9 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .config import DIPConfig, InputMode, sample_epochs
+from .config import DIPConfig, EpochReport, InputMode, sample_epochs
 from .network import build_unet
 from .stability import WelfordAccumulator
-
-@dataclass(frozen=True)
-class EpochReport:
-    """What a progress callback receives once per epoch."""
-
-    epoch: int
-    epochs: int
-    loss: float
-    elapsed_s: float
-    eta_s: float
-    samples: int
-
 
 @dataclass
 class DIPResult:

@@ -42,6 +42,7 @@ import SimpleITK as sitk
 import slicer
 
 from .blend import blend
+from .config import EpochReport
 from .display import set_slice_layers, show_as_pet, show_as_stability
 from .mrml_volumes import add_volume_like, node_to_image, volume_array
 from .presets import get_preset
@@ -61,22 +62,6 @@ POLL_INTERVAL_S = 0.1
 LIBRARY_PARENT = Path(__file__).resolve().parent.parent
 
 Scheduler = Callable[[Callable[[], bool]], None]
-
-
-@dataclass(frozen=True)
-class ProgressReport:
-    """One epoch of progress, as the worker reports it."""
-
-    epoch: int
-    epochs: int
-    loss: float
-    elapsed_s: float
-    eta_s: float
-    samples: int
-
-    @property
-    def fraction(self) -> float:
-        return self.epoch / self.epochs if self.epochs else 0.0
 
 
 class WorkerFailed(RuntimeError):
@@ -122,7 +107,7 @@ class RunHandle:
     """
 
     def __init__(self, worker: WorkerProcess, temp_dir: Path, import_result: Callable[[Path], ProcessResult],
-                 progress: Optional[Callable[[ProgressReport], None]],
+                 progress: Optional[Callable[[EpochReport], None]],
                  finished: Optional[Callable[["RunHandle"], None]]) -> None:
         self.state = "running"
         self.result: Optional[ProcessResult] = None
@@ -165,7 +150,7 @@ class RunHandle:
     def _handle_event(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "progress" and self._progress is not None:
-            self._progress(ProgressReport(epoch=int(event["epoch"]), epochs=int(event["epochs"]),
+            self._progress(EpochReport(epoch=int(event["epoch"]), epochs=int(event["epochs"]),
                                           loss=float(event["loss"]), elapsed_s=float(event["elapsed"]),
                                           eta_s=float(event["eta"]), samples=int(event["samples"])))
         elif kind == "error":
@@ -258,7 +243,7 @@ class PETStabilityDenoiseLogic:
         return self._handle is not None and self._handle.state == "running"
 
     def process(self, petNode, mrNode=None, method: str = "dip", alpha: float = 0.6, preset: str = "fast",
-                wait: bool = True, progress: Optional[Callable[[ProgressReport], None]] = None,
+                wait: bool = True, progress: Optional[Callable[[EpochReport], None]] = None,
                 finished: Optional[Callable[[RunHandle], None]] = None, **engine_parameters):
         """Denoises ``petNode``, guided by ``mrNode`` (None: plain DIP from noise).
 
@@ -269,7 +254,7 @@ class PETStabilityDenoiseLogic:
             preset: ``paper``, ``fast`` or ``tiny`` (see presets.py).
             wait: True blocks and returns a :class:`ProcessResult` (errors raise);
                 False returns a :class:`RunHandle` at once and reports through the callbacks.
-            progress: called once per epoch with a :class:`ProgressReport`.
+            progress: called once per epoch with a :class:`EpochReport`.
             finished: called once with the :class:`RunHandle` when the run ends, however it ends.
             engine_parameters: any DIP setting (``epochs``, ``interval``, ``start``, ``device``,
                 ``seed``, ...) that overrides the preset; None keeps the preset's value.

@@ -16,7 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .blend import blend
-from .dip import DIPConfig, DIPResult, EpochReport, fit_dip
+from .config import EpochReport
+from .dip import DIPConfig, DIPResult, fit_dip
 from .geometry import (apply_crop_pad, array_to_image, grids_match, head_mask, plan_crop_pad,
                        resample_to_reference, undo_crop_pad)
 from .validation import validate_volume

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 
 from tqdm import tqdm
 
-from .dip import EpochReport
+from .config import EpochReport
 
 
 def report_as_dict(report: EpochReport) -> dict:
