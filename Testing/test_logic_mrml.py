@@ -117,7 +117,7 @@ def test_process_outputs_carry_the_pet_geometry_and_set_alpha_follows_the_blend(
     x0 = pet_before.astype(np.float64)
     f = slicer.util.arrayFromVolume(result.networkOutputNode).astype(np.float64)
     s = slicer.util.arrayFromVolume(result.stabilityNode).astype(np.float64)
-    for alpha in (0.4, 2.5):
+    for alpha in (0.4, np.float32(2.5)):
         logic.setAlpha(result, alpha)
         s_norm = np.minimum(alpha * s / result.stabilityMean, 1.0)
         np.testing.assert_allclose(slicer.util.arrayFromVolume(result.normalizedStabilityNode), s_norm, rtol=1e-5)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import shutil
 import sys
 import tempfile
@@ -363,7 +364,7 @@ class PETStabilityDenoiseLogic:
 
     @staticmethod
     def _check_alpha(alpha: float) -> None:
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha >= 0):
             raise InputError(f"alpha must be a finite number >= 0; got {alpha!r}")
 
     def setAlpha(self, result: ProcessResult, alpha: float) -> None:
