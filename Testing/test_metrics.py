@@ -66,3 +66,28 @@ def test_validation_messages():
         metrics.roi_bias(image, np.ones((3, 3)), a)
     with pytest.raises(ValueError, match="true ratio"):
         metrics.contrast_recovery(image, a, b, 1.0)
+
+
+def test_psnr_known_answer():
+    truth = np.zeros((8, 8, 8), np.float32)
+    truth[2:6, 2:6, 2:6] = 10.0
+    mask = np.ones_like(truth, bool)
+    image = truth + 1.0  # MSE 1 everywhere; peak 10 -> 20 dB
+    assert metrics.psnr(image, truth, mask) == pytest.approx(20.0)
+    assert metrics.psnr(truth, truth, mask) == float("inf")
+    inner = truth > 0  # only the cube: still MSE 1, same peak
+    assert metrics.psnr(image, truth, inner) == pytest.approx(20.0)
+
+
+def test_ssim_identity_and_degradation():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((20, 20, 20), np.float32)
+    truth[3:17, 3:17, 3:17] = 4.0  # the bounding box must hold the 11-voxel Gaussian window
+    truth[8:12, 8:12, 8:12] = 8.0
+    mask = truth > 0
+    assert metrics.ssim(truth, truth, mask) == pytest.approx(1.0)
+    noisy = truth + rng.normal(0, 1.0, truth.shape).astype(np.float32)
+    noisier = truth + rng.normal(0, 3.0, truth.shape).astype(np.float32)
+    assert 0 < metrics.ssim(noisier, truth, mask) < metrics.ssim(noisy, truth, mask) < 1
+    with pytest.raises(ValueError, match="shape"):
+        metrics.ssim(truth[:-1], truth, mask)

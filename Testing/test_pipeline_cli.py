@@ -46,6 +46,22 @@ def test_outputs_sit_exactly_on_the_pet_grid(small_pet_mr, caplog):
     assert (s == 0).any() and np.array_equal(net[s == 0], x0[s == 0])
 
 
+def test_snapshots_come_back_on_the_pet_grid(small_pet_mr):
+    pet, mr, _ = small_pet_mr
+    snapshots = {}
+    result = denoise(pet, mr, TINY, output_epochs=(3, TINY.epochs),
+                     on_output=lambda epoch, array: snapshots.__setitem__(epoch, array.copy()))
+    assert sorted(snapshots) == [3, TINY.epochs]
+    pet_array = sitk.GetArrayFromImage(pet)
+    assert snapshots[3].shape == pet_array.shape
+    np.testing.assert_allclose(snapshots[TINY.epochs], sitk.GetArrayFromImage(result.network_output), rtol=1e-6)
+    assert not np.allclose(snapshots[3], snapshots[TINY.epochs])
+    # Outside the head crop the snapshot is the input, as the final output is.
+    outside = sitk.GetArrayFromImage(result.network_output) == pet_array
+    assert outside.any() and not outside.all()
+    np.testing.assert_array_equal(snapshots[3][outside], pet_array[outside])
+
+
 def test_reblend_follows_the_formula(small_pet_mr):
     pet, mr, _ = small_pet_mr
     result = denoise(pet, mr, TINY, alpha=0.6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -72,6 +72,8 @@ def denoise(
     alpha: float = 0.6,
     progress: Optional[Callable[[EpochReport], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    output_epochs: Sequence[int] = (),
+    on_output: Optional[Callable[[int, np.ndarray], None]] = None,
 ) -> DenoiseResult:
     """Runs stability-map conditional DIP on ``pet``, guided by ``mr``.
 
@@ -83,6 +85,9 @@ def denoise(
             forced to ``'noise'``.
         alpha: blending strength of the returned ``denoised`` image.
         progress, should_stop: forwarded to :func:`fit_dip`.
+        output_epochs, on_output: ``on_output(epoch, array)`` receives the network
+            output at each of these epochs, as a (z, y, x) array on the PET grid
+            (the input outside the head crop, as for the final output).
     """
     t0 = time.perf_counter()
     validate_volume(pet, "PET")
@@ -102,13 +107,18 @@ def denoise(
                for a in (pet_array, mr_array, mask)]
     log.info("Cropped %s to the head and padded to %s", pet_array.shape, cropped[0].shape)
 
-    t_prep = time.perf_counter()
-    dip = fit_dip(cropped[0], cropped[1], config, mask=cropped[2].astype(bool),
-                  progress=progress, should_stop=should_stop)
+    def to_pet_grid(output: np.ndarray) -> np.ndarray:
+        # Outside the crop there is only air: the output there is the input (and S = 0).
+        full = undo_crop_pad(output, plan, fill=np.nan)
+        np.copyto(full, pet_array, where=np.isnan(full))
+        return full
 
-    # Outside the crop there is only air: the output there is the input, with S = 0.
-    network_output = undo_crop_pad(dip.network_output, plan, fill=np.nan)
-    np.copyto(network_output, pet_array, where=np.isnan(network_output))
+    snapshot = None if on_output is None else (lambda epoch, output: on_output(epoch, to_pet_grid(output)))
+    t_prep = time.perf_counter()
+    dip = fit_dip(cropped[0], cropped[1], config, mask=cropped[2].astype(bool), progress=progress,
+                  should_stop=should_stop, output_epochs=output_epochs, on_output=snapshot)
+
+    network_output = to_pet_grid(dip.network_output)
     stability = undo_crop_pad(dip.stability, plan, fill=0.0)
     # mean(S) over the head, not the field of view: alpha then means the same
     # thing whatever the crop, padding or amount of air (METHOD.md §5).
