@@ -4,6 +4,8 @@
     petstab blend --run DIR --alpha A           re-blend a finished run, no new fit
     petstab simulate --out DIR                  write a simulated brain PET/MR case
     petstab demo                                simulate, denoise and plot a low-dose case
+    petstab evaluate --labels-dir D --subjects 04 05 --out DIR
+                                                compare the methods on simulated cases: CSV, figures, report
 """
 
 from __future__ import annotations
@@ -77,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.6)
     p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"))
     _add_dip_arguments(p)
+
+    p = commands.add_parser("evaluate", help="compare Gaussian, non-local means, DIP and the blend on simulated "
+                                             "BrainWeb cases: CSV, figures and a report")
+    p.add_argument("--labels-dir", type=Path, help="folder of brainweb_subjectNN_labels_1mm.nii.gz files")
+    p.add_argument("--subjects", nargs="+", help="subject numbers in --labels-dir, e.g. 04 05 06 18 20")
+    p.add_argument("--labels", type=Path, nargs="+",
+                   help="label volumes (BrainWeb label values) to use as subjects; default: the bundled subject 04")
+    p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1], help="dose fractions")
+    p.add_argument("--out", type=Path, default=Path("petstab_evaluation"), help="output folder")
+    p.add_argument("--sim-seed", type=int, default=0, help="seed of the simulated noise and lesions")
+    p.add_argument("--lesions", type=int, default=3, help="PET-only lesions per subject")
+    p.add_argument("--dip-epochs", type=int, nargs="+", help="epochs at which DIP is scored (default 110 120 ... 200)")
+    p.add_argument("--nlm-h", type=float, nargs="+", help="non-local means h, as multiples of the noise estimate")
+    p.add_argument("--replot", action="store_true", help="only redraw the figures and report from the cache")
+    _add_dip_arguments(p)
     return parser
 
 
@@ -125,11 +142,46 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluation_subjects(args: argparse.Namespace) -> list:
+    from .evaluation import Subject
+    from .simulation import bundled_labels_path
+
+    if args.subjects:
+        if args.labels_dir is None:
+            raise InputError("--subjects needs --labels-dir, the folder of brainweb_subjectNN_labels_1mm.nii.gz")
+        subjects = [Subject(f"subject{n}", args.labels_dir / f"brainweb_subject{n}_labels_1mm.nii.gz")
+                    for n in args.subjects]
+    elif args.labels:
+        subjects = [Subject(path.name.split(".")[0], path) for path in args.labels]
+    else:
+        subjects = [Subject("subject04", bundled_labels_path())]
+    missing = [str(s.labels_path) for s in subjects if not s.labels_path.is_file()]
+    if missing:
+        raise InputError(f"label volume(s) not found: {', '.join(missing)}")
+    return subjects
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import StudySettings, run_evaluation
+
+    overrides = {name: tuple(value) for name, value in (("dip_epochs", args.dip_epochs),
+                                                        ("nlm_h_factors", args.nlm_h)) if value}
+    settings = StudySettings(doses=tuple(args.doses), dip=_dip_config(args), seed=args.sim_seed,
+                             n_lesions=args.lesions, **overrides)
+    report = run_evaluation(evaluation_subjects(args), settings, args.out, replot=args.replot,
+                            command=args.command_line, progress=log.info)
+    log.info("Report: %s", report)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["petstab", *argv])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    command = {"denoise": run_denoise, "blend": run_blend, "simulate": run_simulate, "demo": run_demo}
+    command = {"denoise": run_denoise, "blend": run_blend, "simulate": run_simulate, "demo": run_demo,
+               "evaluate": run_evaluate}
     try:
         return command[args.command](args)
     except (InputError, ValueError, FileNotFoundError) as error:

@@ -1,0 +1,6 @@
+"""The evaluation study of ``petstab evaluate``: the paper's comparison on simulated brain PET (docs/EVALUATION.md)."""
+
+from .report import run_evaluation
+from .study import StudySettings, Subject
+
+__all__ = ["StudySettings", "Subject", "run_evaluation"]
