@@ -148,7 +148,7 @@ def best_psnr(rows: List[dict], doses: Sequence[float]) -> List[str]:
 
 
 def write_report(rows: List[dict], subjects: Sequence[Subject], settings: StudySettings, out_dir: Path,
-                 figures: Dict[str, Path], timings: Dict[str, dict], command: str) -> Path:
+                 figures: Dict[str, Path], timings: Dict[str, dict], command: str, replot: bool) -> Path:
     doses = list(settings.doses)
     op = settings.operating_points()
     total_s = sum(t["total_s"] for t in timings.values())
@@ -157,7 +157,8 @@ def write_report(rows: List[dict], subjects: Sequence[Subject], settings: StudyS
         f"Subjects: {', '.join(s.name for s in subjects)}. Doses: {', '.join(plots.dose_title(d) for d in doses)}. "
         f"Simulation seed {settings.seed}, {settings.n_lesions} PET-only lesions per subject. DIP: "
         f"{settings.dip.epochs} epochs, sampling every {settings.dip.interval} from epoch {settings.dip.start}.", "",
-        f"Command: `{command}`", "",
+        f"Command: `{command.replace(' --replot', '')}`"
+        + (" (this report was redrawn from its cache with `--replot`)" if replot else ""), "",
         f"Compute time (from the cache records): {total_s / 60:.1f} min in all, "
         f"{total_s / 60 / max(len(subjects), 1):.1f} min per subject.", "",
         "Mean ± std over subjects throughout. Data: [results.csv](results.csv), one row per "
@@ -211,7 +212,8 @@ def run_evaluation(subjects: Sequence[Subject], settings: StudySettings, out_dir
     for dose in doses:
         figures[f"panel_{dose}"] = plots.image_panel(panels, dose, subjects[0].name,
                                                      out_dir / f"panel_{plots.dose_title(dose).replace('/', '-').replace(' ', '_')}.png")
-    report = write_report(rows, subjects, settings, out_dir, figures, cached_timings(subjects, cache_dir), command)
+    report = write_report(rows, subjects, settings, out_dir, figures, cached_timings(subjects, cache_dir), command,
+                          replot)
     if progress:
         progress(f"Wrote {report} and {len(figures)} figures in {time.perf_counter() - t:.0f} s")
     return report
