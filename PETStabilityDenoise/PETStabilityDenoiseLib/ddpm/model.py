@@ -1,0 +1,98 @@
+"""The conditional 3D DDPM of METHOD.md §2: network, noise schedule and intensity normalisation.
+
+The network predicts the noise added to a clean PET patch, given the noisy
+patch and the low-dose PET (and optionally the MR) as extra input channels.
+It is built from MONAI's generative components and kept small: the product
+bundles its weights, and it must sample a brain on 2 CPU cores in minutes.
+
+Intensities: a volume is divided by its mean over the head (a robust scale
+that does not depend on the scanner's units or the injected dose), then
+mapped linearly so that 0 and ``NORMALISED_RANGE`` times the head mean land
+on -1 and +1, the range the schedule was designed for. Hot spots above that
+range are not clipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+# Head-mean multiples mapped onto [-1, 1]: brain FDG grey matter sits at about 2 to 3 times the head mean.
+NORMALISED_RANGE = 8.0
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """Everything that defines the network and the schedule; stored with the weights."""
+
+    channels: Tuple[int, ...] = (32, 64, 64)
+    num_res_blocks: int = 1
+    norm_num_groups: int = 16
+    use_mr: bool = True
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    patch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count {self.channels} must be a multiple of {self.norm_num_groups}")
+        if self.patch_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {2 ** (len(self.channels) - 1)}")
+
+    @property
+    def condition_channels(self) -> int:
+        return 2 if self.use_mr else 1
+
+    def replace(self, **changes) -> "DDPMConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def build_model(config: DDPMConfig) -> DiffusionModelUNet:
+    """The noise-predicting U-Net: input = noisy PET + conditions, output = predicted noise. No attention."""
+    return DiffusionModelUNet(
+        spatial_dims=3,
+        in_channels=1 + config.condition_channels,
+        out_channels=1,
+        channels=config.channels,
+        attention_levels=(False,) * len(config.channels),
+        num_res_blocks=config.num_res_blocks,
+        norm_num_groups=config.norm_num_groups,
+    )
+
+
+def training_scheduler(config: DDPMConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, schedule="linear_beta",
+                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+
+
+def sampling_scheduler(config: DDPMConfig) -> DDIMScheduler:
+    return DDIMScheduler(num_train_timesteps=config.num_train_timesteps, schedule="linear_beta",
+                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+
+
+def to_model_space(volume: np.ndarray, scale: float) -> np.ndarray:
+    """Activity (any units) -> the network's range, given the volume's head mean ``scale``."""
+    if not scale > 0:
+        raise ValueError(f"the normalisation scale must be positive; got {scale}")
+    return (volume / (scale * NORMALISED_RANGE) * 2.0 - 1.0).astype(np.float32)
+
+
+def from_model_space(values: np.ndarray, scale: float) -> np.ndarray:
+    """The inverse of :func:`to_model_space`."""
+    return ((values + 1.0) / 2.0 * (scale * NORMALISED_RANGE)).astype(np.float32)
+
+
+def std_from_model_space(std: np.ndarray, scale: float) -> np.ndarray:
+    """A standard deviation in the network's range -> activity units (the offset drops out)."""
+    return (std / 2.0 * (scale * NORMALISED_RANGE)).astype(np.float32)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

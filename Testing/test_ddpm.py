@@ -1,0 +1,96 @@
+"""The diffusion model's building blocks: schedule, sampling, windows, normalisation, checksummed weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from PETStabilityDenoiseLib.ddpm.model import (DDPMConfig, build_model, from_model_space, sampling_scheduler,
+                                               to_model_space)
+from PETStabilityDenoiseLib.ddpm.sampling import blend_windows, denoise_volume, sample, sampling_timesteps, window_count
+from PETStabilityDenoiseLib.ddpm.weights import WEIGHTS_FILE, WeightsChecksumError, load_model, save_model
+
+TINY = DDPMConfig(channels=(16, 32), num_res_blocks=1, patch_size=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(TINY).eval()
+
+
+def test_timesteps_descend_from_the_truncated_start():
+    scheduler = sampling_scheduler(TINY)
+    full = sampling_timesteps(scheduler, 10, 1.0)
+    assert len(full) == 10 and full == sorted(full, reverse=True) and full[0] > 850
+    truncated = sampling_timesteps(scheduler, 10, 0.3)
+    assert len(truncated) == 10 and truncated[0] <= 0.3 * 999 and truncated[-1] >= 0
+    assert truncated == sorted(truncated, reverse=True)
+    with pytest.raises(ValueError, match="start_fraction"):
+        sampling_timesteps(scheduler, 10, 0.0)
+    with pytest.raises(ValueError, match="steps"):
+        sampling_timesteps(scheduler, 0, 1.0)
+
+
+def test_sampling_shapes_and_determinism(tiny_model):
+    condition = torch.rand(1, 2, 16, 16, 16) * 2 - 1
+
+    def draw(seed, start_fraction=1.0):
+        return sample(tiny_model, sampling_scheduler(TINY), condition, samples=3, steps=3,
+                      start_fraction=start_fraction, generator=torch.Generator().manual_seed(seed))
+
+    first = draw(1)
+    assert first.shape == (3, 1, 16, 16, 16) and torch.isfinite(first).all()
+    assert torch.equal(first, draw(1))
+    assert not torch.equal(first, draw(2))
+    assert not torch.allclose(first[0], first[1]), "the samples of one batch must be independent draws"
+    assert draw(1, start_fraction=0.2).shape == first.shape
+
+
+def test_window_blending_has_no_seams_on_a_constant_input():
+    for shape in ((50, 45, 40), (20, 20, 20)):  # several overlapping windows; smaller than one window
+        inputs = torch.full((1, 1, *shape), 0.3)
+        visited = []
+
+        def predictor(windows):
+            visited.append(windows.shape[0])
+            return windows * 2.0
+
+        output = blend_windows(inputs, predictor, window=16, overlap=0.25)
+        assert output.shape == inputs.shape
+        torch.testing.assert_close(output, torch.full_like(inputs, 0.6), rtol=0, atol=1e-6)
+        assert sum(visited) == window_count(shape, 16, 0.25)
+    assert window_count((50, 45, 40), 16, 0.25) == 4 * 4 * 3
+
+
+def test_volume_output_scales_with_the_input_units(tiny_model):
+    rng = np.random.default_rng(0)
+    pet = (1.0 + rng.random((20, 24, 20))).astype(np.float32)
+    mr = (50.0 + 10 * rng.random((20, 24, 20))).astype(np.float32)
+    head = np.ones(pet.shape, bool)
+    mean, std = denoise_volume(tiny_model, TINY, pet, mr, head, samples=2, steps=2, seed=3)
+    mean_kbq, std_kbq = denoise_volume(tiny_model, TINY, pet * 1000, mr, head, samples=2, steps=2, seed=3)
+    assert mean.shape == std.shape == pet.shape and np.isfinite(mean).all() and (std >= 0).all()
+    np.testing.assert_allclose(mean_kbq, 1000 * mean, rtol=1e-4)
+    np.testing.assert_allclose(std_kbq, 1000 * std, rtol=1e-4, atol=1e-6 * std_kbq.max())
+    with pytest.raises(ValueError, match="MR"):
+        denoise_volume(tiny_model, TINY, pet, None, head)
+    np.testing.assert_allclose(from_model_space(to_model_space(pet, 1.7), 1.7), pet, rtol=1e-6)
+
+
+def test_weights_round_trip_and_checksum_mismatch(tiny_model, tmp_path):
+    save_model(tiny_model, TINY, tmp_path, info={"note": "untrained, for the test"})
+    loaded, config, manifest = load_model(tmp_path)
+    assert config == TINY and manifest["info"]["note"] == "untrained, for the test"
+    for name, tensor in tiny_model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+
+    weights = tmp_path / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsChecksumError, match="damaged or was replaced"):
+        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no DDPM model"):
+        load_model(tmp_path / "missing")
