@@ -64,3 +64,30 @@ def small_pet_mr():
     mr_image = sitk.GetImageFromArray(head_phantom(mr, "mr"))
     mr_image.CopyInformation(mr)
     return pet_image, mr_image, clean
+
+
+def synthetic_training_pairs(count: int = 2, shape=(28, 30, 26)):
+    """Low-dose/full-dose pairs of a noisy sphere with its MR, already cropped, for quick DDPM training."""
+    from PETStabilityDenoiseLib.ddpm.dataset import make_pair
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.indices(shape)
+    head = ((z - shape[0] / 2) ** 2 + (y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2) < (min(shape) / 2.2) ** 2
+    clean = (2.0 * head + 2.0 * (head & (x > shape[2] / 2))).astype(np.float32)
+    mr = (100.0 * head).astype(np.float32)
+    return [make_pair(clean + rng.normal(0, 0.8, shape).astype(np.float32) * head,
+                      clean + rng.normal(0, 0.2, shape).astype(np.float32) * head, mr, f"s{i}", 0.1, margin=2)
+            for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm_model_dir(tmp_path_factory):
+    """A tiny DDPM trained for a few steps inside the tests (not a useful denoiser): its saved model folder."""
+    from PETStabilityDenoiseLib.ddpm.model import DDPMConfig
+    from PETStabilityDenoiseLib.ddpm.training import TrainingSettings, train
+
+    config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16)
+    settings = TrainingSettings(steps=4, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
+                                validation_patches=2)
+    pairs = synthetic_training_pairs()
+    return train(config, settings, pairs[:1], pairs[1:], tmp_path_factory.mktemp("tiny_ddpm"))

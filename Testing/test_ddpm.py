@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_training_pairs
 
 from PETStabilityDenoiseLib.ddpm.model import (DDPMConfig, build_model, from_model_space, sampling_scheduler,
                                                to_model_space)
 from PETStabilityDenoiseLib.ddpm.sampling import blend_windows, denoise_volume, sample, sampling_timesteps, window_count
+from PETStabilityDenoiseLib.ddpm.dataset import random_patches
+from PETStabilityDenoiseLib.ddpm.training import LOSS_LOG, TrainingSettings, train
 from PETStabilityDenoiseLib.ddpm.weights import WEIGHTS_FILE, WeightsChecksumError, load_model, save_model
 
 TINY = DDPMConfig(channels=(16, 32), num_res_blocks=1, patch_size=16)
@@ -16,8 +21,13 @@ TINY = DDPMConfig(channels=(16, 32), num_res_blocks=1, patch_size=16)
 
 @pytest.fixture(scope="module")
 def tiny_model():
+    """An untrained network whose zero-initialised output layer is randomised, so that outputs depend on inputs."""
     torch.manual_seed(0)
-    return build_model(TINY).eval()
+    model = build_model(TINY).eval()
+    for parameter in model.parameters():
+        if not parameter.detach().any():
+            torch.nn.init.normal_(parameter, std=0.05)
+    return model
 
 
 def test_timesteps_descend_from_the_truncated_start():
@@ -64,18 +74,19 @@ def test_window_blending_has_no_seams_on_a_constant_input():
     assert window_count((50, 45, 40), 16, 0.25) == 4 * 4 * 3
 
 
-def test_volume_output_scales_with_the_input_units(tiny_model):
+def test_volume_output_scales_with_the_input_units(tiny_ddpm_model_dir):
+    model, config, _ = load_model(tiny_ddpm_model_dir)
     rng = np.random.default_rng(0)
     pet = (1.0 + rng.random((20, 24, 20))).astype(np.float32)
     mr = (50.0 + 10 * rng.random((20, 24, 20))).astype(np.float32)
     head = np.ones(pet.shape, bool)
-    mean, std = denoise_volume(tiny_model, TINY, pet, mr, head, samples=2, steps=2, seed=3)
-    mean_kbq, std_kbq = denoise_volume(tiny_model, TINY, pet * 1000, mr, head, samples=2, steps=2, seed=3)
+    mean, std = denoise_volume(model, config, pet, mr, head, samples=2, steps=2, seed=3)
+    mean_kbq, std_kbq = denoise_volume(model, config, pet * 1000, mr, head, samples=2, steps=2, seed=3)
     assert mean.shape == std.shape == pet.shape and np.isfinite(mean).all() and (std >= 0).all()
     np.testing.assert_allclose(mean_kbq, 1000 * mean, rtol=1e-4)
-    np.testing.assert_allclose(std_kbq, 1000 * std, rtol=1e-4, atol=1e-6 * std_kbq.max())
+    np.testing.assert_allclose(std_kbq, 1000 * std, rtol=1e-3, atol=1e-3 * std_kbq.max())
     with pytest.raises(ValueError, match="MR"):
-        denoise_volume(tiny_model, TINY, pet, None, head)
+        denoise_volume(model, config, pet, None, head)
     np.testing.assert_allclose(from_model_space(to_model_space(pet, 1.7), 1.7), pet, rtol=1e-6)
 
 
@@ -94,3 +105,39 @@ def test_weights_round_trip_and_checksum_mismatch(tiny_model, tmp_path):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="no DDPM model"):
         load_model(tmp_path / "missing")
+
+
+def test_training_resumes_exactly_and_the_saved_model_denoises(tmp_path):
+    pairs = synthetic_training_pairs()
+    config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16)
+    settings = TrainingSettings(steps=4, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
+                                validation_patches=2)
+    straight = train(config, settings, pairs[:1], pairs[1:], tmp_path / "straight")
+    train(config, dataclasses.replace(settings, steps=2), pairs[:1], pairs[1:], tmp_path / "resumed")
+    with pytest.raises(FileExistsError, match="resume"):
+        train(config, settings, pairs[:1], pairs[1:], tmp_path / "resumed")
+    resumed = train(config, settings, pairs[:1], pairs[1:], tmp_path / "resumed", resume=True)
+
+    first, _, manifest = load_model(straight)
+    second, _, _ = load_model(resumed)
+    for name, tensor in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[name], tensor, rtol=0, atol=0)
+    log = (tmp_path / "resumed" / LOSS_LOG).read_text().splitlines()
+    assert log[0] == "step,train_loss,validation_loss,elapsed_s" and [r.split(",")[0] for r in log[1:]] == list("1234")
+    assert manifest["info"]["training"]["steps"] == 4 and manifest["info"]["training"]["device"] == "cpu"
+
+    low = pairs[1].low * 5.0
+    mean, std = denoise_volume(first, config, low, pairs[1].mr, pairs[1].head, samples=2, steps=2, start_fraction=0.5)
+    assert mean.shape == low.shape and np.isfinite(mean).all() and np.isfinite(std).all() and (std >= 0).all()
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(config, settings, pairs[:1], pairs[1:], tmp_path / "new", resume=True)
+
+
+def test_patches_are_normalised_by_the_low_dose_head_mean():
+    pair = synthetic_training_pairs(1)[0]
+    assert pair.low[pair.head].mean() == pytest.approx(1.0, rel=1e-5)
+    conditions, targets = random_patches([pair], 3, 16, np.random.default_rng(0))
+    assert conditions.shape == (3, 2, 16, 16, 16) and targets.shape == (3, 1, 16, 16, 16)
+    assert conditions.dtype == targets.dtype == np.float32
+    with pytest.raises(ValueError, match="smaller than a 40-voxel patch"):
+        random_patches([pair], 1, 40, np.random.default_rng(0))

@@ -6,6 +6,7 @@
     petstab demo                                simulate, denoise and plot a low-dose case
     petstab evaluate --labels-dir D --subjects 04 05 --out DIR
                                                 compare the methods on simulated cases: CSV, figures, report
+    petstab train-ddpm --labels-dir D --out DIR train the diffusion model on simulated pairs (resumable)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -94,7 +96,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nlm-h", type=float, nargs="+", help="non-local means h, as multiples of the noise estimate")
     p.add_argument("--replot", action="store_true", help="only redraw the figures and report from the cache")
     _add_dip_arguments(p)
+
+    p = commands.add_parser("train-ddpm", help="train the conditional diffusion model on simulated BrainWeb pairs")
+    p.add_argument("--labels-dir", required=True, type=Path,
+                   help="folder of brainweb_subjectNN_labels_1mm.nii.gz files")
+    p.add_argument("--subjects", nargs="+", help="training subjects (default: every subject in --labels-dir "
+                   "except the validation subjects)")
+    p.add_argument("--validation-subjects", nargs="+", help="held-out subjects (default: 50 51 52 53 54)")
+    p.add_argument("--out", required=True, type=Path, help="training folder: checkpoint, loss.csv, model/")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="cpu",
+                   help="training budget: cpu (minutes on 2 cores) or gpu (longer, more variants); default cpu")
+    p.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2, 0.5], help="low-dose fractions to train on")
+    p.add_argument("--variants", type=int, help="simulated variants per subject (GM:WM ratio, lesions, noise)")
+    p.add_argument("--steps", type=int, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, help="patches per step")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--patch-size", type=int, help="patch edge in voxels (default 32)")
+    p.add_argument("--channels", type=int, nargs="+", help="U-Net channels per level (default 16 32 64)")
+    p.add_argument("--no-mr", action="store_true", help="train without the MR condition")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--seed", type=int, default=0)
     return parser
+
+
+# Training budgets. The network is the same in both: it is sized for sampling a brain on 2 CPU cores.
+TRAINING_PROFILES = {
+    "cpu": {"steps": 3000, "batch_size": 8, "variants": 2},
+    "gpu": {"steps": 20000, "batch_size": 32, "variants": 6},
+}
 
 
 def run_denoise(args: argparse.Namespace) -> int:
@@ -174,6 +205,75 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(labels_dir: Path, subjects: Sequence[str]) -> list:
+    paths = [labels_dir / f"brainweb_subject{n}_labels_1mm.nii.gz" for n in subjects]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"label volume(s) not found: {', '.join(missing)}")
+    return paths
+
+
+def run_train_ddpm(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+    import torch
+
+    from .ddpm.dataset import VALIDATION_SUBJECTS, simulate_pairs
+    from .ddpm.model import DDPMConfig, count_parameters, build_model
+    from .ddpm.training import TrainingSettings, check_training_folder, train
+
+    check_training_folder(args.out, args.resume)
+    profile = TRAINING_PROFILES[args.profile]
+    validation_subjects = list(args.validation_subjects or VALIDATION_SUBJECTS)
+    if args.subjects:
+        subjects = list(args.subjects)
+    else:
+        found = sorted(p.name[len("brainweb_subject"):].split("_")[0]
+                       for p in args.labels_dir.glob("brainweb_subject*_labels_1mm.nii.gz"))
+        subjects = [n for n in found if n not in validation_subjects]
+    overlap = sorted(set(subjects) & set(validation_subjects))
+    if overlap:
+        raise InputError(f"subjects {overlap} are both trained on and held out; drop them from --subjects")
+    if not subjects:
+        raise InputError(f"no training subjects: {args.labels_dir} has no brainweb_subjectNN_labels_1mm.nii.gz "
+                         "outside the validation subjects")
+    train_paths, validation_paths = _labels(args.labels_dir, subjects), _labels(args.labels_dir, validation_subjects)
+
+    config = DDPMConfig(**{k: v for k, v in (("channels", tuple(args.channels) if args.channels else None),
+                                             ("patch_size", args.patch_size)) if v is not None},
+                        use_mr=not args.no_mr)
+    settings = TrainingSettings(**{k: v for k, v in (("steps", args.steps or profile["steps"]),
+                                                     ("batch_size", args.batch_size or profile["batch_size"]),
+                                                     ("learning_rate", args.learning_rate),
+                                                     ("seed", args.seed)) if v is not None})
+    variants = args.variants or profile["variants"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    log.info("Network: %s, %d parameters; training on %s", config.channels, count_parameters(build_model(config)),
+             device)
+
+    started = time.perf_counter()
+    doses = tuple(args.doses)
+    train_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in zip(subjects, train_paths)),
+                                 doses, variants, args.seed, progress=log.info)
+    validation_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in zip(validation_subjects, validation_paths)),
+                                      doses, 1, args.seed + 1, progress=log.info)
+    simulation_s = time.perf_counter() - started
+    info = {"command": args.command_line, "training_subjects": subjects, "validation_subjects": validation_subjects,
+            "doses": list(doses), "variants_per_subject": variants, "training_pairs": len(train_pairs),
+            "simulation_s": simulation_s}
+
+    def report(row) -> None:
+        validation = "" if row.validation_loss is None else f", validation {row.validation_loss:.5f}"
+        log.info("step %d/%d: loss %.5f%s (%.0f s)", row.step, row.steps, row.train_loss, validation, row.elapsed_s)
+
+    model_dir = train(config, settings, train_pairs, validation_pairs, args.out, device=device, resume=args.resume,
+                      info=info, progress=report)
+    log.info("Model written to %s", model_dir)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -181,10 +281,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     command = {"denoise": run_denoise, "blend": run_blend, "simulate": run_simulate, "demo": run_demo,
-               "evaluate": run_evaluate}
+               "evaluate": run_evaluate, "train-ddpm": run_train_ddpm}
     try:
         return command[args.command](args)
-    except (InputError, ValueError, FileNotFoundError) as error:
+    except (InputError, ValueError, FileNotFoundError, FileExistsError) as error:
         log.error("%s", error)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""The settings of one DIP fit and its sampling schedule.
+"""The settings of one DIP fit and its sampling schedule, and of one DDPM sampling run.
 
 Kept free of torch so that the Slicer panel and the logic can list presets
 and check settings without loading the deep-learning stack.
@@ -54,12 +54,48 @@ class DIPConfig:
 
 
 @dataclass(frozen=True)
+class DDPMSamplingConfig:
+    """How the bundled diffusion model is sampled. Defaults are measured in docs/DDPM.md.
+
+    ``samples`` draws per window give the mean (network output) and the std
+    (stability map). The chain runs ``steps`` DDIM steps from t' =
+    ``start_fraction`` x T, where the low-dose image, noised to t', is the start.
+    ``model_dir`` None means the bundled model.
+    """
+
+    samples: int = 8
+    steps: int = 4
+    start_fraction: float = 0.5
+    overlap: float = 0.25
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+    model_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ValueError(f"samples must be >= 2 for a std map; got {self.samples}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1; got {self.steps}")
+        if not 0 < self.start_fraction <= 1:
+            raise ValueError(f"start_fraction must be in (0, 1]; got {self.start_fraction}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
+
+    def replace(self, **changes) -> "DDPMSamplingConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class EpochReport:
-    """What a progress callback receives once per epoch (in this process, or from the worker)."""
+    """What a progress callback receives once per epoch (in this process, or from the worker).
+
+    For the diffusion model an "epoch" is one sampled window, and ``loss`` is None.
+    """
 
     epoch: int
     epochs: int
-    loss: float
+    loss: Optional[float]
     elapsed_s: float
     eta_s: float
     samples: int

@@ -12,12 +12,12 @@ import dataclasses
 import json
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import SimpleITK as sitk
 
 from . import __version__
-from .config import DIPConfig
+from .config import DDPMSamplingConfig, DIPConfig
 from .geometry import grids_match
 from .validation import InputError
 from .volume_io import output_path, read_volume, write_volume
@@ -46,7 +46,7 @@ def write_run(
     out_dir: Path,
     fmt: str,
     *,
-    config: DIPConfig,
+    config: Union[DIPConfig, DDPMSamplingConfig],
     pet_path: Path,
     mr_path: Optional[Path],
 ) -> dict:
@@ -62,12 +62,11 @@ def write_run(
         "alpha": result.alpha,
         "stability_mean": result.stability_mean,
         "stability_mean_region": "head mask",
+        "method": result.method,
         "n_samples": result.n_samples,
-        "sample_epochs": result.dip.sample_epochs,
         "config": dataclasses.asdict(config),
-        "device": result.dip.device,
+        **result.record,
         "timings": result.info["timings"],
-        "loss_per_epoch": result.dip.loss_history,
         "fit_shape": result.info["fit_shape"],
         "mr_resampled": result.info["mr_resampled"],
         "versions": package_versions(),

@@ -1,7 +1,11 @@
 """The conditional 3D DDPM of METHOD.md §2: network, noise schedule and intensity normalisation.
 
-The network predicts the noise added to a clean PET patch, given the noisy
-patch and the low-dose PET (and optionally the MR) as extra input channels.
+The network sees the noisy full-dose patch with the low-dose PET (and
+optionally the MR) as extra input channels. It predicts the clean patch
+itself (``prediction_type="sample"``) rather than the noise: at high t the
+network is then a plain supervised denoiser of the low-dose image, which is
+what a model trained for minutes on a CPU learns first, and what the mean of
+a few DDIM samples needs to be good.
 It is built from MONAI's generative components and kept small: the product
 bundles its weights, and it must sample a brain on 2 CPU cores in minutes.
 
@@ -31,10 +35,11 @@ NORMALISED_RANGE = 8.0
 class DDPMConfig:
     """Everything that defines the network and the schedule; stored with the weights."""
 
-    channels: Tuple[int, ...] = (32, 64, 64)
+    channels: Tuple[int, ...] = (16, 32, 64)
     num_res_blocks: int = 1
     norm_num_groups: int = 16
     use_mr: bool = True
+    prediction_type: str = "sample"  # what the network outputs: "sample" (clean patch), "epsilon" or "v_prediction"
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
@@ -45,6 +50,8 @@ class DDPMConfig:
             raise ValueError(f"every channel count {self.channels} must be a multiple of {self.norm_num_groups}")
         if self.patch_size % 2 ** (len(self.channels) - 1):
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of {2 ** (len(self.channels) - 1)}")
+        if self.prediction_type not in ("sample", "epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be sample, epsilon or v_prediction; got {self.prediction_type!r}")
 
     @property
     def condition_channels(self) -> int:
@@ -55,7 +62,7 @@ class DDPMConfig:
 
 
 def build_model(config: DDPMConfig) -> DiffusionModelUNet:
-    """The noise-predicting U-Net: input = noisy PET + conditions, output = predicted noise. No attention."""
+    """The U-Net: input = noisy PET + conditions, output = ``config.prediction_type``. No attention."""
     return DiffusionModelUNet(
         spatial_dims=3,
         in_channels=1 + config.condition_channels,
@@ -69,12 +76,14 @@ def build_model(config: DDPMConfig) -> DiffusionModelUNet:
 
 def training_scheduler(config: DDPMConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, schedule="linear_beta",
-                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
+                         prediction_type=config.prediction_type)
 
 
 def sampling_scheduler(config: DDPMConfig) -> DDIMScheduler:
     return DDIMScheduler(num_train_timesteps=config.num_train_timesteps, schedule="linear_beta",
-                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
+                         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
+                         prediction_type=config.prediction_type)
 
 
 def to_model_space(volume: np.ndarray, scale: float) -> np.ndarray:

@@ -57,8 +57,8 @@ def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, sample
         x = scheduler.add_noise(conditions[:, :1], x, start)
     for t in timesteps:
         t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
-        noise = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
-        x, _ = scheduler.step(noise, t, x)
+        prediction = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
+        x, _ = scheduler.step(prediction, t, x)
     return x
 
 

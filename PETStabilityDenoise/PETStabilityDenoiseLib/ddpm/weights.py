@@ -20,6 +20,12 @@ from .model import DDPMConfig, build_model, count_parameters
 
 WEIGHTS_FILE = "weights.pt"
 MANIFEST_FILE = "model.json"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+
+
+def bundled_model_dir() -> Path:
+    """The model shipped in the module's ``Resources/DDPM`` (beside this package, in Slicer and in the repo)."""
+    return Path(__file__).resolve().parents[2] / "Resources" / "DDPM"
 
 
 class WeightsChecksumError(RuntimeError):
@@ -51,7 +57,10 @@ def load_model(directory: Path, device: torch.device = torch.device("cpu")) -> T
     directory = Path(directory)
     manifest_path, weights = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
     if not manifest_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"no DDPM model in {directory}: expected {MANIFEST_FILE} and {WEIGHTS_FILE}")
+        raise FileNotFoundError(f"no DDPM model in {directory}: expected {MANIFEST_FILE} and {WEIGHTS_FILE}. "
+                                "The bundled model ships in the module's Resources/DDPM folder; reinstall "
+                                "PETStabilityDenoise (for the command line: pip install -e . from a clone of "
+                                "the repository), or give a model folder written by 'petstab train-ddpm'.")
     manifest = json.loads(manifest_path.read_text())
     actual = sha256_of(weights)
     if actual != manifest["sha256"]:

@@ -36,6 +36,7 @@ class SimulationConfig:
     doses: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)
     seed: int = 0
     # Truth
+    gm_wm_ratio: float = 4.0  # grey/white matter activity; white matter stays at the FDG_ACTIVITY value
     n_lesions: int = 3
     lesion_ratio: float = 2.5  # lesion activity / white-matter activity
     lesion_diameter_mm: tuple[float, float] = (6.0, 10.0)
@@ -146,8 +147,10 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
         fractions[ph.Label.WM], pet_affine, rng_layout, cfg.n_lesions, cfg.lesion_ratio, cfg.lesion_diameter_mm,
         keep_away=(colliculi.tectum, *ph.STRIATUM, *ph.THALAMUS),
     )
+    tissue_activity = {**ph.FDG_ACTIVITY, ph.Label.GM: cfg.gm_wm_ratio * ph.FDG_ACTIVITY[ph.Label.WM]}
     activity = ph.make_activity(
-        labels, coords, colliculi, lesions, cfg.deep_nuclei_boost, cfg.colliculus_activity, cfg.tectum_activity
+        labels, coords, colliculi, lesions, cfg.deep_nuclei_boost, cfg.colliculus_activity, cfg.tectum_activity,
+        tissue_activity,
     )
     truth = ph.block_average(activity, factor)
     head_fraction = ph.block_average(labels != ph.Label.BACKGROUND, factor)
