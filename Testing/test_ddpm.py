@@ -14,7 +14,8 @@ from PETStabilityDenoiseLib.ddpm.model import (DDPMConfig, build_model, from_mod
 from PETStabilityDenoiseLib.ddpm.sampling import blend_windows, denoise_volume, sample, sampling_timesteps, window_count
 from PETStabilityDenoiseLib.ddpm.dataset import random_patches
 from PETStabilityDenoiseLib.ddpm.training import LOSS_LOG, TrainingSettings, train
-from PETStabilityDenoiseLib.ddpm.weights import WEIGHTS_FILE, WeightsChecksumError, load_model, save_model
+from PETStabilityDenoiseLib.ddpm.weights import (MODEL_CARD_FILE, WEIGHTS_FILE, WeightsChecksumError, bundled_model_dir,
+                                                 load_model, save_model)
 
 TINY = DDPMConfig(channels=(16, 32), num_res_blocks=1, patch_size=16)
 
@@ -141,3 +142,15 @@ def test_patches_are_normalised_by_the_low_dose_head_mean():
     assert conditions.dtype == targets.dtype == np.float32
     with pytest.raises(ValueError, match="smaller than a 40-voxel patch"):
         random_patches([pair], 1, 40, np.random.default_rng(0))
+
+
+def test_the_bundled_model_loads_is_small_and_has_a_model_card():
+    directory = bundled_model_dir()
+    model, config, manifest = load_model(directory)
+    assert (directory / WEIGHTS_FILE).stat().st_size <= 25 * 1024 ** 2
+    assert config.use_mr and manifest["info"]["validation_subjects"] == ["50", "51", "52", "53", "54"]
+    assert not set(manifest["info"]["training_subjects"]) & set(manifest["info"]["validation_subjects"])
+    card = (directory / MODEL_CARD_FILE).read_text()
+    for section in ("Training data", "Training settings", "Validation", "Licence", "Intended use", "Limits"):
+        assert f"## {section}" in card, f"the model card has no '{section}' section"
+    assert manifest["sha256"] in card, "the model card must name the checksum of the weights it describes"

@@ -14,7 +14,10 @@ hot spots in the mask).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -70,6 +73,31 @@ def variant_config(rng: np.random.Generator, ranges: AugmentationRanges, doses: 
         lesion_ratio=float(rng.uniform(*ranges.lesion_ratio)), lesion_diameter_mm=tuple(diameter))
 
 
+def _simulate_with_room_for_lesions(label_image: sitk.Image, config: SimulationConfig):
+    """Simulates ``config``, dropping lesions while a small brain has no room for them all."""
+    while True:
+        try:
+            return simulate_case(label_image, config)
+        except ValueError as error:
+            if "no room for lesion" not in str(error) or config.n_lesions == 0:
+                raise
+            config = dataclasses.replace(config, n_lesions=config.n_lesions - 1)
+
+
+def save_pairs(pairs: Sequence[TrainingPair], path: Path) -> None:
+    """Keeps a simulated training set, so that a resumed training does not simulate it again."""
+    arrays = {f"{i}_{name}": getattr(pair, name) for i, pair in enumerate(pairs) for name in ("low", "full", "mr", "head")}
+    meta = [{"subject": pair.subject, "dose": pair.dose} for pair in pairs]
+    np.savez(path, meta=json.dumps(meta), **arrays)
+
+
+def load_pairs(path: Path) -> List[TrainingPair]:
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        return [TrainingPair(*(data[f"{i}_{name}"] for name in ("low", "full", "mr", "head")), m["subject"], m["dose"])
+                for i, m in enumerate(meta)]
+
+
 def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[float], variants: int, seed: int,
                    ranges: AugmentationRanges = AugmentationRanges(), margin: int = 4,
                    progress: Optional[Callable[[str], None]] = None) -> List[TrainingPair]:
@@ -79,7 +107,7 @@ def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[flo
         for variant in range(variants):
             variant_seed = seed * 100_000 + subject_index * 100 + variant
             config = variant_config(np.random.default_rng(variant_seed), ranges, doses, variant_seed)
-            case = simulate_case(label_image, config)
+            case = _simulate_with_room_for_lesions(label_image, config)
             full = sitk.GetArrayFromImage(case.osem[1.0]).astype(np.float32)
             mr = sitk.GetArrayFromImage(resample_to_reference(case.mr, case.osem[1.0], name="MR")).astype(np.float32)
             for dose in doses:
