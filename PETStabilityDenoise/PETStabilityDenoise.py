@@ -52,6 +52,8 @@ The spread of its outputs over the late epochs, the <i>stability map</i>, marks 
 the denoised image blends the network output and the original PET voxel by voxel, weighted by that map.
 The <b>alpha</b> slider sets the blend and updates the image at once, with no new fit.
 No training data is needed. Research software, not for clinical use.
+The other method, <b>Diffusion model (DDPM)</b>, samples a bundled conditional 3D diffusion model several
+times: the mean of the samples is the network output and their spread the stability map; it needs the MR.
 See the <a href="{readme}">documentation</a>.
 <p>Methods:</p>
 <ul>
@@ -62,12 +64,17 @@ blend weighted by the map; operating point alpha = 0.6).</li>
 IEEE Transactions on Medical Imaging 38(7):1655-1665, 2019.</li>
 <li>Deep image prior: D. Ulyanov, A. Vedaldi, V. Lempitsky, "Deep image prior", International Journal of
 Computer Vision 128:1867-1888, 2020.</li>
+<li>3D diffusion model for PET denoising: B. Yu, S. Ozdemir, Y. Dong, W. Shao, T. Pan, K. Shi, K. Gong,
+"Robust whole-body PET image denoising using 3D diffusion models: evaluation across various scanners, tracers,
+and dose levels", European Journal of Nuclear Medicine and Molecular Imaging, 2025. Sampled with DDIM:
+J. Song, C. Meng, S. Ermon, "Denoising diffusion implicit models", ICLR 2021.</li>
 </ul>
 """).format(readme=README_URL)
         self.parent.acknowledgementText = _("""
 The sample data and the simulator use the BrainWeb anatomical model of subject 04:
 B. Aubert-Broche, A. C. Evans, L. Collins, "A new improved version of the realistic digital brain phantom",
-NeuroImage 32(1):138-145, 2006. The network is MONAI's 3D U-Net (Project MONAI), fitted with PyTorch.
+NeuroImage 32(1):138-145, 2006. The networks are MONAI's 3D U-Net and DiffusionModelUNet (Project MONAI),
+run with PyTorch.
 """)
 
         # Additional initialization step after application startup is complete
@@ -116,12 +123,13 @@ class PETStabilityDenoiseParameterNode:
     The parameters of the module, saved with the scene.
 
     inputPET - The noisy PET to denoise.
-    inputMR - The subject's MR on any grid, registered to the PET; None runs the plain DIP.
-    method - Key of PETStabilityDenoiseLib.logic.METHODS.
-    preset - Key of PETStabilityDenoiseLib.presets.PRESETS.
-    epochs, interval, start - Fit schedule; 0 means the preset's value.
-    device - Where the network is fitted.
-    seed - Seed of the network's initial weights.
+    inputMR - The subject's MR on any grid, registered to the PET; None runs the plain DIP (DDPM needs it).
+    method - Key of PETStabilityDenoiseLib.logic.METHODS: "dip" or "ddpm".
+    preset - Key of PETStabilityDenoiseLib.presets.PRESETS (DIP only).
+    epochs, interval, start - DIP fit schedule; 0 means the preset's value.
+    samples, ddimSteps - DDPM draws per window and DDIM steps per draw (DDPMSamplingConfig's defaults).
+    device - Where the network runs.
+    seed - Seed of the DIP network's initial weights, or of the DDPM's sampling noise.
     alpha - Blend strength (0: the network output).
     stabilityMap - Which map is overlaid on the denoised PET.
     overlayOpacity - Opacity of that overlay.
@@ -134,6 +142,8 @@ class PETStabilityDenoiseParameterNode:
     epochs: Annotated[int, WithinRange(0, 10000)] = 0
     interval: Annotated[int, WithinRange(0, 10000)] = 0
     start: Annotated[int, WithinRange(0, 10000)] = 0
+    samples: Annotated[int, WithinRange(2, 32)] = 8
+    ddimSteps: Annotated[int, WithinRange(1, 100)] = 4
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     alpha: Annotated[float, WithinRange(0, 3)] = 0.6
@@ -293,7 +303,7 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Shows the parameter node's values in the combo boxes it is not bound to, and updates Apply."""
+        """Shows the parameter node's values in the combo boxes it is not bound to, the method's settings, and Apply."""
         if self._parameterNode:
             for parameterName, comboBox in self._dataComboBoxes.items():
                 index = comboBox.findData(getattr(self._parameterNode, parameterName))
@@ -302,7 +312,20 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 else:
                     # A value this version does not offer (a scene saved by another version): use the shown one.
                     setattr(self._parameterNode, parameterName, comboBox.currentData)
+        self._updateMethodControls()
         self._checkCanApply()
+
+    def _isDDPM(self) -> bool:
+        """True when the chosen method is the diffusion model."""
+        return self._parameterNode is not None and self._parameterNode.method == "ddpm"
+
+    def _updateMethodControls(self) -> None:
+        """Enables the settings of the chosen method only: preset and schedule for DIP, samples and steps for DDPM."""
+        isDDPM = self._isDDPM()
+        for widget in (self.ui.presetComboBox, self.ui.epochsSpinBox, self.ui.intervalSpinBox, self.ui.startSpinBox):
+            widget.enabled = not isDDPM
+        for widget in (self.ui.samplesSpinBox, self.ui.ddimStepsSpinBox):
+            widget.enabled = isDDPM
 
     def _onDataComboBoxChanged(self, parameterName: str) -> None:
         if self._parameterNode is None:
@@ -317,12 +340,15 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self.logic.isRunning:
             self.ui.applyButton.toolTip = _("Stop the denoising; nothing is added to the scene.")
             self.ui.applyButton.enabled = True
-        elif self._parameterNode and self._parameterNode.inputPET:
-            self.ui.applyButton.toolTip = _("Denoise the PET volume in the background.")
-            self.ui.applyButton.enabled = True
-        else:
+        elif not (self._parameterNode and self._parameterNode.inputPET):
             self.ui.applyButton.toolTip = _("Select a PET volume.")
             self.ui.applyButton.enabled = False
+        elif self._isDDPM() and not self._parameterNode.inputMR:
+            self.ui.applyButton.toolTip = _("Select the MR volume: the diffusion model needs it.")
+            self.ui.applyButton.enabled = False
+        else:
+            self.ui.applyButton.toolTip = _("Denoise the PET volume in the background.")
+            self.ui.applyButton.enabled = True
 
     def _setRunning(self, running: bool) -> None:
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
@@ -334,8 +360,15 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._checkCanApply()
 
     def _engineParameters(self) -> dict:
-        """The Advanced settings; 0 (shown as "preset") becomes None, which keeps the preset's value."""
+        """The Advanced settings of the chosen method; DIP's 0 (shown as "preset") becomes None: the preset's value."""
         parameters = self._parameterNode
+        if self._isDDPM():
+            return {
+                "samples": parameters.samples,
+                "steps": parameters.ddimSteps,
+                "device": parameters.device,
+                "seed": parameters.seed,
+            }
         return {
             "epochs": parameters.epochs or None,
             "interval": parameters.interval or None,
@@ -375,11 +408,15 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.statusLabel.text = _("Starting the worker...")
 
     def onProgress(self, report) -> None:
-        """Shows one epoch's progress report: epoch, loss and the time left."""
+        """Shows one progress report and the time left: the epoch and loss (DIP), or the window (DDPM, no loss)."""
         self.ui.progressBar.maximum = report.epochs
         self.ui.progressBar.value = report.epoch
-        self.ui.statusLabel.text = _("Epoch {epoch}/{epochs} · loss {loss:.4g} · ETA {eta}").format(
-            epoch=report.epoch, epochs=report.epochs, loss=report.loss, eta=formatDuration(report.eta_s))
+        if report.loss is None:
+            self.ui.statusLabel.text = _("Window {window}/{windows} · ETA {eta}").format(
+                window=report.epoch, windows=report.epochs, eta=formatDuration(report.eta_s))
+        else:
+            self.ui.statusLabel.text = _("Epoch {epoch}/{epochs} · loss {loss:.4g} · ETA {eta}").format(
+                epoch=report.epoch, epochs=report.epochs, loss=report.loss, eta=formatDuration(report.eta_s))
 
     def onFinished(self, handle) -> None:
         """Shows the result of a run that ended, or why it did not give one."""
@@ -501,9 +538,11 @@ class PETStabilityDenoiseLogic(ScriptedLoadableModuleLogic):
                 finished=None, **engineParameters):
         """Denoises ``petNode`` (guided by ``mrNode``; None runs the plain DIP) into four new volume nodes.
 
+        ``method`` is "dip" or "ddpm" (the diffusion model, which needs ``mrNode``).
         ``wait=True`` blocks and returns a ``ProcessResult``; ``wait=False`` returns a ``RunHandle`` at once
-        and reports through ``progress(report)`` and ``finished(handle)``. ``engineParameters`` (epochs,
-        interval, start, device, seed, ...) override the preset; None keeps the preset's value.
+        and reports through ``progress(report)`` and ``finished(handle)``. ``engineParameters`` are DIP settings
+        (epochs, interval, start, device, seed, ...) that override the preset, or DDPM settings (samples, steps,
+        start_fraction, model_dir, device, seed, ...); None keeps the default.
         See ``PETStabilityDenoiseLib.logic`` for the details.
         """
         return self.engine.process(petNode, mrNode, method=method, alpha=alpha, preset=preset, wait=wait,

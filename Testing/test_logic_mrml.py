@@ -130,6 +130,27 @@ def test_process_outputs_carry_the_pet_geometry_and_set_alpha_follows_the_blend(
         logic.setAlpha(result, -1.0)
 
 
+def test_process_runs_the_diffusion_model(scene, pet_mr_nodes, tiny_ddpm_model_dir, tmp_path, monkeypatch):
+    pet, mr = pet_mr_nodes
+    reports = []
+    # A relative model folder means the caller's folder, not the worker's.
+    monkeypatch.chdir(tiny_ddpm_model_dir.parent)
+    logic = PETStabilityDenoiseLogic(temp_root=str(tmp_path))
+    result = logic.process(pet, mr, method="ddpm", alpha=0.6, wait=True, progress=reports.append,
+                           model_dir=tiny_ddpm_model_dir.name, samples=2, steps=2, device="cpu", threads=1)
+
+    assert reports and all(r.loss is None and r.samples == 2 for r in reports)
+    assert [r.epoch for r in reports] == list(range(1, reports[0].epochs + 1))
+    assert list(tmp_path.iterdir()) == [], "the temporary run folder must be removed"
+    for node in (result.denoisedNode, result.networkOutputNode, result.stabilityNode, result.normalizedStabilityNode):
+        np.testing.assert_array_equal(ijk_to_ras(node), ijk_to_ras(pet))
+        assert node.GetImageData().GetDimensions() == pet.GetImageData().GetDimensions()
+        assert np.isfinite(slicer.util.arrayFromVolume(node)).all()
+    assert result.runInfo["method"] == "ddpm" and result.runInfo["n_samples"] == 2
+    assert result.runInfo["model_dir"] == str(tiny_ddpm_model_dir.resolve())
+    assert result.stabilityMean > 0
+
+
 def test_show_result_sets_colours_and_overlay(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     composites = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
@@ -230,6 +251,8 @@ def test_worker_input_error_comes_back_as_input_error(scene, pet_mr_nodes, tmp_p
     (dict(preset="huge"), "unknown preset"),
     (dict(epochs_total=10), "unknown engine parameter"),
     (dict(epochs=10, start=20), "start"),
+    (dict(method="ddpm", samples=1), "samples must be >= 2"),
+    (dict(method="ddpm", epochs=10), "unknown engine parameter epochs"),
 ])
 def test_bad_arguments_are_rejected_before_any_work(scene, pet_mr_nodes, tmp_path, kwargs, message):
     pet, mr = pet_mr_nodes

@@ -12,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from PETStabilityDenoiseLib.blend import blend
 from PETStabilityDenoiseLib.cli import main
+from PETStabilityDenoiseLib.config import EpochReport
 from PETStabilityDenoiseLib.pipeline import denoise
 from PETStabilityDenoiseLib.presets import get_preset
+from PETStabilityDenoiseLib.progress import make_reporter
 from PETStabilityDenoiseLib.validation import InputError
 
 TINY = get_preset("tiny")
@@ -156,6 +159,67 @@ def test_cli_denoise_then_blend(small_pet_mr, tmp_path, capsys):
     np.testing.assert_allclose(read["denoised"], expected, rtol=1e-6)
     assert json.loads((out / "run.json").read_text())["alpha"] == 0.2
     assert _digest(pet_path) == digests[0]
+
+
+@pytest.fixture()
+def restore_torch_threads():
+    """``--threads`` sets torch's thread count for the whole process: the tests that follow get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_denoise_with_the_diffusion_model(small_pet_mr, tiny_ddpm_model_dir, tmp_path, capsys,
+                                              restore_torch_threads):
+    pet, mr, _ = small_pet_mr
+    pet_path, mr_path = tmp_path / "pet.nrrd", tmp_path / "mr.nii.gz"
+    sitk.WriteImage(pet, str(pet_path))
+    sitk.WriteImage(mr, str(mr_path))
+    out = tmp_path / "run"
+    code = main(["denoise", "--method", "ddpm", "--ddpm-model", str(tiny_ddpm_model_dir), "--samples", "2",
+                 "--steps", "2", "--pet", str(pet_path), "--mr", str(mr_path), "--out", str(out),
+                 "--format", "mha", "--progress", "jsonl", "--device", "cpu", "--threads", "1"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines and all(line["loss"] is None and line["samples"] == 2 for line in lines)
+    assert [line["epoch"] for line in lines] == list(range(1, lines[0]["epochs"] + 1))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "denoised.mha", "network_output.mha", "run.json", "stability.mha", "stability_norm.mha"]
+    record = json.loads((out / "run.json").read_text())
+    assert record["method"] == "ddpm" and record["n_samples"] == 2 and record["device"] == "cpu"
+    assert record["config"]["steps"] == 2 and record["config"]["threads"] == 1
+    assert record["config"]["model_dir"] == str(tiny_ddpm_model_dir)
+    for name in ("denoised", "network_output", "stability", "stability_norm"):
+        image = sitk.ReadImage(str(out / f"{name}.mha"))
+        assert _same_geometry(image, pet), name
+        assert np.isfinite(sitk.GetArrayFromImage(image)).all(), name
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out / "stability.mha"))) > 0).any()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "MR"),
+    (["--mr", "MR_PATH", "--epochs", "5"], "--epochs do not apply to --method ddpm"),
+    (["--mr", "MR_PATH", "--samples", "1"], "samples must be >= 2"),
+])
+def test_cli_ddpm_refuses_a_run_without_mr_or_with_bad_settings(small_pet_mr, tiny_ddpm_model_dir, tmp_path, caplog,
+                                                                 extra, message):
+    pet, mr, _ = small_pet_mr
+    sitk.WriteImage(pet, str(tmp_path / "pet.nrrd"))
+    sitk.WriteImage(mr, str(tmp_path / "mr.nrrd"))
+    extra = [str(tmp_path / "mr.nrrd") if arg == "MR_PATH" else arg for arg in extra]
+    code = main(["denoise", "--method", "ddpm", "--ddpm-model", str(tiny_ddpm_model_dir), "--pet",
+                 str(tmp_path / "pet.nrrd"), "--out", str(tmp_path / "out"), "--progress", "none", *extra])
+    assert code == 2
+    assert message in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_bar_counts_windows_without_a_loss_for_ddpm(capsys):
+    with make_reporter("bar") as report:
+        for window in (1, 2):
+            report(EpochReport(window, 2, None, float(window), 2.0 - window, 8))
+    bar = capsys.readouterr().err
+    assert "DDPM" in bar and "2/2" in bar and "window" in bar and "samples=8" in bar and "loss" not in bar
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, caplog):

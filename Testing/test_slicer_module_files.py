@@ -42,6 +42,8 @@ EXPECTED_WIDGET_CLASSES = {
     "startSpinBox": "QSpinBox",
     "deviceComboBox": "QComboBox",
     "seedSpinBox": "QSpinBox",
+    "samplesSpinBox": "QSpinBox",
+    "ddimStepsSpinBox": "QSpinBox",
     "applyButton": "QPushButton",
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
@@ -64,6 +66,9 @@ CONNECTABLE_CLASSES = {
 SLICER_PROVIDED = {"numpy", "SimpleITK", "vtk", "slicer", "qt", "ctk", "packaging"}
 # Import names whose distribution on PyPI is called differently.
 DISTRIBUTION_NAMES = {"skimage": "scikit-image", "PIL": "pillow", "yaml": "pyyaml"}
+# Packages that a dependency imports lazily (MONAI's optional_import), so the import scan cannot see them:
+# name -> (the importing package, the file of it that imports it).
+INDIRECT_IMPORTS = {"einops": ("monai", "networks/nets/diffusion_model_unet.py")}
 
 TEMPLATE_CLASSES = [  # in the order of Slicer's scripted-module template
     (MODULE_NAME, ["ScriptedLoadableModule"]),
@@ -365,6 +370,20 @@ def test_every_parameter_is_shown_once():
     assert bound | synced == set(parameter_fields())
 
 
+def test_ddpm_settings_start_at_the_library_defaults():
+    """The module file may not import the library when Slicer loads it, so it repeats DDPMSamplingConfig's defaults."""
+    from PETStabilityDenoiseLib.config import DDPMSamplingConfig
+
+    cls = class_def(module_tree(), PARAMETER_NODE_CLASS)
+    defaults = {node.target.id: ast.unparse(node.value) for node in cls.body
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None}
+    widgets = ui_widgets()
+    for parameter, field in (("samples", "samples"), ("ddimSteps", "steps")):
+        expected = str(getattr(DDPMSamplingConfig(), field))
+        assert defaults[parameter] == expected, f"{PARAMETER_NODE_CLASS}.{parameter} must default to {expected}"
+        assert own_property(widgets[f"{parameter}SpinBox"], "value") == expected, f"{parameter}SpinBox's value"
+
+
 # --- the module file ---------------------------------------------------------------------------
 
 
@@ -421,13 +440,24 @@ def test_requirements_parse_and_leave_slicer_and_torch_alone():
 
 def test_requirements_are_exactly_what_the_worker_and_logic_import():
     roots = library_modules_used_by_module_file() | {f"{LIB_NAME}.worker"}
+    imported = import_closure(roots)
+    imported |= {name for name, (importer, _) in INDIRECT_IMPORTS.items() if importer in imported}
     needed = {
         canonicalize_name(DISTRIBUTION_NAMES.get(name, name))
-        for name in import_closure(roots) - SLICER_PROVIDED - {"torch"}
+        for name in imported - SLICER_PROVIDED - {"torch"}
     }
     listed = {canonicalize_name(requirement.name) for requirement in requirements()}
     assert needed - listed == set(), "imported by the worker or logic but not in requirements.txt"
     assert listed - needed == set(), "in requirements.txt but imported by nothing that runs in Slicer"
+
+
+def test_indirect_imports_are_still_made_by_their_importer():
+    for name, (importer, relative) in INDIRECT_IMPORTS.items():
+        spec = importlib.util.find_spec(importer)
+        assert spec is not None and spec.origin, f"{importer} is not installed"
+        source = (Path(spec.origin).parent / relative).read_text(encoding="utf-8")
+        assert re.search(rf"""optional_import\(\s*["']{name}\b""", source), \
+            f"{importer}/{relative} no longer imports {name}: drop it from INDIRECT_IMPORTS and requirements.txt?"
 
 
 # --- CMakeLists.txt ----------------------------------------------------------------------------

@@ -41,6 +41,43 @@ def test_worker_writes_the_run_folder_and_reports_json_lines(small_pet_mr, tmp_p
     assert json.loads((tmp_path / "out" / "run.json").read_text())["config"]["epochs"] == 4
 
 
+def test_worker_runs_the_diffusion_model(small_pet_mr, tiny_ddpm_model_dir, tmp_path):
+    pet, mr, _ = small_pet_mr
+    sitk.WriteImage(pet, str(tmp_path / "pet.nrrd"))
+    sitk.WriteImage(mr, str(tmp_path / "mr.nrrd"))
+    parameters = {"model_dir": str(tiny_ddpm_model_dir), "samples": 2, "steps": 2, "device": "cpu", "threads": 1}
+    completed = subprocess.run(
+        [sys.executable, "-m", "PETStabilityDenoiseLib.worker", "--pet", str(tmp_path / "pet.nrrd"),
+         "--mr", str(tmp_path / "mr.nrrd"), "--out", str(tmp_path / "out"), "--method", "ddpm",
+         "--parameters", json.dumps(parameters)],
+        capture_output=True, text=True, timeout=300, cwd=Path(worker.__file__).parent.parent)
+    assert completed.returncode == 0, completed.stderr
+    events = protocol_lines(completed.stdout)
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and all(e["loss"] is None and e["samples"] == 2 for e in progress)
+    assert [e["epoch"] for e in progress] == list(range(1, progress[0]["epochs"] + 1))
+    assert events[-1]["event"] == "done" and len(events) == len(progress) + 1
+    assert sorted(events[-1]["outputs"]) == ["denoised", "network_output", "stability", "stability_norm"]
+    for file_name in events[-1]["outputs"].values():
+        output = sitk.ReadImage(str(tmp_path / "out" / file_name))
+        assert output.GetSize() == pet.GetSize()
+        np.testing.assert_allclose(output.GetDirection(), pet.GetDirection(), atol=1e-9)
+        assert np.isfinite(sitk.GetArrayFromImage(output)).all()
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["method"] == "ddpm" and record["config"]["samples"] == 2
+
+
+def test_worker_refuses_a_parameter_the_method_does_not_have(small_pet_mr, tmp_path, capsys):
+    sitk.WriteImage(small_pet_mr[0], str(tmp_path / "pet.nrrd"))
+    code = worker.main(["--pet", str(tmp_path / "pet.nrrd"), "--out", str(tmp_path / "out"), "--method", "ddpm",
+                        "--parameters", json.dumps({"samples": 2, "epochs": 50})])
+    assert code == worker.EXIT_INPUT_ERROR
+    event = protocol_lines(capsys.readouterr().out)[-1]
+    assert event["event"] == "error" and event["kind"] == "input"
+    assert "unknown engine parameter epochs" in event["message"] and "samples" in event["message"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_worker_reports_bad_parameters_as_input_error(small_pet_mr, tmp_path, capsys):
     sitk.WriteImage(small_pet_mr[0], str(tmp_path / "pet.nrrd"))
     code = worker.main(["--pet", str(tmp_path / "pet.nrrd"), "--out", str(tmp_path / "out"),
@@ -63,6 +100,7 @@ def test_worker_turns_gpu_out_of_memory_into_advice(small_pet_mr, tmp_path, caps
     event = protocol_lines(capsys.readouterr().out)[-1]
     assert event["kind"] == "out_of_memory"
     assert "'cpu'" in event["message"] and "smaller preset" in event["message"] and "2.00 GiB" in event["message"]
+    assert "fewer samples" in event["message"]
 
 
 def test_parse_event_separates_protocol_from_log_text():

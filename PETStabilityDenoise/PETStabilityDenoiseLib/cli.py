@@ -1,6 +1,8 @@
 """``petstab``: the command line of PETStabilityDenoise.
 
     petstab denoise --pet P --mr M --out DIR    fit DIP, write the four volumes and run.json
+    petstab denoise --method ddpm --pet P --mr M --out DIR
+                                                sample the diffusion model instead; the same files
     petstab blend --run DIR --alpha A           re-blend a finished run, no new fit
     petstab simulate --out DIR                  write a simulated brain PET/MR case
     petstab demo                                simulate, denoise and plot a low-dose case
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .config import DDPMSamplingConfig
 from .validation import InputError
 
 log = logging.getLogger("petstab")
@@ -48,20 +51,60 @@ def _dip_config(args: argparse.Namespace):
     )
 
 
+DDPM_DEFAULTS = DDPMSamplingConfig()
+# Settings that only one method has, as argparse destinations: giving them to the other is refused.
+DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode")
+DDPM_ONLY_SETTINGS = ("samples", "steps", "start_fraction", "ddpm_model")
+
+
+def _add_ddpm_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Diffusion model settings (--method ddpm)",
+                                      "--device, --seed and --threads apply to both methods")
+    group.add_argument("--samples", type=int, help="draws per window: their mean is the output, their std S "
+                                                   f"(default {DDPM_DEFAULTS.samples})")
+    group.add_argument("--steps", type=int, help=f"DDIM steps per draw (default {DDPM_DEFAULTS.steps})")
+    group.add_argument("--start-fraction", type=float,
+                       help=f"the chain starts from the PET noised to this fraction of the schedule "
+                            f"(default {DDPM_DEFAULTS.start_fraction})")
+    group.add_argument("--ddpm-model", type=Path,
+                       help="a model folder (model.json, weights.pt); default: the bundled model")
+
+
+def _ddpm_config(args: argparse.Namespace) -> DDPMSamplingConfig:
+    settings = {"samples": args.samples, "steps": args.steps, "start_fraction": args.start_fraction,
+                "model_dir": str(args.ddpm_model) if args.ddpm_model else None, "device": args.device,
+                "seed": args.seed, "threads": args.threads}
+    return DDPMSamplingConfig(**{name: value for name, value in settings.items() if value is not None})
+
+
+def _check_method_settings(args: argparse.Namespace) -> None:
+    """Refuses settings of the other method, which would otherwise be silently ignored."""
+    other = DDPM_ONLY_SETTINGS if args.method == "dip" else DIP_ONLY_SETTINGS
+    given = ["--" + name.replace("_", "-") for name in other if getattr(args, name) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} do not apply to --method {args.method}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petstab", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("denoise", help="denoise a PET volume with stability-map conditional DIP")
+    p = commands.add_parser("denoise", help="denoise a PET volume with stability-map conditional DIP "
+                                            "or the diffusion model")
     p.add_argument("--pet", required=True, type=Path, help="noisy PET: NIfTI, NRRD, MHA or a DICOM series folder")
-    p.add_argument("--mr", type=Path, help="the subject's MR, registered to the PET (any grid); omit for plain DIP")
+    p.add_argument("--mr", type=Path, help="the subject's MR, registered to the PET (any grid); omit for plain DIP "
+                                           "(the bundled diffusion model needs it)")
+    p.add_argument("--method", default="dip", choices=("dip", "ddpm"),
+                   help="dip: fit the conditional DIP (default); ddpm: sample the diffusion model")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--alpha", type=float, default=0.6, help="blend strength (default 0.6; 0 = DIP output)")
     p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "mha"), help="output file format")
     p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"),
-                   help="bar: a progress bar on stderr; jsonl: one JSON object per epoch on stdout")
+                   help="bar: a progress bar on stderr; jsonl: one JSON object per epoch (DIP) or window (DDPM) "
+                        "on stdout")
     _add_dip_arguments(p)
+    _add_ddpm_arguments(p)
 
     p = commands.add_parser("blend", help="re-blend a finished run at a new alpha, with no new fit")
     p.add_argument("--run", required=True, type=Path, help="a folder written by 'petstab denoise'")
@@ -129,18 +172,22 @@ TRAINING_PROFILES = {
 
 
 def run_denoise(args: argparse.Namespace) -> int:
-    from .pipeline import denoise
+    from .pipeline import denoise, denoise_ddpm
     from .progress import make_reporter
     from .run_folder import write_run
     from .volume_io import read_volume
 
+    _check_method_settings(args)
+    config = _ddpm_config(args) if args.method == "ddpm" else _dip_config(args)
     pet = read_volume(args.pet)
     mr = read_volume(args.mr) if args.mr else None
-    if mr is None:
+    if mr is None and args.method == "dip":
         log.warning("No --mr given: running the original (unconditional) DIP from random noise")
-    config = _dip_config(args)
     with make_reporter(args.progress) as report:
-        result = denoise(pet, mr, config, alpha=args.alpha, progress=report)
+        if args.method == "ddpm":
+            result = denoise_ddpm(pet, mr, config, alpha=args.alpha, progress=report)
+        else:
+            result = denoise(pet, mr, config, alpha=args.alpha, progress=report)
     paths = write_run(result, args.out, args.format, config=config, pet_path=args.pet, mr_path=args.mr)
     log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
@@ -217,7 +264,7 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
     import torch
 
-    from .ddpm.dataset import VALIDATION_SUBJECTS, simulate_pairs
+    from .ddpm.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
     from .ddpm.model import DDPMConfig, count_parameters, build_model
     from .ddpm.training import TrainingSettings, check_training_folder, train
 
@@ -255,10 +302,19 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     doses = tuple(args.doses)
-    train_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in zip(subjects, train_paths)),
-                                 doses, variants, args.seed, progress=log.info)
-    validation_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in zip(validation_subjects, validation_paths)),
-                                      doses, 1, args.seed + 1, progress=log.info)
+    cache = {"train": args.out / "training_pairs.npz", "validation": args.out / "validation_pairs.npz"}
+    if args.resume and all(path.is_file() for path in cache.values()):
+        log.info("Reusing the simulated pairs in %s", args.out)
+        train_pairs, validation_pairs = load_pairs(cache["train"]), load_pairs(cache["validation"])
+    else:
+        train_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in zip(subjects, train_paths)),
+                                     doses, variants, args.seed, progress=log.info)
+        validation_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in
+                                           zip(validation_subjects, validation_paths)),
+                                          doses, 1, args.seed + 1, progress=log.info)
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_pairs(train_pairs, cache["train"])
+        save_pairs(validation_pairs, cache["validation"])
     simulation_s = time.perf_counter() - started
     info = {"command": args.command_line, "training_subjects": subjects, "validation_subjects": validation_subjects,
             "doses": list(doses), "variants_per_subject": variants, "training_pairs": len(train_pairs),

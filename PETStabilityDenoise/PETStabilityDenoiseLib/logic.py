@@ -11,12 +11,13 @@ that has Slicer's MRML (the ``slicer-core`` wheel)::
     logic.setAlpha(result, 0.4)                      # re-blends result.denoisedNode in place
     handle = logic.process(petNode, mrNode, wait=False, finished=lambda h: print(h.state))
     logic.cancel()                                   # stops a run started with wait=False
+    result = logic.process(petNode, mrNode, method="ddpm", samples=8)   # the diffusion model; needs the MR
 
 How a run goes: the inputs are copied (never modified) into a temporary
-folder as NRRD; ``python -m PETStabilityDenoiseLib.worker`` fits the network
-in its own process and reports JSON lines; when it is done, its four volumes
-become new nodes with the PET's exact geometry, named after the PET and placed
-under the PET's study. Nothing is added to the scene unless the run succeeds.
+folder as NRRD; ``python -m PETStabilityDenoiseLib.worker`` fits the DIP (or
+samples the diffusion model) in its own process and reports JSON lines; when
+it is done, its four volumes become new nodes with the PET's exact geometry,
+named after the PET and placed under the PET's study. Nothing is added to the scene unless the run succeeds.
 
 This module needs no Qt and no torch. Inside Slicer, the module file passes a
 PythonSlicer launcher and a QTimer-based ``scheduler``; elsewhere the worker
@@ -46,14 +47,17 @@ from .blend import blend
 from .config import EpochReport
 from .display import set_slice_layers, show_as_pet, show_as_stability
 from .mrml_volumes import add_volume_like, node_to_image, volume_array
-from .presets import get_preset
 from .run_folder import RUN_FILE, VOLUME_NAMES
 from .validation import InputError, validate_volume
+from .worker import engine_config, engine_parameters
 from .worker_process import Launcher, WorkerProcess
 
 log = logging.getLogger(__name__)
 
-METHODS = {"dip": "Conditional DIP (stability map)"}
+# Method -> the label the panel shows.
+METHODS = {"dip": "Conditional DIP (stability map)", "ddpm": "Diffusion model (DDPM)"}
+# Method -> the engine parameters process() accepts for it: the fields of DIPConfig or DDPMSamplingConfig.
+METHOD_PARAMETERS = {method: engine_parameters(method) for method in METHODS}
 OVERLAYS = ("stability", "stability_norm")
 # Output node names: "<PET name> <suffix>".
 NODE_NAME_SUFFIXES = {"denoised": "denoised", "network_output": "network output",
@@ -151,9 +155,11 @@ class RunHandle:
     def _handle_event(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "progress" and self._progress is not None:
+            loss = event.get("loss")  # null for the diffusion model, which has no loss
             self._progress(EpochReport(epoch=int(event["epoch"]), epochs=int(event["epochs"]),
-                                          loss=float(event["loss"]), elapsed_s=float(event["elapsed"]),
-                                          eta_s=float(event["eta"]), samples=int(event["samples"])))
+                                       loss=None if loss is None else float(loss),
+                                       elapsed_s=float(event["elapsed"]), eta_s=float(event["eta"]),
+                                       samples=int(event["samples"])))
         elif kind == "error":
             self._error_event = event
 
@@ -246,19 +252,23 @@ class PETStabilityDenoiseLogic:
     def process(self, petNode, mrNode=None, method: str = "dip", alpha: float = 0.6, preset: str = "fast",
                 wait: bool = True, progress: Optional[Callable[[EpochReport], None]] = None,
                 finished: Optional[Callable[[RunHandle], None]] = None, **engine_parameters):
-        """Denoises ``petNode``, guided by ``mrNode`` (None: plain DIP from noise).
+        """Denoises ``petNode``, guided by ``mrNode`` (None: plain DIP from noise; the diffusion model needs it).
 
         Args:
-            method: a key of :data:`METHODS`.
+            method: a key of :data:`METHODS`: ``dip`` fits the conditional DIP, ``ddpm``
+                samples the diffusion model.
             alpha: blend strength of the denoised output (0 = network output); change it
                 later with :meth:`setAlpha`, without a new run.
-            preset: ``paper``, ``fast`` or ``tiny`` (see presets.py).
+            preset: ``paper``, ``fast`` or ``tiny`` (see presets.py); DIP only.
             wait: True blocks and returns a :class:`ProcessResult` (errors raise);
                 False returns a :class:`RunHandle` at once and reports through the callbacks.
-            progress: called once per epoch with a :class:`EpochReport`.
+            progress: called with a :class:`EpochReport` once per epoch (DIP) or per
+                sliding window (DDPM, whose ``loss`` is None).
             finished: called once with the :class:`RunHandle` when the run ends, however it ends.
-            engine_parameters: any DIP setting (``epochs``, ``interval``, ``start``, ``device``,
-                ``seed``, ...) that overrides the preset; None keeps the preset's value.
+            engine_parameters: the settings of :data:`METHOD_PARAMETERS` for the method. DIP:
+                ``epochs``, ``interval``, ``start``, ``device``, ``seed``, ... override the preset.
+                DDPM: ``samples``, ``steps``, ``start_fraction``, ``model_dir`` (default: the
+                bundled model), ``device``, ``seed``, ... None keeps the default.
         """
         if self.isRunning:
             raise RuntimeError("a denoising run is already under way: cancel it or wait for it to finish")
@@ -266,10 +276,11 @@ class PETStabilityDenoiseLogic:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self._check_alpha(alpha)
         overrides = {name: value for name, value in engine_parameters.items() if value is not None}
+        if overrides.get("model_dir"):
+            # The worker runs in another folder: a relative path must mean the same there.
+            overrides["model_dir"] = str(Path(overrides["model_dir"]).resolve())
         try:
-            get_preset(preset, **overrides)
-        except TypeError as error:
-            raise InputError(f"unknown engine parameter ({error}); see DIPConfig in config.py") from None
+            engine_config(method, preset, overrides)
         except ValueError as error:
             raise InputError(str(error)) from None
 

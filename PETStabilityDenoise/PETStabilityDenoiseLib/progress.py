@@ -1,4 +1,8 @@
-"""Progress reporters for the DIP fit: a terminal bar, or JSON lines for programs."""
+"""Progress reporters for the DIP fit and the DDPM sampling: a terminal bar, or JSON lines for programs.
+
+A DIP report counts epochs and carries the loss; a DDPM report counts sliding windows and its loss is None
+(``null`` in JSON).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def report_as_json(report: EpochReport) -> str:
 
 @contextlib.contextmanager
 def make_reporter(kind: str) -> Iterator[Optional[Callable[[EpochReport], None]]]:
-    """Yields a callback for ``fit_dip``: ``bar`` (tqdm on stderr), ``jsonl`` (stdout) or ``none``."""
+    """Yields a progress callback for either engine: ``bar`` (tqdm on stderr), ``jsonl`` (stdout) or ``none``."""
     if kind == "none":
         yield None
     elif kind == "jsonl":
@@ -38,8 +42,12 @@ def make_reporter(kind: str) -> Iterator[Optional[Callable[[EpochReport], None]]
         def update(report: EpochReport) -> None:
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=report.epochs, desc="DIP", unit="epoch", file=sys.stderr)
-            bar.set_postfix(loss=f"{report.loss:.4g}", samples=report.samples, refresh=False)
+                desc, unit = ("DDPM", "window") if report.loss is None else ("DIP", "epoch")
+                bar = tqdm(total=report.epochs, desc=desc, unit=unit, file=sys.stderr)
+            if report.loss is None:
+                bar.set_postfix(samples=report.samples, refresh=False)
+            else:
+                bar.set_postfix(loss=f"{report.loss:.4g}", samples=report.samples, refresh=False)
             bar.update(report.epoch - bar.n)
         try:
             yield update
