@@ -143,7 +143,7 @@ class PETStabilityDenoiseParameterNode:
     interval: Annotated[int, WithinRange(0, 10000)] = 0
     start: Annotated[int, WithinRange(0, 10000)] = 0
     samples: Annotated[int, WithinRange(2, 32)] = 8
-    ddimSteps: Annotated[int, WithinRange(1, 100)] = 4
+    ddimSteps: Annotated[int, WithinRange(1, 100)] = 2
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     alpha: Annotated[float, WithinRange(0, 3)] = 0.6

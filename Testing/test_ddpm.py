@@ -114,13 +114,16 @@ def test_training_resumes_exactly_and_the_saved_model_denoises(tmp_path):
     settings = TrainingSettings(steps=4, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
                                 validation_patches=2)
     straight = train(config, settings, pairs[:1], pairs[1:], tmp_path / "straight")
-    train(config, dataclasses.replace(settings, steps=2), pairs[:1], pairs[1:], tmp_path / "resumed")
+    train(config, dataclasses.replace(settings, steps=2), pairs[:1], pairs[1:], tmp_path / "resumed",
+          info={"command": "first"})
     with pytest.raises(FileExistsError, match="resume"):
         train(config, settings, pairs[:1], pairs[1:], tmp_path / "resumed")
-    resumed = train(config, settings, pairs[:1], pairs[1:], tmp_path / "resumed", resume=True)
+    resumed = train(config, settings, pairs[:1], pairs[1:], tmp_path / "resumed", resume=True,
+                    info={"command": "second"})
 
     first, _, manifest = load_model(straight)
-    second, _, _ = load_model(resumed)
+    second, _, resumed_manifest = load_model(resumed)
+    assert resumed_manifest["info"]["command"] == "first" and resumed_manifest["info"]["resumed_with"] == "second"
     for name, tensor in first.state_dict().items():
         torch.testing.assert_close(second.state_dict()[name], tensor, rtol=0, atol=0)
     log = (tmp_path / "resumed" / LOSS_LOG).read_text().splitlines()

@@ -64,7 +64,7 @@ class DDPMSamplingConfig:
     """
 
     samples: int = 8
-    steps: int = 4
+    steps: int = 2
     start_fraction: float = 0.5
     overlap: float = 0.25
     seed: int = 0

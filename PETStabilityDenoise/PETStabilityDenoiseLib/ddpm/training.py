@@ -146,6 +146,8 @@ def train(
         rng.bit_generator.state = state["numpy_rng"]
         generator.set_state(state["torch_rng"])
         step, elapsed = state["step"], state["elapsed_s"]
+        # The first run's facts (its command, how long simulation took) describe the model; keep them.
+        info = {**state["info"], "resumed_with": (info or {}).get("command")}
     log_rows = _read_log(log_path, step)
 
     validation = [torch.from_numpy(a).to(device) for a in random_patches(
@@ -182,7 +184,7 @@ def train(
             torch.save({"config": dataclasses.asdict(config), "settings": dataclasses.asdict(settings),
                         "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
                         "numpy_rng": rng.bit_generator.state, "torch_rng": generator.get_state(), "step": step,
-                        "elapsed_s": time.perf_counter() - started}, checkpoint_path)
+                        "elapsed_s": time.perf_counter() - started, "info": info or {}}, checkpoint_path)
 
     last_validation = next((float(r["validation_loss"]) for r in reversed(log_rows) if r["validation_loss"]), None)
     manifest_info = {
