@@ -174,7 +174,7 @@ def summarise(rows: list, doses) -> str:
 
         def cell(table, key, scale=1.0, fmt="{:.3f}"):
             values = [scale * table[s][key] for s in subjects]
-            return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values))}"
+            return f"{fmt.format(np.mean(values))} ± {fmt.replace('+', '').format(np.std(values))}"
 
         for label, key, scale, fmt in (("PSNR (dB)", "psnr", 1, "{:.2f}"), ("SSIM", "ssim", 1, "{:.3f}"),
                                        ("WM CoV", "wm_cov", 1, "{:.3f}"), ("PVR", "pvr", 1, "{:.2f}"),
@@ -244,7 +244,7 @@ def plot(panel_files: dict, sweep_rows: list, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels-dir", type=Path, required=True)
-    parser.add_argument("--subjects", nargs="+", default=["50", "51", "52", "53", "54"])
+    parser.add_argument("--subjects", nargs="*", default=["50", "51", "52", "53", "54"])
     parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])
     parser.add_argument("--out", type=Path, default=Path("docs/ddpm"))
     parser.add_argument("--model", help="model folder (default: the bundled model)")
@@ -264,15 +264,16 @@ def main() -> None:
     rows, panels = [], {}
     for subject in args.subjects:
         rows += evaluate_case(labels(subject), subject, args.doses, config, args.out, panels)
-    write_csv(rows, args.out / "results.csv")
+    if rows:
+        write_csv(rows, args.out / "results.csv")
+        (args.out / "summary.md").write_text(
+            f"Defaults: {config.samples} samples, {config.steps} DDIM steps from {config.start_fraction:g} T.\n\n"
+            + summarise(rows, args.doses))
     sweep_rows = []
     if args.sweep_steps or args.sweep_starts:
         sweep_rows = sweep(labels(args.sweep_subject), args.sweep_subject, args.sweep_dose, config, args.sweep_steps,
                            args.sweep_starts, args.out)
         write_csv(sweep_rows, args.out / "sweep.csv")
-    (args.out / "summary.md").write_text(
-        f"Defaults: {config.samples} samples, {config.steps} DDIM steps from {config.start_fraction:g} T.\n\n"
-        + summarise(rows, args.doses))
     plot(panels, sweep_rows, args.out)
     log.info("Wrote %s", args.out)
 
