@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
+from PETStabilityDenoiseLib import dip
 from PETStabilityDenoiseLib.blend import blend
-from PETStabilityDenoiseLib.dip import DIPConfig, fit_dip
+from PETStabilityDenoiseLib.dip import DIPConfig, LossJumpError, fit_dip
 from PETStabilityDenoiseLib.config import sample_epochs
+from PETStabilityDenoiseLib.network import build_unet
 from PETStabilityDenoiseLib.stability import WelfordAccumulator
 
 TINY = DIPConfig(epochs=8, interval=2, start=2, channels=(4, 8), num_res_units=1)
@@ -131,3 +135,98 @@ def test_fit_dip_rejects_bad_shapes_and_modes():
         fit_dip(pet, mr[:, :, :8], TINY)
     with pytest.raises(ValueError, match="needs an MR"):
         fit_dip(pet, None, TINY)
+
+
+def test_config_rejects_unknown_network_and_bad_guard():
+    with pytest.raises(ValueError, match="'monai', 'gong'"):
+        DIPConfig(network="unet")
+    with pytest.raises(ValueError, match="loss_jump_factor"):
+        DIPConfig(loss_jump_factor=1.0)
+    with pytest.raises(ValueError, match="max_loss_jump_retries"):
+        DIPConfig(max_loss_jump_retries=-1)
+
+
+def test_gong_network_shape_norms_and_additive_skips():
+    net = build_unet(2, (4, 8, 16), num_res_units=1, network="gong")
+    x = torch.randn(1, 2, 16, 24, 8)
+    assert net(x).shape == (1, 1, 16, 24, 8)
+    modules = list(net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in modules)
+    assert not any(isinstance(m, (torch.nn.ConvTranspose3d, torch.nn.InstanceNorm3d)) for m in modules)
+    # Added skips: the block after each skip takes the skip's channels, not twice them.
+    assert [decoder[0][0].in_channels for decoder in net.decoders] == [4, 8]
+    assert [up[0].out_channels for up in net.ups] == [4, 8]
+    assert isinstance(net.head, torch.nn.Conv3d) and net.head.kernel_size == (1, 1, 1)
+    with pytest.raises(ValueError, match="network must be"):
+        build_unet(1, (4, 8), 1, network="unet")
+
+
+def test_gong_fit_lowers_loss_and_final_pass_matches_snapshots():
+    pet, mr = _blob()
+    config = TINY.replace(network="gong")
+    result = fit_dip(pet, mr, config)
+    assert np.isfinite(result.stability).all() and result.stability.max() > 0
+    assert result.loss_history[-1] < 0.5 * result.loss_history[0]
+    # The no-grad final pass runs in train mode like the fit: it equals the
+    # snapshot of the same weights taken inside a longer fit's next epoch.
+    stored = {}
+    fit_dip(pet, mr, config.replace(epochs=9), output_epochs=[8],
+            on_output=lambda epoch, image: stored.__setitem__(epoch, image.copy()))
+    np.testing.assert_allclose(result.network_output, stored[8], rtol=1e-5, atol=1e-5)
+
+
+def _corrupt_steps(monkeypatch, steps, factor, learning_rate=None):
+    """Multiplies all weights by ``factor`` after the given steps of each new optimiser (at ``learning_rate``)."""
+    make = dip._make_optimizer
+
+    def make_corrupting(params, config, lr):
+        params = list(params)
+        optimizer = make(params, config, lr)
+        step, calls = optimizer.step, itertools.count(1)
+
+        def corrupting_step(closure):
+            loss = step(closure)
+            if next(calls) in steps and learning_rate in (None, lr):
+                with torch.no_grad():
+                    for param in params:
+                        param.mul_(factor)
+            return loss
+
+        optimizer.step = corrupting_step
+        return optimizer
+
+    monkeypatch.setattr(dip, "_make_optimizer", make_corrupting)
+
+
+@pytest.mark.parametrize("step, factor", [(4, 100.0), (4, float("nan")), (8, 100.0)])
+def test_loss_jump_is_undone_and_redone_at_lower_rate(monkeypatch, step, factor):
+    # Step n makes the weights of epoch n: 4 is sampled into S, 8 is the final output.
+    # Seed 1: this fit has no jump of its own (seed 0 jumps at epoch 2).
+    _corrupt_steps(monkeypatch, {step}, factor, learning_rate=TINY.learning_rate)
+    pet, mr = _blob()
+    calls, reported = [], []
+    result = fit_dip(pet, mr, TINY.replace(seed=1), output_epochs=range(9),
+                     on_output=lambda epoch, image: calls.append((epoch, image.copy())),
+                     progress=lambda report: reported.append(report.epoch))
+    assert len(result.loss_jumps) == 1
+    jump = result.loss_jumps[0]
+    assert jump["epoch"] == step and jump["new_learning_rate"] == TINY.learning_rate / 10
+    assert not jump["loss"] <= TINY.loss_jump_factor * jump["best_loss"]
+    losses = result.loss_history
+    assert len(losses) == TINY.epochs and reported == list(range(1, 9))
+    assert all(loss <= TINY.loss_jump_factor * min(losses[:n]) for n, loss in enumerate(losses) if n)
+    # The rejected weights reached neither on_output nor S.
+    assert [epoch for epoch, _ in calls] == list(range(9))
+    images = dict(calls)
+    expected = np.std(np.stack([images[e] for e in result.sample_epochs]), axis=0, ddof=1)
+    assert np.isfinite(result.stability).all()
+    np.testing.assert_allclose(result.stability, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(result.network_output, images[8])
+
+
+def test_loss_jump_error_when_retries_run_out(monkeypatch):
+    # Every optimiser, at any learning rate, breaks the weights at its second step.
+    _corrupt_steps(monkeypatch, {2}, float("nan"))
+    pet, mr = _blob()
+    with pytest.raises(LossJumpError, match="after 2 of 2 allowed .* lower --learning-rate or use --optimizer adam"):
+        fit_dip(pet, mr, TINY.replace(seed=1, max_loss_jump_retries=2))

@@ -13,6 +13,11 @@ from typing import Literal, Optional, Sequence, Tuple
 
 InputMode = Literal["mr", "mr+pet", "noise"]
 OptimizerName = Literal["lbfgs", "adam"]
+NetworkName = Literal["monai", "gong"]
+
+# "monai": MONAI's residual UNet (transposed convolutions, concatenated skips,
+# instance norm); "gong": the Gong et al. (TMI 2019) style network of network.py.
+NETWORKS: Tuple[str, ...] = ("monai", "gong")
 
 
 @dataclass(frozen=True)
@@ -29,10 +34,16 @@ class DIPConfig:
     line_search: Optional[str] = None
     channels: Tuple[int, ...] = (16, 32, 64, 128)
     num_res_units: int = 2
+    network: NetworkName = "monai"
     input_mode: InputMode = "mr"
     seed: int = 0
     device: str = "auto"
     threads: Optional[int] = None
+    # Loss-jump guard (fit_dip): a step whose loss exceeds loss_jump_factor x the
+    # lowest accepted loss so far is undone and redone at a 10x lower learning
+    # rate (dip.LOSS_JUMP_LR_DIVISOR), at most max_loss_jump_retries times per fit.
+    loss_jump_factor: float = 10.0
+    max_loss_jump_retries: int = 3
 
     def __post_init__(self) -> None:
         sample_epochs(self.epochs, self.interval, self.start)  # validates the schedule
@@ -42,8 +53,13 @@ class DIPConfig:
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam'; got {self.optimizer!r}")
         if self.input_mode not in ("mr", "mr+pet", "noise"):
             raise ValueError(f"input_mode must be 'mr', 'mr+pet' or 'noise'; got {self.input_mode!r}")
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(map(repr, NETWORKS))}; got {self.network!r}")
         if self.learning_rate <= 0 or self.inner_iterations < 1 or self.history_size < 1:
             raise ValueError("learning_rate must be > 0, inner_iterations and history_size >= 1")
+        if not self.loss_jump_factor > 1 or self.max_loss_jump_retries < 0:
+            raise ValueError(f"loss_jump_factor must be > 1 and max_loss_jump_retries >= 0; "
+                             f"got {self.loss_jump_factor}, {self.max_loss_jump_retries}")
 
     def replace(self, **changes) -> "DIPConfig":
         return dataclasses.replace(self, **changes)

@@ -13,6 +13,7 @@ U-Net accepts (see ``pipeline.py``).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Tuple
@@ -24,9 +25,21 @@ from .config import DIPConfig, EpochReport, InputMode, sample_epochs
 from .network import build_unet
 from .stability import WelfordAccumulator
 
+log = logging.getLogger(__name__)
+
+# Each step the loss-jump guard rejects is redone at the learning rate divided by this.
+LOSS_JUMP_LR_DIVISOR = 10.0
+
+
 @dataclass
 class DIPResult:
-    """The fit's outputs, in the units and shape of the input PET."""
+    """The fit's outputs, in the units and shape of the input PET.
+
+    ``loss_history[n]`` is the loss of the weights after n epochs (one per
+    epoch, accepted steps only). ``loss_jumps`` lists the steps the guard
+    rejected, as dicts: ``epoch`` (whose weights were rejected), ``loss``,
+    ``best_loss`` (the lowest accepted so far) and ``new_learning_rate``.
+    """
 
     network_output: np.ndarray
     stability: np.ndarray
@@ -35,10 +48,15 @@ class DIPResult:
     loss_history: list
     device: str
     timings: dict = field(default_factory=dict)
+    loss_jumps: list = field(default_factory=list)
 
 
 class Cancelled(RuntimeError):
     """Raised inside ``fit_dip`` when the caller's ``should_stop`` returns True."""
+
+
+class LossJumpError(FloatingPointError):
+    """Raised inside ``fit_dip`` when the loss still jumps after ``max_loss_jump_retries`` learning-rate cuts."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,6 +104,10 @@ def fit_dip(
 ) -> DIPResult:
     """Fits the conditional DIP to ``pet`` and returns its output and stability map.
 
+    A step after which the loss exceeds ``config.loss_jump_factor`` x the lowest
+    so far, or is not finite, is undone and redone at a lower learning rate;
+    when that keeps happening, :class:`LossJumpError` is raised.
+
     Args:
         pet: noisy PET, 3D float array (z, y, x); each size a multiple of
             ``config.size_multiple``.
@@ -117,8 +139,11 @@ def fit_dip(
     input_np = _network_input(target_np, prior, config.input_mode, mask, config.seed)
     target = torch.from_numpy(target_np)[None, None].to(device)
     net_input = torch.from_numpy(input_np)[None].to(device)
-    net = build_unet(net_input.shape[1], config.channels, config.num_res_units).to(device)
-    optimizer = _make_optimizer(net.parameters(), config)
+    # Train mode throughout, the final pass included: batch norm ('gong') then
+    # normalises every output, snapshot or final, with that output's own statistics.
+    net = build_unet(net_input.shape[1], config.channels, config.num_res_units, config.network).to(device).train()
+    learning_rate = config.learning_rate
+    optimizer = _make_optimizer(net.parameters(), config, learning_rate)
 
     wanted = set(sample_epochs(config.epochs, config.interval, config.start))
     stability = WelfordAccumulator()
@@ -130,44 +155,80 @@ def fit_dip(
         if epoch in requested:
             on_output(epoch, output[0, 0].float().cpu().numpy() * pet_scale)
 
+    first_output: list = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        output = net(net_input)
+        if not first_output:
+            first_output.append(output.detach())
+        loss = torch.nn.functional.mse_loss(output, target)
+        loss.backward()
+        return loss
+
     losses: list = []
+    jumps: list = []
+    best = float("inf")
+    before_step = None  # the accepted weights that the current ones were stepped from
     t_fit = time.perf_counter()
 
     # The first forward pass of epoch n evaluates the weights after n-1 epochs,
     # so that output doubles as the epoch-(n-1) snapshot: S costs no extra pass.
-    for epoch in range(1, config.epochs + 1):
-        first_output: list = []
+    # Its loss is what the loss-jump guard judges those weights by, so a
+    # snapshot reaches S and on_output only once its weights are accepted, and
+    # a jump undoes the previous step, the one that made them. After the last
+    # epoch one no-grad pass gives the final output and its loss, judged alike.
+    epoch = 0  # net holds the weights after this many epochs, not yet judged
+    while True:
+        first_output.clear()
+        if epoch < config.epochs:
+            saved = {name: value.detach().clone() for name, value in net.state_dict().items()}
+            loss = float(optimizer.step(closure).detach())
+            output = first_output[0]
+        else:
+            with torch.no_grad():
+                output = net(net_input)
+            loss = float(torch.nn.functional.mse_loss(output, target))
 
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            output = net(net_input)
-            if not first_output:
-                first_output.append(output.detach())
-            loss = torch.nn.functional.mse_loss(output, target)
-            loss.backward()
-            return loss
+        if not np.isfinite(loss) or loss > config.loss_jump_factor * best:
+            if before_step is None:
+                raise FloatingPointError(f"the DIP loss of the initial network is {loss}: check the inputs")
+            if len(jumps) == config.max_loss_jump_retries:
+                raise LossJumpError(
+                    f"the DIP loss jumped to {loss:.4g} at epoch {epoch} (lowest so far {best:.4g}) at learning "
+                    f"rate {learning_rate:g}, after {len(jumps)} of {config.max_loss_jump_retries} allowed "
+                    "learning-rate reductions; lower --learning-rate or use --optimizer adam"
+                )
+            learning_rate /= LOSS_JUMP_LR_DIVISOR
+            jumps.append({"epoch": epoch, "loss": loss, "best_loss": best, "new_learning_rate": learning_rate})
+            log.warning("DIP loss jumped to %.4g at epoch %d (lowest so far %.4g): redoing the step at "
+                        "learning rate %g", loss, epoch, best, learning_rate)
+            # Back to the weights before the rejected step, and a new optimiser at
+            # the lower rate (L-BFGS's history and Adam's moments go with the old
+            # one). Redoing the step re-evaluates those accepted weights, which
+            # are already recorded: its output is dropped.
+            net.load_state_dict(before_step)
+            optimizer = _make_optimizer(net.parameters(), config, learning_rate)
+            optimizer.step(closure)
+            continue
 
-        loss = optimizer.step(closure)
-        _record(epoch - 1, first_output[0])
-        losses.append(float(loss.detach()))
-        if not np.isfinite(losses[-1]):
-            raise FloatingPointError(
-                f"the DIP loss became {losses[-1]} at epoch {epoch}; lower the learning rate or use --optimizer adam"
-            )
+        _record(epoch, output)
+        if epoch == config.epochs:
+            break
+        best = min(best, loss)
+        before_step = saved
+        epoch += 1
+        losses.append(loss)
         if progress is not None:
             elapsed = time.perf_counter() - t_fit
-            progress(EpochReport(epoch, config.epochs, losses[-1], elapsed,
+            progress(EpochReport(epoch, config.epochs, loss, elapsed,
                                  elapsed / epoch * (config.epochs - epoch), stability.count))
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled at epoch {epoch} of {config.epochs}")
-
-    with torch.no_grad():
-        final = net(net_input)
-    _record(config.epochs, final)
     t_end = time.perf_counter()
 
     return DIPResult(
-        network_output=(final[0, 0].float().cpu().numpy() * pet_scale).astype(np.float32),
+        network_output=(output[0, 0].float().cpu().numpy() * pet_scale).astype(np.float32),
         stability=(stability.std()[0, 0].float().cpu().numpy() * pet_scale).astype(np.float32),
         n_samples=stability.count,
         sample_epochs=sorted(wanted),
@@ -175,15 +236,19 @@ def fit_dip(
         device=str(device),
         timings={"setup_s": t_fit - t_start, "fit_s": t_end - t_fit,
                  "s_per_epoch": (t_end - t_fit) / config.epochs},
+        loss_jumps=jumps,
     )
 
 
-def _make_optimizer(params, config: DIPConfig) -> torch.optim.Optimizer:
+def _make_optimizer(params, config: DIPConfig, learning_rate: Optional[float] = None) -> torch.optim.Optimizer:
+    """The config's optimiser; ``learning_rate`` replaces the config's (the loss-jump guard lowers it)."""
+    if learning_rate is None:
+        learning_rate = config.learning_rate
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.learning_rate)
+        return torch.optim.Adam(params, lr=learning_rate)
     return torch.optim.LBFGS(
         params,
-        lr=config.learning_rate,
+        lr=learning_rate,
         max_iter=config.inner_iterations,
         history_size=config.history_size,
         line_search_fn=config.line_search,

@@ -162,7 +162,8 @@ def denoise(
     t_prep = time.perf_counter()
     dip = fit_dip(prepared.cropped_pet, prepared.cropped_mr, config, mask=prepared.cropped_mask, progress=progress,
                   should_stop=should_stop, output_epochs=output_epochs, on_output=snapshot)
-    record = {"sample_epochs": dip.sample_epochs, "device": dip.device, "loss_per_epoch": dip.loss_history}
+    record = {"sample_epochs": dip.sample_epochs, "device": dip.device, "loss_per_epoch": dip.loss_history,
+              "loss_jumps": dip.loss_jumps}
     timings = {"prepare_s": t_prep - t0, **dip.timings, "engine_s": time.perf_counter() - t_prep}
     return _finish(pet, mr, prepared, dip.network_output, dip.stability, alpha, "dip", dip.n_samples, record,
                    timings, dip)
