@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import DDPMSamplingConfig
+from .config import NETWORKS, DDPMSamplingConfig
+from .simulation.scanners import REGIMES, SCANNERS
 from .validation import InputError
 
 log = logging.getLogger("petstab")
@@ -36,6 +37,10 @@ def _add_dip_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--learning-rate", type=float)
     group.add_argument("--input-mode", choices=("mr", "mr+pet", "noise"),
                        help="network input: the MR (default), MR and PET as two channels, or fixed noise")
+    group.add_argument("--network", choices=NETWORKS,
+                       help="monai: MONAI UNet (instance norm, transposed convolutions, concatenated skips); "
+                            "gong: Gong et al.'s style (batch norm, trilinear upsampling, added skips)")
+    group.add_argument("--inner-iterations", type=int, help="L-BFGS iterations per epoch (PyTorch's default: 20)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA if available)")
     group.add_argument("--seed", type=int)
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -46,15 +51,34 @@ def _dip_config(args: argparse.Namespace):
 
     return get_preset(
         args.preset, epochs=args.epochs, interval=args.interval, start=args.start, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, input_mode=args.input_mode, device=args.device, seed=args.seed,
-        threads=args.threads,
+        learning_rate=args.learning_rate, input_mode=args.input_mode, network=args.network,
+        inner_iterations=args.inner_iterations, device=args.device, seed=args.seed, threads=args.threads,
     )
 
 
 DDPM_DEFAULTS = DDPMSamplingConfig()
 # Settings that only one method has, as argparse destinations: giving them to the other is refused.
-DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode")
+DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode", "network",
+                     "inner_iterations")
 DDPM_ONLY_SETTINGS = ("samples", "steps", "start_fraction", "ddpm_model")
+
+
+def _add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Simulated scanner and regime (docs/SIMULATOR.md)")
+    group.add_argument("--scanner", choices=tuple(SCANNERS), default="brain",
+                       help="brain: VRAIN-like, 3 mm, counts from its sensitivity (default); wholebody: 4.5 mm PSF")
+    group.add_argument("--regime", choices=REGIMES, default="realistic",
+                       help="realistic: regional uptake, PET-only texture, lesions and hypometabolism, MR "
+                            "misregistered by 1 mm and 1 degree (default); legacy: the PET is a function of the MR")
+    group.add_argument("--count-scale", type=float, default=1.0,
+                       help="multiplies the scanner's full-dose counts (default 1)")
+
+
+def _simulation_config(args: argparse.Namespace, **fields):
+    """The SimulationConfig of --scanner, --regime and --count-scale, with ``fields`` set."""
+    from .simulation import simulation_config
+
+    return simulation_config(args.scanner, args.regime, args.count_scale, **fields)
 
 
 def _add_ddpm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1], help="dose fractions")
     p.add_argument("--lesions", type=int, default=3, help="PET-only hot lesions (absent from the MR)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the phantom (lesions, texture, misregistration) and noise")
+    p.add_argument("--noise-seed", type=int, help="another noise realisation of the same phantom")
+    _add_simulation_arguments(p)
     p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "mha"))
 
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
@@ -204,10 +230,11 @@ def run_blend(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from .simulation import SimulationConfig, bundled_labels_path, simulate_case
+    from .simulation import bundled_labels_path, simulate_case
 
     labels = sitk.ReadImage(str(args.labels or bundled_labels_path()))
-    case = simulate_case(labels, SimulationConfig(doses=tuple(args.doses), n_lesions=args.lesions, seed=args.seed))
+    case = simulate_case(labels, _simulation_config(args, doses=tuple(args.doses), n_lesions=args.lesions,
+                                                    seed=args.seed, noise_seed=args.noise_seed))
     paths = case.write(args.out, fmt=args.format)
     log.info("Wrote %d files to %s", len(paths), args.out)
     return 0

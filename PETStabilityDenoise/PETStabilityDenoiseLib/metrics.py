@@ -60,6 +60,20 @@ def contrast_recovery(
     return float((lesion / background - 1.0) / (true_ratio - 1.0))
 
 
+def hypometabolism_recovery(
+    image: np.ndarray, region_mask: np.ndarray, mirror_mask: np.ndarray, true_ratio: float
+) -> float:
+    """How much of a hypometabolic region's deficit survives: (1 - r) / (1 - r_true), r = region mean / mirror mean.
+
+    1 means the deficit is shown at its true depth; 0 means it has vanished.
+    """
+    if true_ratio == 1:
+        raise ValueError("true ratio must differ from 1")
+    mirror = _nonzero(float(_region(image, mirror_mask, "hypometabolism mirror").mean()), "hypometabolism mirror")
+    ratio = _region(image, region_mask, "hypometabolism").mean() / mirror
+    return float((1.0 - ratio) / (1.0 - true_ratio))
+
+
 def psnr(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB inside ``mask``, with the truth's maximum there as the peak."""
     if np.shape(truth) != np.shape(image):

@@ -4,6 +4,7 @@
 See docs/SIMULATOR.md for the model and its calibration.
 """
 
-from .case import SimulatedCase, SimulationConfig, bundled_labels_path, dose_label, simulate_case
+from .case import SimulatedCase, SimulationConfig, bundled_labels_path, dose_label, simulate_case, simulation_config
 
-__all__ = ["SimulatedCase", "SimulationConfig", "bundled_labels_path", "dose_label", "simulate_case"]
+__all__ = ["SimulatedCase", "SimulationConfig", "bundled_labels_path", "dose_label", "simulate_case",
+           "simulation_config"]

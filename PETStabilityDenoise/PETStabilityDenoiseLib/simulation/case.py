@@ -7,6 +7,7 @@ into images (PET on a coarser grid made by block averaging the label grid, MR on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ import SimpleITK as sitk
 
 from . import acquisition as acq
 from . import phantom as ph
+from .scanners import REGIMES, SCANNERS
 
 BUNDLED_LABELS = "brainweb_subject04_labels_1mm.nii.gz"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -29,40 +31,112 @@ def bundled_labels_path() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / BUNDLED_LABELS
 
 
+BRAIN = SCANNERS["brain"]
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Everything that defines a simulated case; the same config and labels give the same case."""
+    """Everything that defines a simulated case; the same config and labels give the same case.
+
+    The defaults are the realistic regime (docs/SIMULATOR.md): regional grey-matter uptake, PET-only texture,
+    lesions and hypometabolism, a slightly misregistered MR and the ``brain`` scanner. ``legacy()`` gives the
+    first simulator's regime, where the PET is a function of the MR; ``for_scanner()`` switches scanner.
+    """
 
     doses: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)
-    seed: int = 0
+    seed: int = 0  # the phantom: lesion layout, texture, misregistration, MR noise (and the PET noise by default)
+    noise_seed: Optional[int] = None  # the PET counts alone, so that noise realisations share one phantom
     # Truth
-    gm_wm_ratio: float = 4.0  # grey/white matter activity; white matter stays at the FDG_ACTIVITY value
+    gm_wm_ratio: float = 4.0  # reference (frontal) grey/white matter activity; white matter stays at 2.0
+    gm_uptake: tuple = ph.REGIONAL_GM_UPTAKE  # (region, multiplier of grey-matter uptake) pairs
+    uptake_transition_mm: float = 8.0  # FWHM over which regional uptake changes at region borders
+    texture_amplitude: float = 0.10  # std of the PET-only multiplicative texture in grey matter (0: none)
+    texture_fwhm_mm: float = 4.0
     n_lesions: int = 3
-    lesion_ratio: float = 2.5  # lesion activity / white-matter activity
-    lesion_diameter_mm: tuple[float, float] = (6.0, 10.0)
-    deep_nuclei_boost: float = 0.2
+    lesion_ratio: float = 4.0  # lesion activity / white-matter activity
+    lesion_diameter_mm: tuple[float, float] = (8.0, 14.0)
+    hypo_depth: float = 0.35  # fractional uptake loss in the hypometabolic region (0: none)
+    hypo_center_mm: tuple[float, float, float] = (-52.0, -50.0, 18.0)  # left temporo-parietal cortex
+    hypo_radii_mm: tuple[float, float, float] = (16.0, 22.0, 20.0)
     colliculus_activity: float = 10.0
     tectum_activity: float = 2.0
-    colliculus_separation_mm: float = 12.0
-    colliculus_diameter_mm: float = 6.0
+    colliculus_separation_mm: float = 14.0
+    colliculus_diameter_mm: float = 8.0
+    peak_radius_mm: float = 3.0  # PVR masks: peak voxels within this of each centre ...
+    valley_radius_mm: float = 4.0  # ... valley voxels in the mid-plane within this of the axis
     # MR
     mr_blur_fwhm_mm: float = 1.0
     mr_noise_fraction: float = 0.03
     mr_bias_amplitude: float = 0.12
     mr_colliculus_contrast: float = 0.3
-    # Acquisition and reconstruction
-    psf_fwhm_mm: float = 4.5
+    misregistration_mm: float = 1.0  # rigid PET/MR misregistration: a shift of this length ...
+    misregistration_deg: float = 1.0  # ... and a rotation by this angle, in random directions
+    # Acquisition and reconstruction (the scanner preset)
+    psf_fwhm_mm: float = BRAIN.psf_fwhm_mm
     pet_spacing_mm: float = 2.0
     n_angles: int = 168
-    full_dose_counts: float = 1.1e8  # expected true (unscattered) counts of the whole volume at full dose
-    background_fraction: float = 0.25  # expected randoms + scatter, as a fraction of the true counts
+    full_dose_counts: float = BRAIN.full_dose_counts  # expected true (unscattered) counts of the whole volume
+    background_fraction: float = BRAIN.background_fraction  # expected randoms + scatter, as a fraction of trues
     attenuation: bool = True
     mu_per_cm: float = 0.0975  # uniform soft-tissue attenuation on the head mask
-    osem_iterations: int = 4
-    osem_subsets: int = 8
+    osem_iterations: int = BRAIN.osem_iterations
+    osem_subsets: int = BRAIN.osem_subsets
+
+    def __post_init__(self) -> None:
+        for name in ("texture_amplitude", "hypo_depth", "misregistration_mm", "misregistration_deg"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if not self.hypo_depth < 1:
+            raise ValueError(f"hypo_depth must be below 1; got {self.hypo_depth}")
+        unknown = sorted({name for name, _ in self.gm_uptake} - set(ph.UPTAKE_REGIONS))
+        if unknown:
+            raise ValueError(f"unknown uptake regions {unknown}; choose from {sorted(ph.UPTAKE_REGIONS)}")
+
+    @classmethod
+    def for_scanner(cls, name: str, **changes) -> "SimulationConfig":
+        """The default case with the resolution, counts and reconstruction of scanner ``name``."""
+        return cls(**{**scanner_settings(name), **changes})
+
+    @classmethod
+    def legacy(cls, **changes) -> "SimulationConfig":
+        """The first simulator's regime: the PET is a function of the MR, on the ``wholebody`` scanner.
+
+        One grey-matter value (deep nuclei +20 %), no texture or hypometabolism, faint 6-10 mm lesions, 2-voxel
+        PVR peaks and an exactly registered MR. The evaluation keeps it as a stress case.
+        """
+        return cls.for_scanner("wholebody", **{**LEGACY_PHANTOM, **changes})
+
+    def replace(self, **changes) -> "SimulationConfig":
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def simulation_config(scanner: str = "brain", regime: str = "realistic", count_scale: float = 1.0,
+                      **fields) -> SimulationConfig:
+    """The case of a scanner preset and a regime (see ``scanners``), its full-dose counts times ``count_scale``."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    if not count_scale > 0:
+        raise ValueError(f"count_scale must be > 0; got {count_scale}")
+    settings = scanner_settings(scanner)
+    settings["full_dose_counts"] *= count_scale
+    return (SimulationConfig.legacy if regime == "legacy" else SimulationConfig)(**{**settings, **fields})
+
+
+def scanner_settings(name: str) -> dict:
+    """The SimulationConfig fields that scanner preset ``name`` sets."""
+    if name not in SCANNERS:
+        raise ValueError(f"unknown scanner {name!r}; choose one of {', '.join(SCANNERS)}")
+    return asdict(SCANNERS[name])
+
+
+LEGACY_PHANTOM = dict(
+    gm_uptake=ph.LEGACY_GM_UPTAKE, uptake_transition_mm=0.0, texture_amplitude=0.0, lesion_ratio=2.5,
+    lesion_diameter_mm=(6.0, 10.0), hypo_depth=0.0, colliculus_separation_mm=12.0, colliculus_diameter_mm=6.0,
+    peak_radius_mm=2.0, valley_radius_mm=2.0, misregistration_mm=0.0, misregistration_deg=0.0,
+)
 
 
 def dose_label(fraction: float) -> str:
@@ -83,6 +157,7 @@ class SimulatedCase:
     osem: dict[float, sitk.Image]
     masks: dict[str, sitk.Image]
     lesion_true_ratio: float
+    hypo_true_ratio: float  # hypometabolic region mean / mirror mean in the 2 mm truth; NaN without one
     info: dict = field(default_factory=dict)
 
     def write(self, out_dir: Path, fmt: str = "nii.gz") -> dict[str, Path]:
@@ -111,6 +186,22 @@ def index_to_ras(image: sitk.Image) -> np.ndarray:
     return affine
 
 
+def misregister(image: sitk.Image, shift_mm: float, rotation_deg: float,
+                rng: np.random.Generator) -> tuple[sitk.Image, dict]:
+    """The image resampled on its own grid through a rigid transform: a rotation by ``rotation_deg`` about a random
+    axis through the image centre, and a shift of ``shift_mm`` in a random direction (linear interpolation)."""
+    axis, direction = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 3)))
+    record = {"shift_mm": shift_mm, "rotation_deg": rotation_deg, "rotation_axis_lps": axis.tolist(),
+              "shift_direction_lps": direction.tolist()}
+    if shift_mm == 0 and rotation_deg == 0:
+        return image, record
+    transform = sitk.VersorRigid3DTransform()
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()]))
+    transform.SetRotation(tuple(float(a) for a in axis), float(np.radians(rotation_deg)))
+    transform.SetTranslation(tuple(float(d) for d in shift_mm * direction))
+    return sitk.Resample(image, image, transform, sitk.sitkLinear, 0.0), record
+
+
 def _image(array: np.ndarray, spacing, origin, direction) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in spacing))
@@ -124,9 +215,13 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
     cfg = cfg or SimulationConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    rng_layout, rng_mr, rng_counts, *rng_doses = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3 + len(cfg.doses))
-    )
+    rng_layout, rng_mr = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
+    noise_seed = cfg.seed if cfg.noise_seed is None else cfg.noise_seed
+    # Children 2, 3, ... of the noise seed, as before the noise seed existed, so old cases stay bit-identical.
+    rng_counts, *rng_doses = (np.random.default_rng(s)
+                              for s in np.random.SeedSequence(noise_seed).spawn(3 + len(cfg.doses))[2:])
+    rng_texture, rng_misregistration = (np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(k,)))
+                                        for k in (100, 101))
 
     labels = sitk.GetArrayFromImage(labels_image).astype(np.uint8)
     spacing_zyx = np.array(labels_image.GetSpacing()[::-1])
@@ -148,13 +243,23 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
         keep_away=(colliculi.tectum, *ph.STRIATUM, *ph.THALAMUS),
     )
     tissue_activity = {**ph.FDG_ACTIVITY, ph.Label.GM: cfg.gm_wm_ratio * ph.FDG_ACTIVITY[ph.Label.WM]}
+    gm_1mm = labels == ph.Label.GM
+    texture = None
+    if cfg.texture_amplitude > 0:
+        texture = ph.texture_field(labels.shape, spacing_zyx, rng_texture, cfg.texture_fwhm_mm,
+                                   cfg.texture_amplitude, gm_1mm)
+    hypometabolism = ph.Hypometabolism(ph.Ellipsoid(cfg.hypo_center_mm, cfg.hypo_radii_mm), cfg.hypo_depth)
     activity = ph.make_activity(
-        labels, coords, colliculi, lesions, cfg.deep_nuclei_boost, cfg.colliculus_activity, cfg.tectum_activity,
-        tissue_activity,
+        labels, coords, colliculi, lesions,
+        gm_uptake_field=ph.regional_uptake_field(coords, cfg.gm_uptake, cfg.uptake_transition_mm, spacing_zyx),
+        gm_texture=texture, hypometabolism=hypometabolism, colliculus_activity=cfg.colliculus_activity,
+        tectum_activity=cfg.tectum_activity, tissue_activity=tissue_activity,
     )
+    del texture
     truth = ph.block_average(activity, factor)
     head_fraction = ph.block_average(labels != ph.Label.BACKGROUND, factor)
-    masks = ph.pet_masks(fractions, head_fraction, coords, labels, pet_affine, factor, colliculi, lesions)
+    masks = ph.pet_masks(fractions, head_fraction, coords, labels, pet_affine, factor, colliculi, lesions,
+                         hypometabolism, cfg.peak_radius_mm, cfg.valley_radius_mm)
     timings["phantom_s"] = time.perf_counter() - t_start
 
     t = time.perf_counter()
@@ -209,7 +314,9 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
     lesion_mask = masks["lesions"].astype(bool)
     bg_mask = masks["lesion_background"].astype(bool)
     true_ratio = float(truth[lesion_mask].mean() / truth[bg_mask].mean()) if lesion_mask.any() else float("nan")
-    timings["total_s"] = time.perf_counter() - t_start
+    hypo_ratio = float("nan")
+    if "hypo" in masks:
+        hypo_ratio = float(truth[masks["hypo"].astype(bool)].mean() / truth[masks["hypo_mirror"].astype(bool)].mean())
 
     direction = labels_image.GetDirection()
     pet_origin = np.array(labels_image.GetOrigin()) + np.array(direction).reshape(3, 3) @ (
@@ -222,12 +329,15 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
 
     mr_image = sitk.GetImageFromArray(mr)
     mr_image.CopyInformation(labels_image)
+    mr_image, misregistration = misregister(mr_image, cfg.misregistration_mm, cfg.misregistration_deg,
+                                            rng_misregistration)
+    timings["total_s"] = time.perf_counter() - t_start
     info = {
         "config": cfg.to_dict(),
         "pet_shape_zyx": list(pet_shape),
         "pet_spacing_mm": pet_spacing.tolist(),
         "sinogram_shape": [pet_shape[0], pet_projector.n_angles, pet_projector.n_bins],
-        "activity_units": "SUV-like (GM 8, WM 2)",
+        "activity_units": "SUV-like (frontal GM 8, WM 2)",
         "counts_per_unit_activity_mm": counts_per_unit,
         "counts": counts_info,
         "background_fraction": cfg.background_fraction,
@@ -235,6 +345,10 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
         "lesion_nominal_ratio": cfg.lesion_ratio,
         "lesion_true_ratio": true_ratio if lesion_mask.any() else None,
         "colliculi_ras_mm": {"left": list(colliculi.left_mm), "right": list(colliculi.right_mm)},
+        "hypometabolism": None if "hypo" not in masks else {
+            "center_ras_mm": list(cfg.hypo_center_mm), "radii_mm": list(cfg.hypo_radii_mm), "depth": cfg.hypo_depth,
+            "true_ratio_to_mirror": hypo_ratio},
+        "mr_misregistration": misregistration,
         "timings": timings,
     }
     return SimulatedCase(
@@ -244,5 +358,6 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
         osem={d: pet(im.astype(np.float32)) for d, im in osem_images.items()},
         masks={k: pet(m) for k, m in masks.items()},
         lesion_true_ratio=true_ratio,
+        hypo_true_ratio=hypo_ratio,
         info=info,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 from scipy import ndimage
@@ -128,6 +128,37 @@ CORTICAL_ROIS: Mapping[str, Region] = {
 }
 
 
+# Lateral temporal cortex (superior, middle and inferior temporal gyri), outside the medial temporal boxes.
+LATERAL_TEMPORAL: Region = (
+    Box((-72.0, -70.0, -35.0), (-42.0, 10.0, 5.0)),
+    Box((42.0, -70.0, -35.0), (72.0, 10.0, 5.0)),
+)
+
+# The regions that regional uptake can scale; the cortical ones double as evaluation ROIs.
+UPTAKE_REGIONS: Mapping[str, Region] = {
+    **CORTICAL_ROIS, "lateral_temporal": LATERAL_TEMPORAL, "striatum": STRIATUM, "thalamus": THALAMUS,
+}
+
+# Grey-matter FDG uptake of each region relative to frontal cortex (1.0), for a healthy adult at rest.
+# Ranking: primary visual cortex highest, medial and lateral temporal cortex lower (Guo et al., J Nucl Med
+# 2019;60(suppl 1):3032, 114 normal PET/MR scans, 26 regions); precuneus at the top of the range, 6.2 against a
+# hemispheric grey-matter mean of 5.2-5.3 mg/100 g/min, so about 1.18 (Duara et al., Brain 1983;106:761-775).
+# The values in between are rounded choices within those bounds, not measurements: docs/SIMULATOR.md.
+# Later entries win where regions overlap (the precuneus box lies inside the parietal one).
+REGIONAL_GM_UPTAKE: tuple = (
+    ("cerebellar_cortex", 0.85),
+    ("lateral_temporal", 0.92),
+    ("parietal", 1.05),
+    ("occipital", 1.15),
+    ("posterior_cingulate_precuneus", 1.15),
+    ("medial_temporal", 0.80),
+    ("striatum", 1.10),
+    ("thalamus", 1.05),
+)
+# The first simulator's regime: one GM value, deep nuclei +20 %, hard edges.
+LEGACY_GM_UPTAKE: tuple = (("striatum", 1.2), ("thalamus", 1.2))
+
+
 def region_mask(region: Region, coords: Coords) -> np.ndarray:
     """Union of the shapes of a region, evaluated at the given voxel coordinates."""
     out = np.zeros(np.broadcast_shapes(*(c.shape for c in coords)), dtype=bool)
@@ -187,6 +218,10 @@ class Colliculi:
     @property
     def valley_mm(self) -> Point:
         return tuple((a + b) / 2.0 for a, b in zip(self.left_mm, self.right_mm))
+
+    @property
+    def bumps(self) -> Region:
+        return sphere(self.left_mm, self.radius_mm), sphere(self.right_mm, self.radius_mm)
 
 
 def make_colliculi(
@@ -255,32 +290,83 @@ def place_lesions(
     return Lesions(tuple(spheres), ratio)
 
 
+@dataclass(frozen=True)
+class Hypometabolism:
+    """A cortical region with reduced uptake (present in PET only) and its contralateral mirror, the reference."""
+
+    region: Ellipsoid
+    depth: float  # fractional reduction of the region's grey-matter uptake
+
+    @property
+    def mirror(self) -> Ellipsoid:
+        (x, y, z), radii = self.region.center_mm, self.region.radii_mm
+        return Ellipsoid((-x, y, z), radii)
+
+
+def regional_uptake_field(
+    coords: Coords, uptake: Sequence[tuple], transition_fwhm_mm: float, voxel_size_mm: Sequence[float]
+) -> np.ndarray:
+    """Multiplier of grey-matter uptake at every voxel: 1 outside the named regions, their value inside.
+
+    ``uptake`` holds (region name in ``UPTAKE_REGIONS``, multiplier) pairs; later ones win where regions overlap.
+    A Gaussian of ``transition_fwhm_mm`` softens the box edges into gradients, as in real metabolism
+    (0 keeps hard edges).
+    """
+    field = np.ones(coords[0].shape, dtype=np.float32)
+    for name, multiplier in uptake:
+        field[region_mask(UPTAKE_REGIONS[name], coords)] = multiplier
+    if transition_fwhm_mm > 0:
+        sigma = transition_fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(voxel_size_mm, dtype=float)
+        field = ndimage.gaussian_filter(field, sigma, mode="nearest")
+    return field
+
+
+def texture_field(
+    shape: Sequence[int], voxel_size_mm: Sequence[float], rng: np.random.Generator, fwhm_mm: float,
+    amplitude: float, mask: np.ndarray,
+) -> np.ndarray:
+    """Smooth multiplicative texture 1 + amplitude * g: g Gaussian white noise smoothed to ``fwhm_mm``, std 1 in ``mask``."""
+    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(voxel_size_mm, dtype=float)
+    g = ndimage.gaussian_filter(rng.standard_normal(tuple(shape), dtype=np.float32), sigma, mode="wrap")
+    g /= g[mask].std()
+    # Clipping only guards the far tails (beyond 5 sigma at 10 %), so that no voxel loses all its uptake.
+    return np.clip(1.0 + amplitude * g, 0.5, 1.5).astype(np.float32)
+
+
 def make_activity(
     labels: np.ndarray,
     coords: Coords,
     colliculi: Colliculi,
     lesions: Lesions,
-    deep_nuclei_boost: float = 0.2,
+    *,
+    gm_uptake_field: Optional[np.ndarray] = None,
+    gm_texture: Optional[np.ndarray] = None,
+    hypometabolism: Optional[Hypometabolism] = None,
     colliculus_activity: float = 10.0,
     tectum_activity: float = 2.0,
     tissue_activity: Mapping[Label, float] = FDG_ACTIVITY,
 ) -> np.ndarray:
     """FDG activity truth (SUV-like units) on the label grid.
 
-    GM voxels in the striatum and thalamus get ``1 + deep_nuclei_boost`` times the GM uptake; the tectum is
-    set to ``tectum_activity`` with two spheres at ``colliculus_activity``; lesions are ``lesions.ratio``
-    times white matter.
+    Grey matter gets its tissue value times ``gm_uptake_field`` (regional uptake; default: the legacy deep-nuclei
+    boost), times ``gm_texture`` when given, and times ``1 - depth`` inside the hypometabolic region. The tectum
+    is set to ``tectum_activity`` with two bumps at ``colliculus_activity``; lesions are ``lesions.ratio`` times
+    white matter. Texture, hypometabolism and lesions are PET-only: ``make_t1`` does not see them.
     """
     lut = np.zeros(256, dtype=np.float32)
     for label, value in tissue_activity.items():
         lut[int(label)] = value
     act = lut[labels]
     gm = labels == Label.GM
-    deep = gm & region_mask((*STRIATUM, *THALAMUS), coords)
-    act[deep] *= 1.0 + deep_nuclei_boost
+    if gm_uptake_field is None:
+        gm_uptake_field = regional_uptake_field(coords, LEGACY_GM_UPTAKE, 0.0, (1.0, 1.0, 1.0))
+    act[gm] *= gm_uptake_field[gm]
+    if gm_texture is not None:
+        act[gm] *= gm_texture[gm]
+    if hypometabolism is not None and hypometabolism.depth > 0:
+        act[gm & hypometabolism.region.mask(coords)] *= np.float32(1.0 - hypometabolism.depth)
     act[colliculi.tectum.mask(coords)] = tectum_activity
-    bumps = sphere(colliculi.left_mm, colliculi.radius_mm), sphere(colliculi.right_mm, colliculi.radius_mm)
-    act[region_mask(bumps, coords)] = colliculus_activity
+    act[region_mask(colliculi.bumps, coords)] = colliculus_activity
     if lesions.spheres:
         act[lesions.mask(coords)] = lesions.ratio * tissue_activity[Label.WM]
     return act
@@ -307,7 +393,7 @@ def make_t1(
     for label, value in tissue_intensity.items():
         lut[int(label)] = value
     t1 = lut[labels]
-    bumps = region_mask((sphere(colliculi.left_mm, colliculi.radius_mm), sphere(colliculi.right_mm, colliculi.radius_mm)), coords)
+    bumps = region_mask(colliculi.bumps, coords)
     t1[bumps] += colliculus_contrast * (tissue_intensity[Label.GM] - t1[bumps])
     sigma = blur_fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(voxel_size_mm, dtype=float)
     t1 = ndimage.gaussian_filter(t1, sigma)
@@ -339,15 +425,19 @@ def pet_masks(
     factor: Sequence[int],
     colliculi: Colliculi,
     lesions: Lesions,
+    hypometabolism: Optional[Hypometabolism] = None,
     peak_radius_mm: float = 2.0,
+    valley_radius_mm: float = 2.0,
     lesion_shell_mm: tuple[float, float] = (2.0, 6.0),
 ) -> dict[str, np.ndarray]:
     """Evaluation masks (uint8) on the PET grid.
 
     Tissue masks take the PET voxels that are at least half that tissue. ``wm_eroded`` is pure white matter,
     eroded by one voxel and away from lesions and colliculi, for the white-matter noise. ``peak_*`` are the
-    voxels within ``peak_radius_mm`` of each bump centre; ``valley`` the voxels nearest the mid-point along x,
-    within ``peak_radius_mm`` of the bump axis. ``lesion_background`` is a white-matter shell around each lesion.
+    voxels within ``peak_radius_mm`` of each bump centre; ``valley`` the voxels in the mid-plane between them
+    (along x) within ``valley_radius_mm`` of the bump axis. ``lesion_background`` is a white-matter shell around
+    each lesion. With a hypometabolic region, ``hypo`` and ``hypo_mirror`` are the grey-matter voxels of the
+    region and of its contralateral mirror.
     """
     eps = 1e-3
     pet_coords = grid_coordinates(head_fraction.shape, pet_index_to_ras)
@@ -374,7 +464,7 @@ def pet_masks(
     spacing_x = float(np.abs(pet_index_to_ras[0, :3]).max())
     v = colliculi.valley_mm
     radial2 = (pet_coords[1] - v[1]) ** 2 + (pet_coords[2] - v[2]) ** 2
-    valley = (np.abs(pet_coords[0] - v[0]) <= spacing_x / 2.0 + eps) & (radial2 <= peak_radius_mm**2 + eps)
+    valley = (np.abs(pet_coords[0] - v[0]) <= spacing_x / 2.0 + eps) & (radial2 <= valley_radius_mm**2 + eps)
 
     pure_wm = ndimage.binary_erosion(fractions[Label.WM] >= 0.999)
     wm_eroded = pure_wm & ~near_lesion & ~colliculi.tectum.mask(pet_coords)
@@ -399,4 +489,7 @@ def pet_masks(
     for name, region in CORTICAL_ROIS.items():
         masks[f"roi_{name}"] = block_average(gm_1mm & ~deep_1mm & region_mask(region, coords_1mm), factor) >= 0.5
     masks["roi_colliculi"] = masks["peak_left"] | masks["peak_right"]
+    if hypometabolism is not None and hypometabolism.depth > 0:
+        for name, region in (("hypo", hypometabolism.region), ("hypo_mirror", hypometabolism.mirror)):
+            masks[name] = block_average(gm_1mm & region.mask(coords_1mm), factor) >= 0.5
     return {k: np.ascontiguousarray(m, dtype=np.uint8) for k, m in masks.items()}

@@ -1,0 +1,79 @@
+"""Scoring of one simulated case: the metrics of METHOD.md §4 and what the stability map singles out.
+
+The demo, the defaults study (benchmarks/tune_defaults.py), the simulator calibration and ``petstab evaluate``
+all score images with :class:`Scorer`, so that a number means the same thing everywhere. Pure numpy on arrays
+of the PET grid; the case's masks name the regions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import metrics
+
+# The regions whose stability is compared with white matter's (mask names of the simulated case).
+STABILITY_REGIONS = {"peaks": ("peak_left", "peak_right"), "lesions": ("lesions",), "hypo": ("hypo",),
+                     "cortex": ("gm",)}
+
+
+class Scorer:
+    """The metrics of one simulated case.
+
+    Args:
+        case: a :class:`~PETStabilityDenoiseLib.simulation.SimulatedCase`.
+        full_dose: full-dose OSEM on the PET grid (the reference on real data); None leaves out the ROI bias
+            against it.
+    """
+
+    def __init__(self, case, full_dose: Optional[np.ndarray] = None) -> None:
+        self.masks = {k: sitk.GetArrayFromImage(v).astype(bool) for k, v in case.masks.items()}
+        self.rois = sorted(k[len("roi_"):] for k in self.masks if k.startswith("roi_"))
+        self.truth = sitk.GetArrayFromImage(case.truth).astype(np.float32)
+        self.truth_blurred = sitk.GetArrayFromImage(case.truth_blurred).astype(np.float32)
+        self.full_dose = full_dose
+        self.lesion_ratio = case.lesion_true_ratio
+        self.hypo_ratio = case.hypo_true_ratio
+
+    def __call__(self, image: np.ndarray) -> Dict[str, float]:
+        """Every metric of ``image``; NaN where the case lacks the regions (no lesions, no hypometabolism)."""
+        m = self.masks
+        wm_std, wm_cov = metrics.wm_noise(image, m["wm_eroded"])
+        scores = {
+            "pvr": metrics.peak_to_valley_ratio(image, [m["peak_left"], m["peak_right"]], m["valley"]),
+            "wm_std": wm_std,
+            "wm_cov": wm_cov,
+            "lesion_cr": (metrics.contrast_recovery(image, m["lesions"], m["lesion_background"], self.lesion_ratio)
+                          if m["lesions"].any() else math.nan),
+            "hypo_recovery": (metrics.hypometabolism_recovery(image, m["hypo"], m["hypo_mirror"], self.hypo_ratio)
+                              if "hypo" in m else math.nan),
+            "psnr": metrics.psnr(image, self.truth, m["head"]),
+            "psnr_blurred": metrics.psnr(image, self.truth_blurred, m["head"]),
+            "ssim": metrics.ssim(image, self.truth, m["head"]),
+            "ssim_blurred": metrics.ssim(image, self.truth_blurred, m["head"]),
+        }
+        for roi in self.rois:
+            scores[f"bias_truth_{roi}"] = self.bias(image, self.truth, f"roi_{roi}")
+            if self.full_dose is not None:
+                scores[f"bias_fulldose_{roi}"] = self.bias(image, self.full_dose, f"roi_{roi}")
+        return scores
+
+    def bias(self, image: np.ndarray, reference: np.ndarray, mask: str) -> float:
+        """Relative bias of the mean of ``image`` in mask ``mask`` against ``reference``."""
+        return metrics.roi_bias(image, reference, self.masks[mask])
+
+    def stability_contrast(self, stability: np.ndarray) -> Dict[str, float]:
+        """Mean S in peaks, lesions, the hypometabolic region and cortex, each over mean S in eroded white matter.
+
+        Above 1, the map singles the region out; the blend then keeps more of the PET there than in white matter.
+        """
+        wm = float(stability[self.masks["wm_eroded"]].mean())
+        out = {}
+        for name, mask_names in STABILITY_REGIONS.items():
+            present = [self.masks[k] for k in mask_names if k in self.masks and self.masks[k].any()]
+            out[f"s_{name}_over_wm"] = (float(np.mean([stability[mask].mean() for mask in present])) / wm
+                                        if present and wm > 0 else math.nan)
+        return out
