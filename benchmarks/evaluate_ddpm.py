@@ -36,7 +36,8 @@ from PETStabilityDenoiseLib import metrics
 from PETStabilityDenoiseLib.blend import blend
 from PETStabilityDenoiseLib.config import DDPMSamplingConfig
 from PETStabilityDenoiseLib.ddpm.weights import MANIFEST_FILE, bundled_model_dir
-from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, Scorer, panel_slice_index
+from PETStabilityDenoiseLib.evaluation.scoring import Scorer
+from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, panel_slice_index
 from PETStabilityDenoiseLib.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.pipeline import denoise_ddpm
 from PETStabilityDenoiseLib.simulation import SimulationConfig, simulate_case

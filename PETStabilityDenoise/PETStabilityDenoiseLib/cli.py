@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import NETWORKS, DDPMSamplingConfig
+from .simulation.case import BRAINWEB_LABELS
 from .simulation.scanners import REGIMES, SCANNERS
 from .validation import InputError
 
@@ -151,19 +152,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"))
     _add_dip_arguments(p)
 
-    p = commands.add_parser("evaluate", help="compare Gaussian, non-local means, DIP and the blend on simulated "
-                                             "BrainWeb cases: CSV, figures and a report")
-    p.add_argument("--labels-dir", type=Path, help="folder of brainweb_subjectNN_labels_1mm.nii.gz files")
-    p.add_argument("--subjects", nargs="+", help="subject numbers in --labels-dir, e.g. 04 05 06 18 20")
+    p = commands.add_parser("evaluate", help="compare Gaussian, non-local means, DIP, the blend and the diffusion "
+                                             "model on simulated BrainWeb cases: CSV, figures and a report")
+    p.add_argument("--labels-dir", type=Path, help=f"folder of {BRAINWEB_LABELS.format('NN')} files")
+    p.add_argument("--subjects", nargs="+",
+                   help="subject numbers in --labels-dir, e.g. 50 51 52 53 54 (04 is bundled). Several processes "
+                        "may evaluate different subjects into one --out; --replot with all of them then assembles "
+                        "the report")
     p.add_argument("--labels", type=Path, nargs="+",
                    help="label volumes (BrainWeb label values) to use as subjects; default: the bundled subject 04")
-    p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1], help="dose fractions")
+    p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1],
+                   help="dose fractions (full dose, the reference of the ROI bias, is always simulated)")
+    p.add_argument("--realisations", type=int, default=3,
+                   help="noise realisations per subject: the same phantom with noise seeds 0..N-1 (default 3)")
     p.add_argument("--out", type=Path, default=Path("petstab_evaluation"), help="output folder")
-    p.add_argument("--sim-seed", type=int, default=0, help="seed of the simulated noise and lesions")
-    p.add_argument("--lesions", type=int, default=3, help="PET-only lesions per subject")
-    p.add_argument("--dip-epochs", type=int, nargs="+", help="epochs at which DIP is scored (default 110 120 ... 200)")
+    p.add_argument("--sim-seed", type=int, default=0, help="seed of the simulated phantom (lesions, texture, "
+                                                           "misregistration); the noise seed is the realisation")
+    p.add_argument("--dip-epochs", type=int, nargs="+", help="epochs at which DIP is scored (default: 10 over the stability window, e.g. 110 120 ... 200 "
+                        "for 200 epochs sampled from 100)")
     p.add_argument("--nlm-h", type=float, nargs="+", help="non-local means h, as multiples of the noise estimate")
+    p.add_argument("--fwhms", type=float, nargs="+",
+                   help="Gaussian FWHMs in voxels, 0 (OSEM) included (default 0 0.5 ... 4)")
+    p.add_argument("--alphas", type=float, nargs="+", help="blend alphas (default 0 0.1 ... 1)")
+    p.add_argument("--ddpm-realisations", type=int, default=1,
+                   help="run the diffusion model (about 85 s per case on 2 CPU cores) on the first N realisations "
+                        "(default 1; 0: never)")
+    p.add_argument("--ddpm-doses", type=float, nargs="+", default=[0.1, 0.2],
+                   help="doses at which the diffusion model runs (default 0.1 0.2)")
+    p.add_argument("--count-sweep", type=float, nargs="+", metavar="SCALE",
+                   help="also evaluate these full-dose count scales, e.g. 0.25 0.5 2 4 8, at --count-sweep-dose, "
+                        "realisation 0, Gaussian, DIP and the blend only (the main condition gives its own scale)")
+    p.add_argument("--count-sweep-dose", type=float, default=0.1,
+                   help="dose of the count sweep and the stress condition (default 0.1)")
+    p.add_argument("--stress", action="store_true",
+                   help="also evaluate the legacy regime on the wholebody scanner (PET predictable from the MR, "
+                        "4.5 mm PSF) at --count-sweep-dose: where not to expect a benefit")
     p.add_argument("--replot", action="store_true", help="only redraw the figures and report from the cache")
+    _add_simulation_arguments(p)
     _add_dip_arguments(p)
 
     p = commands.add_parser("train-ddpm", help="train the conditional diffusion model on simulated BrainWeb pairs")
@@ -250,41 +275,60 @@ def run_demo(args: argparse.Namespace) -> int:
 def evaluation_subjects(args: argparse.Namespace) -> list:
     from .evaluation import Subject
     from .simulation import bundled_labels_path
+    from .simulation.case import BUNDLED_SUBJECT
 
     if args.subjects:
-        if args.labels_dir is None:
-            raise InputError("--subjects needs --labels-dir, the folder of brainweb_subjectNN_labels_1mm.nii.gz")
-        subjects = [Subject(f"subject{n}", args.labels_dir / f"brainweb_subject{n}_labels_1mm.nii.gz")
-                    for n in args.subjects]
-    elif args.labels:
-        subjects = [Subject(path.name.split(".")[0], path) for path in args.labels]
-    else:
-        subjects = [Subject("subject04", bundled_labels_path())]
-    missing = [str(s.labels_path) for s in subjects if not s.labels_path.is_file()]
-    if missing:
-        raise InputError(f"label volume(s) not found: {', '.join(missing)}")
-    return subjects
+        paths = _labels(args.labels_dir, args.subjects)
+        return [Subject(f"subject{n}", path) for n, path in zip(args.subjects, paths)]
+    if args.labels:
+        _check_exist(args.labels)
+        return [Subject(path.name.split(".")[0], path) for path in args.labels]
+    return [Subject(f"subject{BUNDLED_SUBJECT}", bundled_labels_path())]
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import StudySettings, run_evaluation
+    from .evaluation import StudySettings, run_evaluation, study_conditions
 
-    overrides = {name: tuple(value) for name, value in (("dip_epochs", args.dip_epochs),
-                                                        ("nlm_h_factors", args.nlm_h)) if value}
-    settings = StudySettings(doses=tuple(args.doses), dip=_dip_config(args), seed=args.sim_seed,
-                             n_lesions=args.lesions, **overrides)
-    report = run_evaluation(evaluation_subjects(args), settings, args.out, replot=args.replot,
+    _simulation_config(args, seed=args.sim_seed)  # refuses a bad --scanner/--regime/--count-scale before any work
+    dip = _dip_config(args)
+    # --device, --seed and --threads apply to both methods, as for 'petstab denoise'.
+    ddpm = DDPMSamplingConfig(**{k: v for k, v in (("threads", args.threads), ("device", args.device),
+                                                   ("seed", args.seed)) if v is not None})
+    overrides = {name: tuple(value) for name, value in (("dip_epochs", args.dip_epochs), ("nlm_h_factors", args.nlm_h),
+                                                        ("gaussian_fwhms", args.fwhms), ("alphas", args.alphas))
+                 if value}
+    main = StudySettings(doses=tuple(args.doses), dip=dip, scanner=args.scanner, regime=args.regime,
+                         count_scale=args.count_scale, realisations=args.realisations, seed=args.sim_seed, ddpm=ddpm,
+                         ddpm_realisations=args.ddpm_realisations, ddpm_doses=tuple(args.ddpm_doses), **overrides)
+    conditions = study_conditions(main, args.count_sweep or (), args.count_sweep_dose, args.stress)
+    report = run_evaluation(evaluation_subjects(args), conditions, args.out, replot=args.replot,
                             command=args.command_line, progress=log.info)
     log.info("Report: %s", report)
     return 0
 
 
-def _labels(labels_dir: Path, subjects: Sequence[str]) -> list:
-    paths = [labels_dir / f"brainweb_subject{n}_labels_1mm.nii.gz" for n in subjects]
-    missing = [str(p) for p in paths if not p.is_file()]
+def _check_exist(paths: Sequence[Path]) -> None:
+    missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise InputError(f"label volume(s) not found: {', '.join(missing)}")
+
+
+def _labels(labels_dir: Optional[Path], subjects: Sequence[str]) -> list:
+    """The label files of BrainWeb subjects in ``labels_dir`` (04 falls back to the bundled copy)."""
+    from .simulation.case import labels_path
+
+    try:
+        paths = [labels_path(n, labels_dir) for n in subjects]
+    except FileNotFoundError as error:
+        raise InputError(f"{error} (--labels-dir)") from None
+    _check_exist(paths)
     return paths
+
+
+def _brainweb_subjects(labels_dir: Path) -> list:
+    """The subject numbers of the BrainWeb label files in ``labels_dir``."""
+    prefix, suffix = BRAINWEB_LABELS.split("{}")
+    return sorted(p.name[len(prefix):-len(suffix)] for p in labels_dir.glob(BRAINWEB_LABELS.format("*")))
 
 
 def run_train_ddpm(args: argparse.Namespace) -> int:
@@ -301,8 +345,7 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     if args.subjects:
         subjects = list(args.subjects)
     else:
-        found = sorted(p.name[len("brainweb_subject"):].split("_")[0]
-                       for p in args.labels_dir.glob("brainweb_subject*_labels_1mm.nii.gz"))
+        found = _brainweb_subjects(args.labels_dir)
         subjects = [n for n in found if n not in validation_subjects]
     overlap = sorted(set(subjects) & set(validation_subjects))
     if overlap:

@@ -1,9 +1,14 @@
-"""The study's figures, from its rows alone (no computation): trade-offs, ROI bias, lesion recovery, panels."""
+"""The study's figures: trade-offs, ROI bias, image panels and the count sweep.
+
+They draw what ``analysis`` computed (curves, per-subject gains) or select rows; the only computation here is a
+mean. Every figure is written atomically, so a figure on disk is always whole.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -11,74 +16,87 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
 import numpy as np  # noqa: E402
 
-from .study import METHOD_LABELS  # noqa: E402
+from .study import METHOD_LABELS, write_atomically  # noqa: E402
 
-COLORS = {"gaussian": "tab:blue", "nlm": "tab:green", "dip": "tab:orange", "blend": "tab:red", "osem": "0.4"}
-SETTING_FORMATS = {"gaussian": "{:g}", "nlm": "{:g}", "dip": "{:d}", "blend": "{:.1f}"}
-
-
-def curve(rows: List[dict], dose: float, method: str, x: str, y: str) -> Dict[str, np.ndarray]:
-    """Per setting: the mean and std over subjects of ``x`` and ``y``, in setting order."""
-    selected = [r for r in rows if r["dose"] == dose and r["method"] == method]
-    settings = sorted({r["setting"] for r in selected})
-    xs = [[r[x] for r in selected if r["setting"] == s] for s in settings]
-    ys = [[r[y] for r in selected if r["setting"] == s] for s in settings]
-    return {"setting": np.array(settings), "x": np.array([np.mean(v) for v in xs]),
-            "y": np.array([np.mean(v) for v in ys]), "y_std": np.array([np.std(v) for v in ys])}
+COLORS = {"gaussian": "tab:blue", "nlm": "tab:green", "dip": "tab:orange", "blend": "tab:red", "osem": "0.4",
+          "ddpm": "tab:purple", "ddpm_blend": "tab:brown"}
+SETTING_FORMATS = {"gaussian": "{:g}", "nlm": "{:g}", "dip": "{:d}", "blend": "{:.1f}", "ddpm": "{:d}",
+                   "ddpm_blend": "{:.1f}"}
+SINGLE_POINT_MARKERS = {"ddpm": "D", "ddpm_blend": "s"}  # methods with one setting are points, not curves
+STRESS_LABEL = "legacy regime (PET from MR, 4.5 mm)"
 
 
 def dose_title(dose: float) -> str:
     return "full dose" if dose == 1 else f"1/{round(1 / dose)} dose"
 
 
-def trade_off(rows: List[dict], doses: Sequence[float], operating_points: dict, x: str, y: str,
-              x_label: str, y_label: str, path: Path) -> Path:
-    """One panel per dose: ``y`` against ``x`` for every method's sweep, settings labelled, operating points ringed."""
-    methods = [m for m in METHOD_LABELS if any(r["method"] == m for r in rows)]
+def setting_text(method: str, setting: float) -> str:
+    return SETTING_FORMATS[method].format(int(setting) if SETTING_FORMATS[method] == "{:d}" else setting)
+
+
+def save(fig, path: Path) -> Path:
+    write_atomically(path, lambda stream: fig.savefig(stream, dpi=110, format="png"), binary=True)
+    plt.close(fig)
+    return path
+
+
+def trade_off(curves: Dict[float, Dict[str, Dict[str, np.ndarray]]], operating_points: dict, x_label: str,
+              y_label: str, path: Path) -> Path:
+    """One panel per dose: y against x for every method's sweep, settings labelled, operating points ringed.
+
+    Args:
+        curves: dose -> method -> {"setting", "x", "y", "y_sd"} (means over cases, sd over subjects).
+    """
+    doses = list(curves)
     fig, axes = plt.subplots(1, len(doses), figsize=(4.6 * len(doses), 4.2), squeeze=False)
     for ax, dose in zip(axes[0], doses):
-        for method in methods:
-            c = curve(rows, dose, method, x, y)
-            ax.errorbar(c["x"], c["y"], yerr=c["y_std"], color=COLORS[method], marker="o", ms=3, lw=1.2,
-                        capsize=2, label=METHOD_LABELS[method])
+        for method in [m for m in METHOD_LABELS if m in curves[dose]]:
+            c = curves[dose][method]
+            single = method in SINGLE_POINT_MARKERS
+            ax.errorbar(c["x"], c["y"], yerr=c["y_sd"], color=COLORS[method],
+                        marker=SINGLE_POINT_MARKERS.get(method, "o"), ms=7 if single else 3,
+                        lw=0 if single else 1.2, elinewidth=1, capsize=2, label=METHOD_LABELS[method])
             for setting, px, py in zip(c["setting"], c["x"], c["y"]):
-                text = SETTING_FORMATS[method].format(int(setting) if method == "dip" else setting)
-                ax.annotate(text, (px, py), fontsize=6, color=COLORS[method], xytext=(3, 3),
-                            textcoords="offset points")
-                if setting == operating_points[method]:
+                if not single:
+                    ax.annotate(setting_text(method, setting), (px, py), fontsize=6, color=COLORS[method],
+                                xytext=(3, 3), textcoords="offset points")
+                if setting == operating_points.get(method) and not single:
                     ax.plot(px, py, marker="o", ms=10, mfc="none", mec=COLORS[method], mew=1.5)
         ax.set_title(dose_title(dose))
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle("Mean over subjects (bars: std over subjects); rings: operating points", fontsize=9)
+    fig.suptitle("Mean over subjects and realisations (bars: sd over subjects)\nrings: operating points; "
+                 "DDPM: one setting each", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
-def roi_bias(rows: List[dict], doses: Sequence[float], operating_points: dict, reference: str, path: Path) -> Path:
-    """Box plots of ROI bias (against ``truth`` or ``fulldose``) over subjects, methods at their operating points."""
+def roi_bias(rows: List[dict], doses: Sequence[float], entries: Sequence[tuple], rois: Sequence[str],
+             reference: str, path: Path) -> Path:
+    """Box plots over cases of each ROI's bias (against ``truth`` or ``fulldose``), one box per entry.
+
+    Args:
+        rows: one condition's rows.
+        entries: (color name, method, setting, label) of each box.
+    """
     prefix = f"bias_{reference}_"
-    rois = sorted({k[len(prefix):] for r in rows for k in r if k.startswith(prefix)})
-    entries = [("osem", "gaussian", 0.0)] + [(m, m, operating_points[m]) for m in METHOD_LABELS
-                                              if any(r["method"] == m for r in rows)]
-    fig, axes = plt.subplots(len(doses), 1, figsize=(min(16, max(8, 0.35 * len(rois) * len(entries))), 3.0 * len(doses)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(doses), 1, squeeze=False,
+                             figsize=(min(16, max(8, 0.35 * len(rois) * len(entries))), 3.0 * len(doses)))
     width = 0.8 / len(entries)
     for ax, dose in zip(axes[:, 0], doses):
-        for k, (name, method, setting) in enumerate(entries):
-            values = [[100 * r[prefix + roi] for r in rows if r["dose"] == dose and r["method"] == method
-                       and r["setting"] == setting] for roi in rois]
+        for k, (color, method, setting, label) in enumerate(entries):
+            chosen = [r for r in rows if r["dose"] == dose and r["method"] == method and r["setting"] == setting]
+            if not chosen:
+                continue
+            values = [[100 * r[prefix + roi] for r in chosen] for roi in rois]
             positions = np.arange(len(rois)) + (k - (len(entries) - 1) / 2) * width
             box = ax.boxplot(values, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=False)
             for patch in box["boxes"]:
-                patch.set_facecolor(COLORS[name])
+                patch.set_facecolor(COLORS[color])
                 patch.set_alpha(0.6)
-            ax.plot([], [], color=COLORS[name], lw=6, alpha=0.6,
-                    label="OSEM" if name == "osem" else f"{METHOD_LABELS[method]} ({setting:g})")
+            ax.plot([], [], color=COLORS[color], lw=6, alpha=0.6, label=label)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(rois)))
         ax.set_xticklabels([roi.replace("_", " ") for roi in rois], fontsize=8)
@@ -87,9 +105,7 @@ def roi_bias(rows: List[dict], doses: Sequence[float], operating_points: dict, r
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].legend(fontsize=7, ncol=len(entries))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def image_panel(panels: Dict[str, np.ndarray], dose: float, subject: str, path: Path) -> Path:
@@ -97,21 +113,70 @@ def image_panel(panels: Dict[str, np.ndarray], dose: float, subject: str, path: 
     names = [("truth", "truth"), ("osem_full", "OSEM full dose"), (f"osem_dose{dose}", f"OSEM {dose_title(dose)}"),
              (f"gaussian_dose{dose}", "Gaussian"), (f"nlm_dose{dose}", "Non-local means"),
              (f"dip_dose{dose}", "DIP"), (f"blend_dose{dose}", "Stability blend"),
-             (f"stability_dose{dose}", "stability map S")]
+             (f"stability_dose{dose}", "stability map S"), (f"ddpm_dose{dose}", "DDPM mean"),
+             (f"ddpm_blend_dose{dose}", "DDPM blend"), (f"ddpm_std_dose{dose}", "DDPM std")]
     names = [(key, title) for key, title in names if key in panels]
     vmax = float(np.percentile(panels["truth"], 99.9)) * 1.1
     fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.7))
     for ax, (key, title) in zip(axes, names):
         image = np.flipud(panels[key])
-        if key.startswith("stability"):
+        if key.startswith(("stability", "ddpm_std")):
             ax.imshow(image, cmap="inferno")
         else:
             ax.imshow(image, cmap="gray_r", vmin=0, vmax=vmax)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{subject}, {dose_title(dose)}: axial slice through the colliculus-like peaks "
+    fig.suptitle(f"{subject}, realisation 0, {dose_title(dose)}: axial slice through the colliculus-like peaks "
                  "(PET panels share one grey scale)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
+
+
+def _mean(values: Sequence[float]) -> float:
+    valid = [v for v in values if not math.isnan(v)]
+    return float(np.mean(valid)) if valid else math.nan
+
+
+def count_sweep(points: Sequence[dict], stress: Optional[dict], dose: float, alpha: float, path: Path) -> Path:
+    """Blend − Gaussian at matched WM CoV against the count scale: per-subject points and their mean.
+
+    Args:
+        points: per count scale, {"count_scale", "osem_wm_cov" (mean), "pvr", "lesion_cr", "hypo_recovery"},
+            the last three {subject: gain} (PVR as a fraction).
+        stress: the same for the legacy condition, or None; drawn apart, at its own count scale.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    scales = [p["count_scale"] for p in points]
+    panels = ((axes[0], (("pvr", "PVR gain (%)", 100.0, "tab:red"),)),
+              (axes[1], (("lesion_cr", "lesion CR gain", 1.0, "tab:orange"),
+                         ("hypo_recovery", "hypo recovery gain", 1.0, "tab:purple"))))
+    for ax, series in panels:
+        for key, label, scale, color in series:
+            for x, p in zip(scales, points):
+                values = [scale * v for v in p[key].values()]
+                ax.plot([x] * len(values), values, "o", color=color, alpha=0.35, ms=4)
+            ax.plot(scales, [_mean([scale * v for v in p[key].values()]) for p in points], "-o", color=color,
+                    lw=1.8, label=f"{label}: mean (dots: subjects)")
+            if stress is not None:
+                value = _mean([scale * v for v in stress[key].values()])
+                if not math.isnan(value):
+                    ax.plot([stress["count_scale"]], [value], marker="*", ms=14, color=color, mec="k",
+                            ls="none", label=f"{label}: {STRESS_LABEL}")
+                    if key == series[0][0]:  # one note per panel
+                        ax.annotate(f"{STRESS_LABEL}, OSEM CoV {stress['osem_wm_cov']:.2f}",
+                                    (stress["count_scale"], value), fontsize=6, xytext=(8, -3),
+                                    textcoords="offset points")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(scales)
+        ax.set_xticklabels([f"x{s:g}\nCoV {p['osem_wm_cov']:.2f}" for s, p in zip(scales, points)], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel(f"full-dose count scale (and OSEM WM CoV at {dose_title(dose)})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("blend − Gaussian at matched WM CoV (%)")
+    axes[1].set_ylabel("blend − Gaussian at matched WM CoV")
+    fig.suptitle(f"Stability blend (alpha {alpha:g}) against Gaussian filtering at the same white-matter noise, "
+                 f"{dose_title(dose)}", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

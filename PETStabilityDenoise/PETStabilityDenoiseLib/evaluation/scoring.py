@@ -8,7 +8,7 @@ of the PET grid; the case's masks name the regions.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -77,3 +77,20 @@ class Scorer:
             out[f"s_{name}_over_wm"] = (float(np.mean([stability[mask].mean() for mask in present])) / wm
                                         if present and wm > 0 else math.nan)
         return out
+
+
+def at_matched_noise(sweep: Sequence[dict], wm_cov: float, key: str, noise: str = "wm_cov") -> float:
+    """A sweep's ``key`` at white-matter noise ``wm_cov``, by linear interpolation between its settings.
+
+    ``sweep`` lists one score dict per setting, in the sweep's order (Gaussian FWHM up, DIP epoch up). Only its
+    leading run where the noise moves one way is used: past it (a wide Gaussian that blurs cortex into white
+    matter) the noise no longer measures smoothing. NaN outside that run's range, never an extrapolation.
+    """
+    xs = [float(p[noise]) for p in sweep]
+    end = 1
+    while end < len(xs) and (xs[end] - xs[end - 1]) * (xs[1] - xs[0]) > 0:
+        end += 1
+    points = sorted(zip(xs[:end], (float(p[key]) for p in sweep[:end])))
+    if not points or not points[0][0] <= wm_cov <= points[-1][0]:
+        return math.nan
+    return float(np.interp(wm_cov, [p[0] for p in points], [p[1] for p in points]))

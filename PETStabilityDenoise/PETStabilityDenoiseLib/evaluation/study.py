@@ -1,18 +1,23 @@
-"""The evaluation study: simulate each subject, run every method and sweep, score, cache.
+"""The evaluation study: simulate each case, run every method and sweep, score, cache.
 
-For one subject the simulator makes the truth, the MR and OSEM at full dose
-and each requested dose (lower doses are thinned from the full-dose counts).
+A *condition* is one simulated world (scanner, regime, count scale) with its doses, number of noise
+realisations and methods; :class:`StudySettings` holds one. For each subject and noise realisation r the
+simulator makes the truth, the MR and OSEM at full dose and each dose (lower doses thinned from the full-dose
+counts); realisation r is ``noise_seed=r`` on the same phantom, so realisations differ only in the PET noise.
 Then, at each dose:
 
 - OSEM + Gaussian post-filter, FWHM 0 to 4 voxels in steps of 0.5 (0 is OSEM);
 - non-local means (scikit-image), h at several multiples of a noise estimate;
 - conditional DIP at epochs 110, 120, ..., 200, all from one fit;
-- the stability blend at alpha 0, 0.1, ..., 1.0, from the same fit.
+- the stability blend at alpha 0, 0.1, ..., 1.0, from the same fit;
+- the bundled diffusion model (its mean, and its blend at alpha 0.6), for the first ``ddpm_realisations``
+  realisations at ``ddpm_doses`` only, since it takes minutes per case on a CPU.
 
-Every image is scored with METHOD.md §4's metrics plus PSNR and SSIM against
-the truth. A subject's rows and its panel slices are cached in
-``<out>/cache`` under a key of all the settings, so re-plotting, or adding a
-subject, recomputes nothing that is already there.
+Every image is scored by :class:`~.scoring.Scorer`. Each DIP fit and DDPM run also records how much higher its
+stability map is in peaks, lesions, hypometabolism and cortex than in white matter. One (condition, subject,
+realisation) is one cache file, ``<cache>/<condition slug>/<subject>_r<n>.json``, keyed by everything that
+changes its numbers, so re-plotting, adding a subject or a realisation, or a second process working on other
+subjects, recomputes nothing that is already there.
 """
 
 from __future__ import annotations
@@ -21,37 +26,50 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import re
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from .. import metrics
 from ..blend import blend
-from ..config import DIPConfig
+from ..config import DDPMSamplingConfig, DIPConfig
 from ..filters import gaussian_fwhm
-from ..pipeline import denoise
-from ..simulation import SimulationConfig, simulate_case
+from ..pipeline import denoise, denoise_ddpm
+from ..simulation import SimulationConfig, simulate_case, simulation_config
+from .scoring import Scorer
 
 log = logging.getLogger(__name__)
 
 FULL_DOSE = 1.0
 GAUSSIAN_FWHMS = tuple(float(f) for f in np.arange(0.0, 4.01, 0.5))
-DIP_EPOCHS = tuple(range(110, 201, 10))
+# DIP is scored at this many epochs, evenly spaced over its stability window (start, epochs]: the paper's
+# 110, 120, ..., 200 for its 200 / 5 / 100 schedule.
+DIP_EPOCH_POINTS = 10
 ALPHAS = tuple(round(float(a), 1) for a in np.arange(0.0, 1.01, 0.1))
 # h as multiples of the noise estimate; 1.0 is scikit-image's usual choice for Gaussian noise.
 NLM_H_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 NLM_PATCH_SIZE, NLM_PATCH_DISTANCE = 3, 3
-# The paper's operating points (METHOD.md §1), used for the ROI plots and image panels;
-# DIP's is its last epoch (200 in the paper's schedule).
+DDPM_DOSES = (0.1, 0.2)
+DDPM_ALPHA = 0.6
+# The paper's operating points (METHOD.md §1), used for the ROI plots, image panels and the targets;
+# DIP's is its last scored epoch, the DDPM's its number of samples (StudySettings.operating_points).
 OPERATING_POINTS = {"gaussian": 1.5, "nlm": 1.0, "blend": 0.6}
 METHOD_LABELS = {"gaussian": "OSEM + Gaussian", "nlm": "Non-local means", "dip": "Conditional DIP",
-                 "blend": "Stability blend"}
-SETTING_NAMES = {"gaussian": "fwhm_voxels", "nlm": "h_factor", "dip": "epochs", "blend": "alpha"}
-PANEL_IMAGES = ("truth", "osem_full", "osem", "gaussian", "nlm", "dip", "blend", "stability")
+                 "blend": "Stability blend", "ddpm": "DDPM mean", "ddpm_blend": "DDPM blend"}
+SETTING_NAMES = {"gaussian": "fwhm_voxels", "nlm": "h_factor", "dip": "epochs", "blend": "alpha",
+                 "ddpm": "samples", "ddpm_blend": "alpha"}
+# The columns that say where a row comes from, before its scores.
+ID_COLUMNS = ("condition", "scanner", "regime", "count_scale", "realisation", "subject", "dose", "method",
+              "setting_name", "setting")
+MAIN_CONDITION = "main"
+COUNT_SWEEP_PREFIX = "counts x"
+STRESS_CONDITION = "stress: legacy wholebody"
 
 
 @dataclass(frozen=True)
@@ -64,57 +82,159 @@ class Subject:
 
 @dataclass(frozen=True)
 class StudySettings:
-    """Everything that changes the numbers; its hash keys the cache."""
+    """One condition of the study: what is simulated, which methods run, how often.
+
+    Args:
+        doses: the dose fractions scored. The simulation always adds full dose, the reference of the ROI bias.
+        dip: the DIP fit; scored at ``dip_epochs`` (those within its schedule; default: ``DIP_EPOCH_POINTS``
+            epochs spread over its stability window, ending with its last).
+        condition: the condition's name in the tables, e.g. "main" or "counts x0.25"; its slug names the cache
+            folder.
+        scanner, regime, count_scale: the simulator's scanner preset, regime and full-dose count factor.
+        realisations: noise realisations per subject (noise seeds 0 .. realisations-1).
+        seed: the phantom's seed (lesions, texture, misregistration), the same for every realisation.
+        nlm_h_factors: non-local means h factors; empty leaves NLM out.
+        ddpm: the diffusion model's sampling settings; it runs for realisations below ``ddpm_realisations``
+            (0: never) at the doses that are also in ``ddpm_doses``.
+        keep_panels: store the image slices of realisation 0 for the figure panels.
+    """
 
     doses: tuple
     dip: DIPConfig
+    condition: str = MAIN_CONDITION
+    scanner: str = "brain"
+    regime: str = "realistic"
+    count_scale: float = 1.0
+    realisations: int = 3
     seed: int = 0
-    n_lesions: int = 3
     gaussian_fwhms: tuple = GAUSSIAN_FWHMS
-    dip_epochs: tuple = DIP_EPOCHS
+    dip_epochs: tuple = ()
     alphas: tuple = ALPHAS
     nlm_h_factors: tuple = NLM_H_FACTORS
+    ddpm: DDPMSamplingConfig = field(default_factory=DDPMSamplingConfig)
+    ddpm_realisations: int = 1
+    ddpm_doses: tuple = DDPM_DOSES
+    ddpm_alpha: float = DDPM_ALPHA
+    keep_panels: bool = True
 
     def __post_init__(self) -> None:
         if not self.doses or any(not 0 < d <= 1 for d in self.doses):
             raise ValueError(f"doses must be fractions in (0, 1]; got {self.doses}")
-        epochs = [e for e in self.dip_epochs if e <= self.dip.epochs]
+        if self.realisations < 1 or self.ddpm_realisations < 0:
+            raise ValueError(f"realisations must be >= 1 and ddpm_realisations >= 0; got {self.realisations}, "
+                             f"{self.ddpm_realisations}")
+        if 0.0 not in self.gaussian_fwhms:
+            raise ValueError(f"the Gaussian FWHMs must include 0 (OSEM itself, the reference); "
+                             f"got {self.gaussian_fwhms}")
+        epochs = [e for e in self.dip_epochs or default_dip_epochs(self.dip) if e <= self.dip.epochs]
         if not epochs:
             raise ValueError(f"none of the DIP epochs {self.dip_epochs} is reached in {self.dip.epochs} epochs")
         object.__setattr__(self, "dip_epochs", tuple(epochs))
+        self.simulation(0)  # refuses an unknown scanner or regime, or a bad count scale, now rather than later
+
+    @property
+    def slug(self) -> str:
+        """The condition's cache folder name."""
+        return re.sub(r"[^A-Za-z0-9.]+", "_", self.condition).strip("_") or "condition"
+
+    @property
+    def simulated_doses(self) -> tuple:
+        # One dose tuple per dose list: the simulator draws each dose's thinning from a noise stream chosen by the
+        # dose's position in this tuple, so conditions with the same doses see the same noise.
+        return tuple(sorted(set(self.doses) | {FULL_DOSE}, reverse=True))
+
+    def simulation(self, realisation: int) -> SimulationConfig:
+        """The simulator's settings for noise realisation ``realisation``."""
+        return simulation_config(self.scanner, self.regime, self.count_scale, doses=self.simulated_doses,
+                                 seed=self.seed, noise_seed=realisation)
+
+    def ddpm_doses_for(self, realisation: int) -> tuple:
+        """The doses at which the DDPM runs in this realisation (none beyond ``ddpm_realisations``)."""
+        if realisation >= self.ddpm_realisations:
+            return ()
+        return tuple(d for d in self.doses if d in self.ddpm_doses)
 
     def operating_points(self) -> Dict[str, float]:
-        return {**OPERATING_POINTS, "dip": self.dip_epochs[-1]}
+        return {**OPERATING_POINTS, "dip": self.dip_epochs[-1], "ddpm": self.ddpm.samples,
+                "ddpm_blend": self.ddpm_alpha}
 
-    def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+    def methods(self) -> List[str]:
+        """The methods this condition runs (DDPM if any realisation has it)."""
+        names = ["gaussian"] + (["nlm"] if self.nlm_h_factors else []) + ["dip", "blend"]
+        return names + (["ddpm", "ddpm_blend"] if self.ddpm_doses_for(0) else [])
+
+    def key(self, realisation: int) -> str:
+        """A hash of everything that changes realisation ``realisation``'s numbers in this condition.
+
+        Threads are left out (they change the speed, not the result), and so are the condition's name, its number
+        of realisations and, when this realisation runs no DDPM, the DDPM's settings: changing those recomputes
+        nothing that they do not affect.
+        """
+        fields = dataclasses.asdict(self)
+        for name in ("condition", "realisations", "keep_panels", "ddpm", "ddpm_realisations", "ddpm_doses",
+                     "ddpm_alpha"):
+            fields.pop(name)
+        fields["dip"].pop("threads")
+        fields["realisation"] = realisation
+        fields["simulation"] = self.simulation(realisation).to_dict()
+        ddpm_doses = self.ddpm_doses_for(realisation)
+        if ddpm_doses:
+            config = dataclasses.asdict(self.ddpm)
+            config.pop("threads")
+            fields["ddpm"] = {"doses": ddpm_doses, "alpha": self.ddpm_alpha, "config": config,
+                              "model_sha256": ddpm_model_checksum(self.ddpm)}
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class Scorer:
-    """The metrics of one simulated case, at one dose."""
+def default_dip_epochs(config: DIPConfig) -> tuple:
+    """``DIP_EPOCH_POINTS`` epochs evenly over the stability window (start, epochs], rounded, ending at the last."""
+    window = config.epochs - config.start
+    return tuple(sorted({config.start + round(window * i / DIP_EPOCH_POINTS) for i in range(1, DIP_EPOCH_POINTS + 1)}
+                        - {config.start}))
 
-    def __init__(self, case, full_dose_osem: np.ndarray) -> None:
-        self.masks = {k: sitk.GetArrayFromImage(v).astype(bool) for k, v in case.masks.items()}
-        self.rois = sorted(k[len("roi_"):] for k in self.masks if k.startswith("roi_"))
-        self.truth = sitk.GetArrayFromImage(case.truth).astype(np.float32)
-        self.full_dose = full_dose_osem
-        self.ratio = case.lesion_true_ratio
 
-    def __call__(self, image: np.ndarray) -> Dict[str, float]:
-        m = self.masks
-        wm_std, wm_cov = metrics.wm_noise(image, m["wm_eroded"])
-        scores = {
-            "pvr": metrics.peak_to_valley_ratio(image, [m["peak_left"], m["peak_right"]], m["valley"]),
-            "wm_std": wm_std, "wm_cov": wm_cov,
-            "lesion_cr": metrics.contrast_recovery(image, m["lesions"], m["lesion_background"], self.ratio),
-            "psnr": metrics.psnr(image, self.truth, m["head"]),
-            "ssim": metrics.ssim(image, self.truth, m["head"]),
-        }
-        for roi in self.rois:
-            scores[f"bias_truth_{roi}"] = metrics.roi_bias(image, self.truth, m[f"roi_{roi}"])
-            scores[f"bias_fulldose_{roi}"] = metrics.roi_bias(image, self.full_dose, m[f"roi_{roi}"])
-        return scores
+def ddpm_model_checksum(config: DDPMSamplingConfig) -> str:
+    """The weights' checksum from the model's manifest, so that a new model never reads old results."""
+    from ..ddpm.weights import MANIFEST_FILE, bundled_model_dir
+
+    model_dir = Path(config.model_dir) if config.model_dir else bundled_model_dir()
+    try:
+        return json.loads((model_dir / MANIFEST_FILE).read_text())["sha256"]
+    except (OSError, ValueError, KeyError):
+        return "missing"  # the DDPM run itself then says what is wrong with the folder
+
+
+def study_conditions(main: StudySettings, count_scales: Sequence[float] = (), sweep_dose: float = 0.1,
+                     stress: bool = False) -> List[StudySettings]:
+    """The main condition, then the count sweep and the stress condition if asked for.
+
+    The extra conditions run at ``sweep_dose`` only, realisation 0 only, and only Gaussian, DIP and the blend.
+
+    Args:
+        main: the main condition; its count scale is the sweep's own entry, so it is not repeated.
+        count_scales: count-scale factors of the sweep (the simulator's ``count_scale``), on the main condition's
+            scanner and regime.
+        stress: add the legacy regime on the wholebody scanner, where the PET is predictable from the MR.
+    """
+    def extra(name: str, **changes) -> StudySettings:
+        return dataclasses.replace(main, condition=name, doses=(sweep_dose,), realisations=1, nlm_h_factors=(),
+                                   ddpm_realisations=0, keep_panels=False, **changes)
+
+    conditions = [main]
+    for scale in sorted(set(count_scales) - {main.count_scale}):
+        conditions.append(extra(f"{COUNT_SWEEP_PREFIX}{scale:g}", count_scale=float(scale)))
+    if stress:
+        conditions.append(extra(STRESS_CONDITION, scanner="wholebody", regime="legacy", count_scale=1.0))
+    return conditions
+
+
+def is_count_sweep(settings: StudySettings) -> bool:
+    return settings.condition.startswith(COUNT_SWEEP_PREFIX)
+
+
+def is_stress(settings: StudySettings) -> bool:
+    return settings.condition == STRESS_CONDITION
 
 
 def head_noise_sigma(image: np.ndarray, head: np.ndarray) -> float:
@@ -139,95 +259,219 @@ def panel_slice_index(case) -> int:
     return int(round(np.nonzero(peaks)[0].mean()))
 
 
-def evaluate_subject(
-    subject: Subject, settings: StudySettings, cache_dir: Path,
-    progress: Optional[Callable[[str], None]] = None,
-) -> List[dict]:
-    """The subject's rows, from the cache when its key matches, otherwise computed and cached."""
-    cache_dir = Path(cache_dir)
-    rows_path, panels_path = cache_dir / f"{subject.name}.json", cache_dir / f"{subject.name}_panels.npz"
-    if rows_path.is_file() and panels_path.is_file():
-        cached = json.loads(rows_path.read_text())
-        if cached.get("key") == settings.key():
-            log.info("%s: using the cached results in %s", subject.name, rows_path)
-            return cached["rows"]
-    say = progress or log.info
-
-    t_start = time.perf_counter()
-    doses = tuple(sorted(set(settings.doses) | {FULL_DOSE}, reverse=True))
-    case = simulate_case(sitk.ReadImage(str(subject.labels_path)),
-                         SimulationConfig(doses=doses, seed=settings.seed, n_lesions=settings.n_lesions))
-    full_dose = sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32)
-    score = Scorer(case, full_dose)
-    z = panel_slice_index(case)
-    panels = {"truth": score.truth[z], "osem_full": full_dose[z]}
-    rows, timings = [], {"simulate_s": time.perf_counter() - t_start}
-    operating_points = settings.operating_points()
-
-    for dose in settings.doses:
-        x0 = sitk.GetArrayFromImage(case.osem[dose]).astype(np.float32)
-        images_at_operating_points = {"osem": x0}
-
-        def add(method: str, setting: float, image: np.ndarray) -> None:
-            rows.append({"subject": subject.name, "dose": dose, "method": method,
-                         "setting_name": SETTING_NAMES[method], "setting": setting, **score(image)})
-            if setting == operating_points[method]:
-                images_at_operating_points[method] = image
-
-        t = time.perf_counter()
-        for fwhm in settings.gaussian_fwhms:
-            add("gaussian", fwhm, gaussian_fwhm(x0, fwhm))
-        sigma = head_noise_sigma(x0, score.masks["head"])
-        for h_factor in settings.nlm_h_factors:
-            add("nlm", h_factor, nonlocal_means(x0, h_factor, sigma))
-        timings[f"filters_s_dose{dose}"] = time.perf_counter() - t
-
-        say(f"{subject.name}, dose {dose:g}: fitting DIP ({settings.dip.epochs} epochs)")
-        t = time.perf_counter()
-        snapshots = {}
-        result = denoise(case.osem[dose], case.mr, settings.dip, output_epochs=settings.dip_epochs,
-                         on_output=lambda epoch, array: snapshots.__setitem__(epoch, array.astype(np.float32)))
-        timings[f"dip_s_dose{dose}"] = time.perf_counter() - t
-        for epoch in settings.dip_epochs:
-            add("dip", epoch, snapshots[epoch])
-        network_output = sitk.GetArrayFromImage(result.network_output).astype(np.float32)
-        stability = sitk.GetArrayFromImage(result.stability).astype(np.float32)
-        for alpha in settings.alphas:
-            blended, _ = blend(x0, network_output, stability, alpha, stability_mean=result.stability_mean)
-            add("blend", alpha, blended)
-
-        images_at_operating_points["stability"] = stability
-        for name, image in images_at_operating_points.items():
-            panels[f"{name}_dose{dose}"] = image[z]
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(panels_path, **panels)
-    timings["total_s"] = time.perf_counter() - t_start
-    rows_path.write_text(json.dumps({"key": settings.key(), "subject": subject.name,
-                                     "labels": str(subject.labels_path), "timings": timings, "rows": rows}, indent=1))
-    say(f"{subject.name}: done in {timings['total_s']:.0f} s")
-    return rows
+def array(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image).astype(np.float32)
 
 
-def cached_rows(subjects: Sequence[Subject], settings: StudySettings, cache_dir: Path) -> List[dict]:
-    """Every subject's rows from the cache alone; raises when one is missing or stale."""
-    rows = []
-    for subject in subjects:
-        path = Path(cache_dir) / f"{subject.name}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no cached results for {subject.name} in {cache_dir}: run without --replot first")
-        cached = json.loads(path.read_text())
-        if cached.get("key") != settings.key():
-            raise ValueError(f"the cached results for {subject.name} were made with other settings: "
-                             "run without --replot to recompute them")
-        rows += cached["rows"]
-    return rows
+# ---------------------------------------------------------------------------------------------------------------
+# Cache files
 
 
-def load_panels(subject: Subject, cache_dir: Path) -> Dict[str, np.ndarray]:
-    with np.load(Path(cache_dir) / f"{subject.name}_panels.npz") as data:
+def cache_paths(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> Dict[str, Path]:
+    folder = Path(cache_dir) / settings.slug
+    stem = f"{subject.name}_r{realisation}"
+    return {"record": folder / f"{stem}.json", "panels": folder / f"{stem}_panels.npz"}
+
+
+def wants_panels(settings: StudySettings, realisation: int) -> bool:
+    return settings.keep_panels and realisation == 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def write_atomically(path: Path, write: Callable[[object], None], binary: bool = False) -> Path:
+    """Writes ``path`` through ``write(handle)`` into a temporary file beside it, then renames it into place.
+
+    An interrupted run therefore never leaves a half-written file, and two processes writing the same file leave
+    one whole copy.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb" if binary else "w") as stream:
+            write(stream)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it private; give it an ordinary file's mode
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> Optional[dict]:
+    """The cached record of one case if it is complete and made with these settings, else None."""
+    paths = cache_paths(cache_dir, settings, subject, realisation)
+    if not paths["record"].is_file() or (wants_panels(settings, realisation) and not paths["panels"].is_file()):
+        return None
+    record = json.loads(paths["record"].read_text())
+    return record if record.get("key") == settings.key(realisation) else None
+
+
+def cached_record(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> dict:
+    """The cached record of one case; raises with what to do when it is missing or stale (for ``--replot``)."""
+    paths = cache_paths(cache_dir, settings, subject, realisation)
+    where = f"{subject.name}, realisation {realisation}, condition '{settings.condition}'"
+    if not paths["record"].is_file() or (wants_panels(settings, realisation) and not paths["panels"].is_file()):
+        raise FileNotFoundError(f"no cached results for {where} in {paths['record'].parent}: "
+                                "run without --replot first")
+    record = read_record(cache_dir, settings, subject, realisation)
+    if record is None:
+        raise ValueError(f"the cached results for {where} were made with other settings: "
+                         "run without --replot to recompute them")
+    return record
+
+
+def load_panels(cache_dir: Path, settings: StudySettings, subject: Subject) -> Dict[str, np.ndarray]:
+    with np.load(cache_paths(cache_dir, settings, subject, 0)["panels"]) as data:
         return {name: data[name] for name in data.files}
 
 
-def cached_timings(subjects: Sequence[Subject], cache_dir: Path) -> Dict[str, dict]:
-    return {s.name: json.loads((Path(cache_dir) / f"{s.name}.json").read_text())["timings"] for s in subjects}
+# ---------------------------------------------------------------------------------------------------------------
+# One case
+
+
+class _Case:
+    """Collects one case's rows, per-fit records and panel slices while its methods run."""
+
+    def __init__(self, settings: StudySettings, subject: Subject, realisation: int, score: Scorer, z: int) -> None:
+        self.settings, self.score, self.z = settings, score, z
+        self.ids = {"condition": settings.condition, "scanner": settings.scanner, "regime": settings.regime,
+                    "count_scale": settings.count_scale, "realisation": realisation, "subject": subject.name}
+        self.operating_points = settings.operating_points()
+        self.keep_panels = wants_panels(settings, realisation)
+        self.rows: List[dict] = []
+        self.fits: List[dict] = []
+        self.panels: Dict[str, np.ndarray] = {}
+
+    def add(self, dose: float, method: str, setting: float, image: np.ndarray) -> None:
+        """Scores ``image`` as one row; keeps its slice for the panels at the method's operating point."""
+        self.rows.append({**self.ids, "dose": dose, "method": method, "setting_name": SETTING_NAMES[method],
+                          "setting": setting, **self.score(image)})
+        if setting == self.operating_points[method]:
+            self.panel(f"{method}_dose{dose}", image)
+
+    def add_fit(self, dose: float, method: str, stability: np.ndarray, stability_mean: float, seconds: float) -> None:
+        """One DIP fit's or DDPM run's record: its time and its stability map's contrast against white matter."""
+        self.fits.append({**self.ids, "dose": dose, "method": method, "seconds": seconds,
+                          "stability_mean": stability_mean, **self.score.stability_contrast(stability)})
+        self.panel(f"{'stability' if method == 'dip' else 'ddpm_std'}_dose{dose}", stability)
+
+    def panel(self, name: str, image: np.ndarray) -> None:
+        if self.keep_panels:
+            self.panels[name] = image[self.z]
+
+
+def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_ddpm: bool,
+              say: Callable[[str], None], timings: Dict[str, float]) -> None:
+    """Every method and sweep of one dose."""
+    x0 = array(simulated.osem[dose])
+    case.panel(f"osem_dose{dose}", x0)
+    where = f"{case.ids['subject']} r{case.ids['realisation']} ({settings.condition}), dose {dose:g}"
+
+    t = time.perf_counter()
+    for fwhm in settings.gaussian_fwhms:
+        case.add(dose, "gaussian", fwhm, gaussian_fwhm(x0, fwhm))
+    if settings.nlm_h_factors:
+        sigma = head_noise_sigma(x0, case.score.masks["head"])
+        for h_factor in settings.nlm_h_factors:
+            case.add(dose, "nlm", h_factor, nonlocal_means(x0, h_factor, sigma))
+    timings[f"filters_s_dose{dose}"] = time.perf_counter() - t
+
+    say(f"{where}: fitting DIP ({settings.dip.epochs} epochs)")
+    t = time.perf_counter()
+    snapshots = {}
+    result = denoise(simulated.osem[dose], simulated.mr, settings.dip, output_epochs=settings.dip_epochs,
+                     on_output=lambda epoch, image: snapshots.__setitem__(epoch, image.astype(np.float32)))
+    timings[f"dip_s_dose{dose}"] = seconds = time.perf_counter() - t
+    for epoch in settings.dip_epochs:
+        case.add(dose, "dip", epoch, snapshots[epoch])
+    network_output, stability = array(result.network_output), array(result.stability)
+    case.add_fit(dose, "dip", stability, result.stability_mean, seconds)
+    for alpha in settings.alphas:
+        blended, _ = blend(x0, network_output, stability, alpha, stability_mean=result.stability_mean)
+        case.add(dose, "blend", alpha, blended)
+
+    if run_ddpm:
+        say(f"{where}: sampling the diffusion model")
+        t = time.perf_counter()
+        result = denoise_ddpm(simulated.osem[dose], simulated.mr, settings.ddpm, alpha=settings.ddpm_alpha)
+        timings[f"ddpm_s_dose{dose}"] = seconds = time.perf_counter() - t
+        # Its mean is the network output; ``denoised`` is already the blend at ddpm_alpha.
+        case.add(dose, "ddpm", settings.ddpm.samples, array(result.network_output))
+        case.add(dose, "ddpm_blend", settings.ddpm_alpha, array(result.denoised))
+        case.add_fit(dose, "ddpm", array(result.stability), result.stability_mean, seconds)
+
+
+def compute_case(subject: Subject, settings: StudySettings, realisation: int,
+                 say: Callable[[str], None]) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """Simulates one case and runs every method: its cache record and its panel slices."""
+    t_start = time.perf_counter()
+    simulation = settings.simulation(realisation)
+    simulated = simulate_case(sitk.ReadImage(str(subject.labels_path)), simulation)
+    full_dose = array(simulated.osem[FULL_DOSE])
+    score = Scorer(simulated, full_dose)
+    z = panel_slice_index(simulated)
+    case = _Case(settings, subject, realisation, score, z)
+    case.panel("truth", score.truth)
+    case.panel("osem_full", full_dose)
+    timings = {"simulate_s": time.perf_counter() - t_start}
+    ddpm_doses = settings.ddpm_doses_for(realisation)
+    for dose in settings.doses:
+        _run_dose(case, simulated, dose, settings, dose in ddpm_doses, say, timings)
+    timings["total_s"] = time.perf_counter() - t_start
+    record = {
+        "key": settings.key(realisation), **case.ids, "labels": str(subject.labels_path),
+        "simulation": simulation.to_dict(), "threads": _threads(settings), "timings": timings,
+        # Full-dose OSEM's scores whatever the doses: the reference of the targets.
+        "full_dose_osem": {**case.ids, "dose": FULL_DOSE, **score(full_dose)},
+        "rows": case.rows, "fits": case.fits,
+    }
+    return record, case.panels
+
+
+def _threads(settings: StudySettings) -> dict:
+    import torch
+
+    return {"dip": settings.dip.threads, "ddpm": settings.ddpm.threads, "torch": torch.get_num_threads()}
+
+
+def evaluate_case(subject: Subject, settings: StudySettings, realisation: int, cache_dir: Path,
+                  progress: Optional[Callable[[str], None]] = None) -> dict:
+    """One case's record, from the cache when its key matches, otherwise computed and cached."""
+    record = read_record(cache_dir, settings, subject, realisation)
+    if record is not None:
+        log.info("%s r%d (%s): using the cached results", subject.name, realisation, settings.condition)
+        return record
+    say = progress or log.info
+    record, panels = compute_case(subject, settings, realisation, say)
+    paths = cache_paths(cache_dir, settings, subject, realisation)
+    if wants_panels(settings, realisation):  # before the record: a record on disk means its panels are there too
+        write_atomically(paths["panels"], lambda stream: np.savez_compressed(stream, **panels), binary=True)
+    write_atomically(paths["record"], lambda stream: json.dump(record, stream, indent=1))
+    say(f"{subject.name} r{realisation} ({settings.condition}): done in {record['timings']['total_s']:.0f} s")
+    return record
+
+
+def evaluate(subjects: Sequence[Subject], conditions: Sequence[StudySettings], cache_dir: Path, *,
+             replot: bool = False, progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """Every (condition, subject, realisation) record: computed as needed, or with ``replot`` from the cache only.
+
+    With ``replot`` every record is checked before any is used, so a missing or stale one stops the run at once.
+    """
+    records = []
+    for settings in conditions:
+        for subject in subjects:
+            for realisation in range(settings.realisations):
+                if replot:
+                    records.append(cached_record(cache_dir, settings, subject, realisation))
+                else:
+                    records.append(evaluate_case(subject, settings, realisation, cache_dir, progress))
+    return records

@@ -22,13 +22,28 @@ from . import acquisition as acq
 from . import phantom as ph
 from .scanners import REGIMES, SCANNERS
 
-BUNDLED_LABELS = "brainweb_subject04_labels_1mm.nii.gz"
+BRAINWEB_LABELS = "brainweb_subject{}_labels_1mm.nii.gz"  # the file name of a BrainWeb subject's labels
+BUNDLED_SUBJECT = "04"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def bundled_labels_path() -> Path:
     """BrainWeb subject 04 labels (1 mm) shipped with the package for the demo."""
-    return Path(__file__).resolve().parents[1] / "data" / BUNDLED_LABELS
+    return Path(__file__).resolve().parents[1] / "data" / BRAINWEB_LABELS.format(BUNDLED_SUBJECT)
+
+
+def labels_path(subject: str, labels_dir: Optional[Path] = None) -> Path:
+    """The label file of BrainWeb subject ``subject`` (e.g. '04') in ``labels_dir``.
+
+    Subject 04 falls back to the bundled copy when ``labels_dir`` is None or lacks it.
+    """
+    if labels_dir is not None and (Path(labels_dir) / BRAINWEB_LABELS.format(subject)).is_file():
+        return Path(labels_dir) / BRAINWEB_LABELS.format(subject)
+    if subject == BUNDLED_SUBJECT:
+        return bundled_labels_path()
+    if labels_dir is None:
+        raise FileNotFoundError(f"BrainWeb subject {subject} is not bundled: give the folder of its labels")
+    return Path(labels_dir) / BRAINWEB_LABELS.format(subject)
 
 
 BRAIN = SCANNERS["brain"]
