@@ -25,24 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "PETStabilityDenoise"))
 
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer  # noqa: E402
-from PETStabilityDenoiseLib.simulation import (SimulationConfig, bundled_labels_path, dose_label,  # noqa: E402
-                                               simulate_case)
+from PETStabilityDenoiseLib.simulation import SimulationConfig, dose_label, simulate_case  # noqa: E402
 from PETStabilityDenoiseLib.simulation import acquisition as acq  # noqa: E402
 from PETStabilityDenoiseLib.simulation import phantom as ph  # noqa: E402
-from PETStabilityDenoiseLib.simulation.case import index_to_ras, scanner_settings  # noqa: E402
+from PETStabilityDenoiseLib.simulation.case import index_to_ras, labels_path, scanner_settings  # noqa: E402
 
 BRAINWEB = REPO.parent / "shared" / "data" / "brainweb"
 
 
-def labels_path(subject: str) -> Path:
-    if subject == "04" and not (BRAINWEB / f"brainweb_subject{subject}_labels_1mm.nii.gz").exists():
-        return bundled_labels_path()
-    return BRAINWEB / f"brainweb_subject{subject}_labels_1mm.nii.gz"
-
-
 def count_factors(subject: str, cfg: SimulationConfig) -> None:
     """Head/brain activity and attenuation survival: the two phantom factors of scanners.brain_full_dose_counts."""
-    image = sitk.ReadImage(str(labels_path(subject)))
+    image = sitk.ReadImage(str(labels_path(subject, BRAINWEB)))
     labels = sitk.GetArrayFromImage(image).astype(np.uint8)
     affine = index_to_ras(image)
     shape, pet_affine = ph.block_grid(labels.shape, affine, (2, 2, 2))
@@ -90,7 +83,7 @@ def main() -> None:
           "| hypo recovery |")
     print("|---|---|---|---|---|---|---|---|---|")
     for subject in args.subjects:
-        case = simulate_case(sitk.ReadImage(str(labels_path(subject))), cfg)
+        case = simulate_case(sitk.ReadImage(str(labels_path(subject, BRAINWEB))), cfg)
         score = Scorer(case)
         blurred = sitk.GetArrayFromImage(case.truth_blurred)
         for dose, image in case.osem.items():

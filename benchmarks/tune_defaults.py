@@ -1,150 +1,237 @@
-"""The measurement behind the DIP defaults (docs/DEFAULTS.md).
+"""The measurement behind the DIP defaults (docs/DEFAULTS.md), in the realistic simulation regime.
 
-For each candidate setting it fits DIP to a simulated low-dose brain case and
-asks the question of METHOD.md §5: at the paper's operating point (alpha 0.6,
-200 epochs), does the blend beat Gaussian post-filtering at matched white-
-matter noise, in peak-to-valley ratio (PVR) and in the contrast recovery (CR)
-of PET-only lesions? Gaussian PVR and CR at the blend's noise are read off the
-Gaussian FWHM sweep (0 to 4 voxels) by linear interpolation.
+For each candidate it fits DIP to simulated low-dose brain cases and asks:
+- does the stability map single out what the MR does not show? Mean S in the colliculus peaks, the PET-only
+  lesions, the hypometabolic cortex and all cortex, each over mean S in eroded white matter;
+- at the default operating point (alpha 0.6), does the blend beat Gaussian post-filtering at matched
+  white-matter noise, in peak-to-valley ratio, lesion contrast recovery and hypometabolism recovery?
+  Gaussian's values at the blend's white-matter CoV are read off its FWHM sweep (0 to 4 voxels);
+- how close is the DIP output to the PSF-blurred truth (PSNR), against the best Gaussian?
+- how long does the fit take, and did the loss-jump guard step in?
 
-    python benchmarks/tune_defaults.py --out docs/tuning             # all candidates
-    python benchmarks/tune_defaults.py --only lbfgs_lr0.5 --out /tmp/t
+Each candidate is fitted once per case, for its longest schedule, and read out at several shorter ones
+(``<candidate>@<epochs>``: the output after that many epochs, S over the second half of them), so that the
+schedule is chosen by measurement too. Fit times of the shorter schedules are prorated from the whole fit.
 
-It writes results.json and results.md into --out. Slow: one 200-epoch fit per
-candidate, 1 to 4 minutes each on 2 CPU cores.
+Cases: BrainWeb subjects that the evaluation does not use (default 04 and 05), each at 1/10 and 1/5 dose, with
+several noise realisations of one phantom (default 2). Every (candidate, case) result is cached in
+``<out>/cases/``, so an interrupted run resumes where it stopped.
+
+    python benchmarks/tune_defaults.py --out docs/tuning --only monai gong_8-64
+    python benchmarks/tune_defaults.py --out docs/tuning --only gong monai_lbfgs20_lr0.1 --subjects 04
+    python benchmarks/tune_defaults.py --out docs/tuning --report-only           # redo results.md from the cache
+
+It writes results.json and results.md into --out. Slow: 2 to 10 minutes per fit on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 import SimpleITK as sitk
 
-from PETStabilityDenoiseLib import metrics
-from PETStabilityDenoiseLib.blend import blend
-from PETStabilityDenoiseLib.dip import DIPConfig
-from PETStabilityDenoiseLib.filters import gaussian_fwhm
-from PETStabilityDenoiseLib.pipeline import denoise
-from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case
+REPO = Path(__file__).resolve().parents[1]
+BRAINWEB = REPO.parent / "shared" / "data" / "brainweb"
+sys.path.insert(0, str(REPO / "PETStabilityDenoise"))
 
+from PETStabilityDenoiseLib.blend import blend  # noqa: E402
+from PETStabilityDenoiseLib.config import DIPConfig, sample_epochs  # noqa: E402
+from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise  # noqa: E402
+from PETStabilityDenoiseLib.filters import gaussian_fwhm  # noqa: E402
+from PETStabilityDenoiseLib.geometry import head_mask, resample_to_reference  # noqa: E402
+from PETStabilityDenoiseLib.pipeline import denoise  # noqa: E402
+from PETStabilityDenoiseLib.simulation import SimulationConfig, simulate_case  # noqa: E402
+from PETStabilityDenoiseLib.simulation.case import labels_path  # noqa: E402
+
+# Each candidate is fitted once, for its longest schedule; the network output is kept every ``interval`` epochs, so
+# that every shorter schedule (n epochs, S from n/2 to n) is read out of the same fit: the first n epochs of a
+# fit do not depend on how long it goes on.
 CANDIDATES = {
-    "lbfgs_lr0.1": DIPConfig(learning_rate=0.1),
-    "lbfgs_lr0.5": DIPConfig(learning_rate=0.5),
-    "lbfgs_lr1": DIPConfig(learning_rate=1.0),
-    "lbfgs_lr0.5_small": DIPConfig(learning_rate=0.5, channels=(8, 16, 32, 64)),
-    "lbfgs_lr1_small": DIPConfig(learning_rate=1.0, channels=(8, 16, 32, 64)),
-    "lbfgs_lr0.5_inner2": DIPConfig(learning_rate=0.5, inner_iterations=2),
-    "adam_lr1e-2": DIPConfig(optimizer="adam", learning_rate=1e-2),
-    "adam_lr3e-3": DIPConfig(optimizer="adam", learning_rate=3e-3),
-    "mrpet_lbfgs_lr0.5_small": DIPConfig(learning_rate=0.5, channels=(8, 16, 32, 64), input_mode="mr+pet"),
+    # The defaults of the first study (docs/tuning/legacy): MONAI UNet, L-BFGS lr 1, one inner iteration.
+    "monai": DIPConfig(),
+    # The Gong et al. style network of network.py, at 16-128 and at 8-64 channels.
+    "gong": DIPConfig(network="gong", epochs=160, start=80),
+    "gong_8-64": DIPConfig(network="gong", channels=(8, 16, 32, 64), epochs=160, start=80),
+    # PyTorch's L-BFGS defaults (20 inner iterations, history 100) at a small rate, as public conditional-DIP
+    # code uses it: 20 network passes per epoch, S sampled every epoch.
+    "monai_lbfgs20_lr0.1": DIPConfig(inner_iterations=20, history_size=100, learning_rate=0.1, epochs=20, interval=1,
+                                     start=10),
 }
-ALPHAS = np.round(np.arange(0.0, 1.01, 0.1), 2)
-FWHMS = np.arange(0.0, 4.01, 0.5)
+SCHEDULE_EPOCHS = {"monai": (60, 80, 100, 120, 160, 200), "gong": (60, 80, 100, 120, 160),
+                   "gong_8-64": (60, 80, 100, 120, 160), "monai_lbfgs20_lr0.1": (8, 12, 16, 20)}
+ALPHAS = tuple(round(a, 1) for a in np.arange(0.0, 1.01, 0.1))
+OPERATING_ALPHA = 0.6
+FWHMS = tuple(np.arange(0.0, 4.01, 0.5))
+KEYS = ("pvr", "wm_cov", "lesion_cr", "hypo_recovery", "psnr_blurred")
 
 
-class Scorer:
-    """Metrics of METHOD.md §4 on one simulated case."""
-
-    def __init__(self, case) -> None:
-        m = {k: sitk.GetArrayFromImage(v).astype(bool) for k, v in case.masks.items()}
-        self.masks, self.ratio = m, case.lesion_true_ratio
-        self.rois = [k for k in m if k.startswith("roi_")]
-        self.truth = sitk.GetArrayFromImage(case.truth)
-
-    def __call__(self, image: np.ndarray) -> dict:
-        m = self.masks
-        std, cov = metrics.wm_noise(image, m["wm_eroded"])
-        out = {"wm_std": std, "wm_cov": cov,
-               "pvr": metrics.peak_to_valley_ratio(image, [m["peak_left"], m["peak_right"]], m["valley"]),
-               "lesion_cr": metrics.contrast_recovery(image, m["lesions"], m["lesion_background"], self.ratio)}
-        out["roi_bias"] = {k[4:]: metrics.roi_bias(image, self.truth, m[k]) for k in self.rois}
-        return out
+def schedule_name(candidate: str, epochs: int) -> str:
+    return f"{candidate}@{epochs}"
 
 
-def at_matched_noise(curve: list, wm_cov: float, key: str) -> float:
-    """The Gaussian curve's ``key`` at white-matter CoV ``wm_cov`` (linear interpolation)."""
-    cov = np.array([p["wm_cov"] for p in curve])
-    val = np.array([p[key] for p in curve])
-    order = np.argsort(cov)
-    return float(np.interp(wm_cov, cov[order], val[order]))
+def read_out(snapshots: dict, epochs: int, interval: int) -> tuple:
+    """The network output after ``epochs`` and S over epochs/2 .. epochs every ``interval`` (ddof 1, float64)."""
+    sampled = sample_epochs(epochs, interval, epochs // 2)
+    stack = np.stack([snapshots[e] for e in sampled]).astype(np.float64)
+    return snapshots[epochs], stack.std(axis=0, ddof=1).astype(np.float32), len(sampled)
+
+
+def score_case(name: str, config: DIPConfig, case, dose: float, score: Scorer, threads: int) -> List[dict]:
+    """One fit of ``config``, scored at each of the candidate's schedules: one record per schedule."""
+    pet = case.osem[dose]
+    x0 = sitk.GetArrayFromImage(pet).astype(np.float32)
+    head = head_mask(x0, sitk.GetArrayFromImage(resample_to_reference(case.mr, pet)))  # as the pipeline's
+    gauss = [{"fwhm_voxels": float(f), **score(gaussian_fwhm(x0, f))} for f in FWHMS]
+    snapshots: Dict[int, np.ndarray] = {}
+    t = time.perf_counter()
+    result = denoise(pet, case.mr, config.replace(threads=threads),
+                     output_epochs=range(0, config.epochs + 1, config.interval),
+                     on_output=lambda epoch, array: snapshots.__setitem__(epoch, array.astype(np.float32)))
+    fit_s = time.perf_counter() - t
+    # Self-check: the full schedule read out of the snapshots is the engine's own output and stability map.
+    net, s, _ = read_out(snapshots, config.epochs, config.interval)
+    np.testing.assert_array_equal(net, sitk.GetArrayFromImage(result.network_output))
+    np.testing.assert_allclose(s, sitk.GetArrayFromImage(result.stability), rtol=1e-3, atol=1e-4 * float(s.max()))
+
+    records = []
+    for epochs in SCHEDULE_EPOCHS[name]:
+        net, s, n_samples = read_out(snapshots, epochs, config.interval)
+        stability_mean = float(s[head].mean(dtype=np.float64))
+        blends = []
+        for alpha in ALPHAS:
+            x, _ = blend(x0, net, s, float(alpha), stability_mean=stability_mean)
+            point = {"alpha": alpha, **score(x)}
+            for key in ("pvr", "lesion_cr", "hypo_recovery"):
+                point[f"gauss_{key}_same_noise"] = at_matched_noise(gauss, point["wm_cov"], key)
+            blends.append(point)
+        records.append({"candidate": schedule_name(name, epochs), "network": config.network, "epochs": epochs,
+                        "s_samples": n_samples, "fit_s": fit_s * epochs / config.epochs,
+                        "loss_jumps": [j for j in result.dip.loss_jumps if j["epoch"] <= epochs],
+                        "final_loss": result.dip.loss_history[min(epochs, config.epochs - 1)], "dip": score(net),
+                        "stability": score.stability_contrast(s), "gaussian": gauss, "blend": blends})
+    return records
+
+
+def summarise(records: list) -> dict:
+    """Mean and std over cases of each candidate's headline numbers."""
+    out = {}
+    for name in dict.fromkeys(r["candidate"] for r in records):
+        rows = [r for r in records if r["candidate"] == name]
+        op = [next(b for b in r["blend"] if b["alpha"] == OPERATING_ALPHA) for r in rows]
+        best_gauss = [max(g["psnr_blurred"] for g in r["gaussian"]) for r in rows]
+        values = {
+            "fit_s": [r["fit_s"] for r in rows],
+            "loss_jumps": [len(r["loss_jumps"]) for r in rows],
+            **{k: [r["stability"][k] for r in rows] for k in rows[0]["stability"]},
+            "dip_psnr_minus_best_gauss": [r["dip"]["psnr_blurred"] - g for r, g in zip(rows, best_gauss)],
+            "dip_wm_cov": [r["dip"]["wm_cov"] for r in rows],
+            "blend_wm_cov_over_osem": [b["wm_cov"] / r["gaussian"][0]["wm_cov"] for b, r in zip(op, rows)],
+            "blend_pvr_gain": [b["pvr"] / b["gauss_pvr_same_noise"] - 1 for b in op],
+            "blend_cr_gain": [b["lesion_cr"] - b["gauss_lesion_cr_same_noise"] for b in op],
+            "blend_hypo_gain": [b["hypo_recovery"] - b["gauss_hypo_recovery_same_noise"] for b in op],
+            "blend_max_abs_bias_fulldose": [max(abs(v) for k, v in b.items() if k.startswith("bias_fulldose_"))
+                                            for b in op],
+        }
+        out[name] = {k: (float(np.nanmean(v)), float(np.nanstd(v)), len(v)) for k, v in values.items()}
+    return out
+
+
+COLUMNS = (("fit_s", "fit s", "{:.0f}"), ("loss_jumps", "jumps", "{:.1f}"),
+           ("s_peaks_over_wm", "S peaks/WM", "{:.2f}"), ("s_lesions_over_wm", "S lesions/WM", "{:.2f}"),
+           ("s_hypo_over_wm", "S hypo/WM", "{:.2f}"), ("s_cortex_over_wm", "S cortex/WM", "{:.2f}"),
+           ("dip_psnr_minus_best_gauss", "DIP PSNR − best Gauss (dB)", "{:+.2f}"),
+           ("blend_wm_cov_over_osem", "blend CoV / OSEM", "{:.2f}"),
+           ("blend_pvr_gain", "blend PVR vs Gauss", "{:+.1%}"), ("blend_cr_gain", "blend CR − Gauss", "{:+.3f}"),
+           ("blend_hypo_gain", "blend hypo − Gauss", "{:+.3f}"),
+           ("blend_max_abs_bias_fulldose", "blend max abs ROI bias", "{:.1%}"))
+
+
+def write_markdown(records: list, settings: dict, path: Path) -> None:
+    summary = summarise(records)
+    lines = ["# DIP defaults study in the realistic regime", "",
+             f"Cases: subjects {', '.join(settings['subjects'])}, doses {', '.join(map(str, settings['doses']))}, "
+             f"{settings['realisations']} noise realisations each (simulation seed {settings['seed']}). "
+             f"Blend at alpha {OPERATING_ALPHA}; Gaussian values at the blend's WM CoV (matched noise). "
+             "Mean ± std over cases (n in the last column).", "",
+             "| candidate | " + " | ".join(label for _, label, _ in COLUMNS) + " | n |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for name, stats in summary.items():
+        cells = [f"{fmt.format(stats[k][0])} ± {fmt.format(stats[k][1]).lstrip('+')}" for k, _, fmt in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {stats['fit_s'][2]} |")
+    lines += ["", "Per case (blend at alpha 0.6):", "",
+              "| candidate | subject | dose | realisation | fit s | DIP PSNR | best Gauss PSNR | blend CoV | blend PVR "
+              "| Gauss PVR | blend CR | Gauss CR | blend hypo | Gauss hypo |", "|---" * 14 + "|"]
+    for r in records:
+        b = next(b for b in r["blend"] if b["alpha"] == OPERATING_ALPHA)
+        lines.append(
+            f"| {r['candidate']} | {r['subject']} | {r['dose']:g} | {r['realisation']} | {r['fit_s']:.0f} "
+            f"| {r['dip']['psnr_blurred']:.2f} | {max(g['psnr_blurred'] for g in r['gaussian']):.2f} "
+            f"| {b['wm_cov']:.3f} | {b['pvr']:.2f} | {b['gauss_pvr_same_noise']:.2f} | {b['lesion_cr']:.3f} "
+            f"| {b['gauss_lesion_cr_same_noise']:.3f} | {b['hypo_recovery']:.3f} "
+            f"| {b['gauss_hypo_recovery_same_noise']:.3f} |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--only", nargs="*", help="candidate names (default: all)")
-    parser.add_argument("--dose", type=float, default=0.1)
-    parser.add_argument("--labels", type=Path, default=None, help="default: bundled BrainWeb subject 04")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help=f"candidate names (default: all of {', '.join(CANDIDATES)})")
+    parser.add_argument("--subjects", nargs="+", default=["04", "05"])
+    parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])
+    parser.add_argument("--realisations", type=int, default=2, help="noise realisations per subject and dose")
+    parser.add_argument("--seed", type=int, default=0, help="simulation (phantom) seed")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="rewrite results.md from the cached cases")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    t0 = time.perf_counter()
-    case = simulate_case(sitk.ReadImage(str(args.labels or bundled_labels_path())),
-                         SimulationConfig(doses=(args.dose,), seed=args.seed))
-    print(f"simulated in {time.perf_counter() - t0:.0f} s", flush=True)
-    pet = case.osem[args.dose]
-    x0 = sitk.GetArrayFromImage(pet).astype(np.float32)
-    score = Scorer(case)
-    gauss = [{"fwhm_voxels": float(f), **score(gaussian_fwhm(x0, f))} for f in FWHMS]
-    results = {"dose": args.dose, "gaussian": gauss, "candidates": {}}
-
+    cases_dir = args.out / "cases"
+    cases_dir.mkdir(parents=True, exist_ok=True)
     names = args.only or list(CANDIDATES)
-    for name in names:
-        config = CANDIDATES[name]
-        t = time.perf_counter()
-        res = denoise(pet, case.mr, config)
-        fit_s = time.perf_counter() - t
-        net = sitk.GetArrayFromImage(res.network_output)
-        s = sitk.GetArrayFromImage(res.stability)
-        s_ratio = {region: float(s[score.masks[key]].mean() / res.stability_mean)
-                   for region, key in (("wm", "wm_eroded"), ("gm", "gm"), ("lesions", "lesions"),
-                                       ("peaks", "peak_left"))}
-        blends = []
-        for alpha in ALPHAS:
-            x, _ = blend(x0, net, s, float(alpha), stability_mean=res.stability_mean)
-            point = {"alpha": float(alpha), **score(x)}
-            point["gauss_pvr_same_noise"] = at_matched_noise(gauss, point["wm_cov"], "pvr")
-            point["gauss_cr_same_noise"] = at_matched_noise(gauss, point["wm_cov"], "lesion_cr")
-            blends.append(point)
-        # The paper's whole-field-of-view mean(S), for comparison with the head mean.
-        x_fov, _ = blend(x0, net, s, 0.6)
-        results["candidates"][name] = {
-            "config": {k: v for k, v in vars(config).items()}, "fit_s": fit_s, "final_loss": res.dip.loss_history[-1],
-            "stability_mean_head": res.stability_mean, "stability_mean_fov": float(s.mean()),
-            "s_over_mean": s_ratio, "blend": blends, "blend_fov_mean_alpha0.6": score(x_fov),
-            "head_voxels": int(score.masks["head"].sum()),
-        }
-        op = blends[6]
-        print(f"{name}: {fit_s:.0f} s | DIP cov {blends[0]['wm_cov']:.3f} pvr {blends[0]['pvr']:.3f} "
-              f"cr {blends[0]['lesion_cr']:.3f} | blend0.6 cov {op['wm_cov']:.3f} pvr {op['pvr']:.3f} "
-              f"(gauss {op['gauss_pvr_same_noise']:.3f}) cr {op['lesion_cr']:.3f} "
-              f"(gauss {op['gauss_cr_same_noise']:.3f}) | S/mean {s_ratio}", flush=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    write_markdown(results, args.out / "results.md")
+    settings = {"subjects": args.subjects, "doses": args.doses, "realisations": args.realisations, "seed": args.seed}
 
-
-def write_markdown(results: dict, path: Path) -> None:
-    lines = [f"# DIP defaults study, dose {results['dose']}", "",
-             "Gaussian post-filter sweep (FWHM in voxels):", "",
-             "| FWHM | WM CoV | PVR | lesion CR |", "|---|---|---|---|"]
-    lines += [f"| {g['fwhm_voxels']:.1f} | {g['wm_cov']:.3f} | {g['pvr']:.3f} | {g['lesion_cr']:.3f} |"
-              for g in results["gaussian"]]
-    lines += ["", "Candidates: DIP alone (alpha 0) and the blend at alpha 0.6 (mean(S) over the head), with "
-              "Gaussian's PVR and CR at the blend's white-matter noise.", "",
-              "| candidate | fit s | DIP CoV | DIP PVR | DIP CR | blend CoV | blend PVR | Gauss PVR | blend CR | "
-              "Gauss CR | S/mean WM, GM, lesions, peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, c in results["candidates"].items():
-        d, b, r = c["blend"][0], c["blend"][6], c["s_over_mean"]
-        lines.append(f"| {name} | {c['fit_s']:.0f} | {d['wm_cov']:.3f} | {d['pvr']:.3f} | {d['lesion_cr']:.3f} | "
-                     f"{b['wm_cov']:.3f} | {b['pvr']:.3f} | {b['gauss_pvr_same_noise']:.3f} | {b['lesion_cr']:.3f} | "
-                     f"{b['gauss_cr_same_noise']:.3f} | {r['wm']:.2f}, {r['gm']:.2f}, {r['lesions']:.2f}, "
-                     f"{r['peaks']:.2f} |")
-    path.write_text("\n".join(lines) + "\n")
+    records = []
+    for subject in args.subjects:
+        for realisation in range(args.realisations):
+            case = None
+            for dose in args.doses:
+                for name in names:
+                    path = cases_dir / f"{name}_s{subject}_d{dose:g}_r{realisation}.json"
+                    if path.is_file():
+                        records += json.loads(path.read_text())
+                        continue
+                    if args.report_only:
+                        continue
+                    if case is None:
+                        case = simulate_case(sitk.ReadImage(str(labels_path(subject, BRAINWEB))),
+                                             SimulationConfig(doses=(1.0, *args.doses), seed=args.seed,
+                                                              noise_seed=realisation))
+                        score = Scorer(case, sitk.GetArrayFromImage(case.osem[1.0]))
+                    found = [{"subject": subject, "dose": dose, "realisation": realisation,
+                              "config": CANDIDATES[name].__dict__, **record}
+                             for record in score_case(name, CANDIDATES[name], case, dose, score, args.threads)]
+                    path.write_text(json.dumps(found, indent=1, default=str))
+                    records += found
+                    for record in found:
+                        b = next(b for b in record["blend"] if b["alpha"] == OPERATING_ALPHA)
+                        print(f"{record['candidate']} s{subject} d{dose:g} r{realisation}: {record['fit_s']:.0f} s, "
+                              f"jumps {len(record['loss_jumps'])}, S/WM "
+                              f"{ {k: round(v, 2) for k, v in record['stability'].items()} }, "
+                              f"DIP PSNR {record['dip']['psnr_blurred']:.2f} "
+                              f"(best Gauss {max(g['psnr_blurred'] for g in record['gaussian']):.2f}), "
+                              f"blend CoV {b['wm_cov']:.3f} PVR {b['pvr']:.2f} (Gauss {b['gauss_pvr_same_noise']:.2f}) "
+                              f"CR {b['lesion_cr']:.3f} (Gauss {b['gauss_lesion_cr_same_noise']:.3f}) "
+                              f"hypo {b['hypo_recovery']:.3f} (Gauss {b['gauss_hypo_recovery_same_noise']:.3f})",
+                              flush=True)
+    (args.out / "results.json").write_text(json.dumps({"settings": settings, "summary": summarise(records),
+                                                       "records": records}, indent=1, default=str))
+    write_markdown(records, settings, args.out / "results.md")
+    print(f"Wrote {args.out / 'results.md'}")
 
 
 if __name__ == "__main__":
