@@ -161,6 +161,17 @@ def test_gong_network_shape_norms_and_additive_skips():
         build_unet(1, (4, 8), 1, network="unet")
 
 
+def test_half_resolution_gong_network_keeps_the_shape_and_needs_one_more_halving():
+    net = build_unet(1, (4, 8, 16), num_res_units=1, network="gong_halfres")
+    assert net(torch.randn(1, 1, 16, 24, 8)).shape == (1, 1, 16, 24, 8)
+    assert net.stem[0].stride == (2, 2, 2) and net.head.kernel_size == (3, 3, 3)
+    assert DIPConfig(channels=(4, 8, 16), network="gong_halfres").size_multiple == 8
+    assert DIPConfig(channels=(4, 8, 16), network="gong").size_multiple == 4
+    pet, mr = _blob()
+    result = fit_dip(pet, mr, TINY.replace(network="gong_halfres"))
+    assert result.loss_history[-1] < 0.5 * result.loss_history[0]
+
+
 def test_gong_fit_lowers_loss_and_final_pass_matches_snapshots():
     pet, mr = _blob()
     config = TINY.replace(network="gong")

@@ -29,8 +29,8 @@ def build_unet(
     """
     if len(channels) < 2:
         raise ValueError(f"the U-Net needs at least 2 levels of channels; got {tuple(channels)}")
-    if network == "gong":
-        return GongUNet(in_channels, channels)
+    if network in ("gong", "gong_halfres"):
+        return GongUNet(in_channels, channels, half_resolution=network == "gong_halfres")
     if network != "monai":
         raise ValueError(f"network must be one of {', '.join(map(repr, NETWORKS))}; got {network!r}")
     return UNet(
@@ -63,15 +63,26 @@ class GongUNet(nn.Module):
     mode, batch norm normalises each channel over space, as instance norm does.
     Downsampling is isotropic here; Gong's halves only the in-plane sizes.
 
+    With ``half_resolution`` a stride-2 block first halves the input, so even
+    the first level works at half resolution, and a trilinear upsampling and a
+    3x3x3 convolution to one channel make the full-resolution output. On a CPU
+    the full-resolution 16-channel convolutions are most of the cost, and the
+    fixed upsampler bounds how much voxel-scale detail (noise) the output holds.
+
     Args:
         in_channels: channels of the network input.
         channels: feature channels per level; each spatial size of the input
-            must be a multiple of ``2 ** (len(channels) - 1)``.
+            must be a multiple of ``2 ** (len(channels) - 1)`` (one more
+            halving with ``half_resolution``).
+        half_resolution: start with a stride-2 block, end with an upsampling.
     """
 
-    def __init__(self, in_channels: int, channels: Sequence[int]) -> None:
+    def __init__(self, in_channels: int, channels: Sequence[int], half_resolution: bool = False) -> None:
         super().__init__()
         channels = tuple(channels)
+        self.stem = _conv_bn_lrelu(in_channels, channels[0], stride=2) if half_resolution else None
+        if half_resolution:
+            in_channels = channels[0]
         # As in Gong's code, the stride-2 block keeps the channels of its level
         # and the next level's first block widens them.
         self.downs = nn.ModuleList(_conv_bn_lrelu(c, c, stride=2) for c in channels[:-1])
@@ -86,9 +97,11 @@ class GongUNet(nn.Module):
         # No output activation, unlike Gong's ReLU: negative values must stay
         # possible for the mean-normalised PET target, and a ReLU passes no
         # gradient wherever it outputs zero.
-        self.head = nn.Conv3d(channels[0], 1, 1)
+        self.head = nn.Conv3d(channels[0], 1, 3 if half_resolution else 1, padding=1 if half_resolution else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem is not None:
+            x = self.stem(x)
         skips = []
         for level, encoder in enumerate(self.encoders):
             if level:
@@ -99,4 +112,6 @@ class GongUNet(nn.Module):
         for level in reversed(range(len(self.ups))):
             x = self.ups[level](nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False))
             x = self.decoders[level](x + skips.pop())
+        if self.stem is not None:
+            x = nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
         return self.head(x)
