@@ -59,7 +59,7 @@ See the <a href="{readme}">documentation</a>.
 <ul>
 <li>Stability-map conditional DIP: "a method for making a deep learning solution more reliable", applied to the
 conditional deep image prior for brain [18F]FDG PET denoising (stability map from intermediate network outputs,
-blend weighted by the map; operating point alpha = 0.6).</li>
+blend weighted by the map; default alpha 0.3, the paper's operating point is 0.6).</li>
 <li>Conditional DIP: K. Gong, C. Catana, J. Qi, Q. Li, "PET image reconstruction using deep image prior",
 IEEE Transactions on Medical Imaging 38(7):1655-1665, 2019.</li>
 <li>Deep image prior: D. Ulyanov, A. Vedaldi, V. Lempitsky, "Deep image prior", International Journal of
@@ -146,7 +146,7 @@ class PETStabilityDenoiseParameterNode:
     ddimSteps: Annotated[int, WithinRange(1, 100)] = 2
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    alpha: Annotated[float, WithinRange(0, 3)] = 0.6
+    alpha: Annotated[float, WithinRange(0, 3)] = 0.3  # PETStabilityDenoiseLib.config.DEFAULT_ALPHA (this file imports the library lazily)
     stabilityMap: Annotated[str, Choice(list(STABILITY_MAP_LABELS))] = "stability"
     overlayOpacity: Annotated[float, WithinRange(0, 1)] = 0.4
 
@@ -534,7 +534,7 @@ class PETStabilityDenoiseLogic(ScriptedLoadableModuleLogic):
     def isRunning(self) -> bool:
         return self._engine is not None and self._engine.isRunning
 
-    def process(self, petNode, mrNode=None, method="dip", alpha=0.6, preset="fast", wait=True, progress=None,
+    def process(self, petNode, mrNode=None, method="dip", alpha=0.3, preset="fast", wait=True, progress=None,
                 finished=None, **engineParameters):
         """Denoises ``petNode`` (guided by ``mrNode``; None runs the plain DIP) into four new volume nodes.
 

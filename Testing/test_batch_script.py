@@ -30,7 +30,7 @@ def test_importing_the_script_needs_no_slicer():
 def test_defaults():
     args = batch.parse_arguments(REQUIRED)
     assert (args.pet, args.mr, args.out) == (Path("pet.nrrd"), Path("mr.nrrd"), Path("results"))
-    assert (args.preset, args.alpha, args.format) == ("fast", 0.6, "nrrd")
+    assert (args.preset, args.alpha, args.format) == ("fast", 0.3, "nrrd")
     assert batch.engine_parameters(args) == {}
 
 

@@ -17,7 +17,7 @@ from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_p
 
 # Far shorter than the paper's schedule, long enough for the network to fit
 # the smooth signal and not yet the noise.
-SHORT = get_preset("paper", epochs=30, interval=5, start=10, channels=(8, 16, 32, 64))
+SHORT = get_preset("fast", epochs=30, interval=5, start=10, channels=(8, 16, 32, 64))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -250,3 +251,19 @@ def test_mean_and_two_spreads_on_hand_made_numbers():
     assert single.mean == 2.0 and math.isnan(single.sd_realisations) and math.isnan(single.sd_subjects)
     assert single.format("{:.1f}") == "2.0 ± –/–"
     assert analysis.summarise([]).format("{:.1f}") == "n/a"
+
+
+def test_extra_conditions_run_on_the_sweep_subjects_only(monkeypatch, tmp_path, caplog):
+    main_condition = study.StudySettings(doses=(0.1,), dip=get_preset("tiny"), realisations=2)
+    conditions = study.study_conditions(main_condition, (2.0,), 0.1, stress=True, sweep_subjects=("b",))
+    assert [c.subjects for c in conditions] == [(), ("b",), ("b",)]
+    assert conditions[1].key(0) == dataclasses.replace(conditions[1], subjects=()).key(0)  # not in the key
+    calls = []
+    monkeypatch.setattr(study, "evaluate_case", lambda subject, settings, realisation, *_args, **_kw:
+                        calls.append((settings.condition, subject.name, realisation)) or {})
+    study.evaluate([study.Subject("a", tmp_path), study.Subject("b", tmp_path)], conditions, tmp_path)
+    assert [c for c in calls if c[0] != "main"] == [("counts x2", "b", 0), ("stress: legacy wholebody", "b", 0)]
+    assert sum(c[0] == "main" for c in calls) == 4
+    assert main(["evaluate", "--subjects", "04", "--count-sweep", "2", "--count-sweep-subjects", "05",
+                 "--out", str(tmp_path)]) == 2
+    assert "not among --subjects" in caplog.text

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py                 # quick: epochs and blend ratios
     python benchmarks/bench_engine.py --paper         # also the full 'paper' preset on a simulated case
+    python benchmarks/bench_engine.py --networks      # also every network's epoch
 
 Reports, on the CPU and on CUDA when there is one:
 - seconds per epoch and peak memory of the DIP fit on a 136 x 136 x 112 volume
@@ -9,8 +10,9 @@ Reports, on the CPU and on CUDA when there is one:
 - engine time per epoch / a bare forward+backward+step of the same network
   and optimiser, measured in the same run (target <= 1.2);
 - blend time / one plain numpy copy of the volume, same run (target <= 3);
-- with --paper, the wall time of the 'paper' preset (200 epochs) on the
-  simulated 1/10-dose BrainWeb subject 04 case, cropped as in normal use.
+- the bare seconds per epoch of every network (--networks);
+- with --paper, the wall time of the 'paper' preset on the simulated
+  1/10-dose BrainWeb subject 04 case, cropped as in normal use.
 Ratios are compared within one run because these machines are shared and noisy.
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from PETStabilityDenoiseLib.blend import blend
+from PETStabilityDenoiseLib.config import NETWORKS
 from PETStabilityDenoiseLib.dip import _make_optimizer, fit_dip
 from PETStabilityDenoiseLib.network import build_unet
 from PETStabilityDenoiseLib.presets import get_preset
@@ -56,7 +59,7 @@ def bench_blend(repeats: int) -> dict:
 def bare_step_time(config, device: torch.device, epochs: int) -> float:
     """Seconds per epoch of forward + MSE + backward + optimiser step, nothing else."""
     torch.manual_seed(0)
-    net = build_unet(1, config.channels, config.num_res_units).to(device)
+    net = build_unet(1, config.channels, config.num_res_units, config.network).to(device)
     x = torch.rand((1, 1) + SHAPE, device=device)
     y = torch.rand((1, 1) + SHAPE, device=device)
     optimizer = _make_optimizer(net.parameters(), config)
@@ -74,6 +77,14 @@ def bare_step_time(config, device: torch.device, epochs: int) -> float:
         optimizer.step(closure)
     _sync(device)
     return (time.perf_counter() - start) / epochs
+
+
+def bench_networks(device_name: str, epochs: int) -> dict:
+    """Bare seconds per epoch of each network the DIP can use, with the default channels and optimiser."""
+    config = get_preset("paper")
+    return {f"{name} {'-'.join(map(str, channels))}": bare_step_time(config.replace(network=name, channels=channels),
+                                                                    torch.device(device_name), epochs)
+            for name, channels in [(n, config.channels) for n in NETWORKS] + [("gong", (8, 16, 32, 64))]}
 
 
 def _sync(device: torch.device) -> None:
@@ -123,9 +134,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="epochs timed per device (default 5)")
     parser.add_argument("--paper", action="store_true", help="also time the full paper preset")
+    parser.add_argument("--networks", action="store_true", help="also time an epoch of every network")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {"blend": bench_blend(repeats=50), "fit": [bench_fit(d, args.epochs) for d in devices]}
+    if args.networks:
+        report["networks_s_per_epoch"] = {d: bench_networks(d, args.epochs) for d in devices}
     if args.paper:
         report["paper"] = [bench_paper_preset(d) for d in devices]
     print(json.dumps(report, indent=2))

@@ -3,7 +3,7 @@
 Run it with Slicer's own executable, so that the extension's module and its Python packages are available::
 
     Slicer --no-splash --no-main-window --python-script scripts/slicer_batch_denoise.py -- \\
-        --pet pet.nrrd --mr mr.nrrd --out results/ [--preset fast] [--alpha 0.6] [--format nrrd]
+        --pet pet.nrrd --mr mr.nrrd --out results/ [--preset fast] [--alpha 0.3] [--format nrrd]
 
 With the extension installed, that is all. From a source checkout, make the module importable by adding
 ``--additional-module-paths PETStabilityDenoise`` before ``--python-script``.
@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
-PRESETS = ("fast", "paper", "tiny")
+PRESETS = ("fast", "full", "tiny")
 FORMATS = ("nrrd", "nii.gz")
 DEVICES = ("auto", "cpu", "cuda")
 #: Output file stem -> attribute of the logic's ProcessResult.
@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mr", required=True, type=Path, help="the subject's MR, registered to the PET (any grid)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--preset", default="fast", choices=PRESETS, help="DIP schedule (default: fast)")
-    parser.add_argument("--alpha", default=0.6, type=_non_negative_float,
-                        help="blend strength; 0 gives the network output (default: 0.6)")
+    parser.add_argument("--alpha", default=0.3, type=_non_negative_float,
+                        help="blend strength; 0 gives the network output (default: 0.3)")
     parser.add_argument("--format", default="nrrd", choices=FORMATS, help="output file format (default: nrrd)")
     advanced = parser.add_argument_group("DIP settings (override the preset)")
     advanced.add_argument("--epochs", type=_positive_int, help="epochs N")

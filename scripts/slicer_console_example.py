@@ -43,6 +43,6 @@ pet = getOrLoadVolume(PET_NAME)
 mr = getOrLoadVolume(MR_NAME)
 logic = PETStabilityDenoiseLogic()
 if logic.ensureDependencies():  # asks before installing any missing Python package
-    handle = logic.process(pet, mr, preset="fast", alpha=0.6, wait=False, progress=onProgress, finished=onFinished,
+    handle = logic.process(pet, mr, preset="fast", alpha=0.3, wait=False, progress=onProgress, finished=onFinished,
                            device="auto")
     print("Denoising in the background. To stop it: logic.cancel()")

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import NETWORKS, DDPMSamplingConfig
+from .config import DEFAULT_ALPHA, NETWORKS, DDPMSamplingConfig
+from .presets import PRESETS
 from .simulation.case import BRAINWEB_LABELS
 from .simulation.scanners import REGIMES, SCANNERS
 from .validation import InputError
@@ -30,7 +31,8 @@ log = logging.getLogger("petstab")
 
 def _add_dip_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("DIP settings (override the preset)")
-    group.add_argument("--preset", default="paper", help="paper (200/5/100), fast or tiny; default: paper")
+    group.add_argument("--preset", default="full", choices=tuple(PRESETS),
+                       help="full (the measured defaults), fast (quicker on a CPU) or tiny (smoke tests); default: full")
     group.add_argument("--epochs", type=int, help="epochs N")
     group.add_argument("--interval", type=int, help="stability sampling interval M")
     group.add_argument("--start", type=int, help="first sampled epoch m")
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="dip", choices=("dip", "ddpm"),
                    help="dip: fit the conditional DIP (default); ddpm: sample the diffusion model")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--alpha", type=float, default=0.6, help="blend strength (default 0.6; 0 = DIP output)")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
     p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "mha"), help="output file format")
     p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"),
                    help="bar: a progress bar on stderr; jsonl: one JSON object per epoch (DIP) or window (DDPM) "
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
     p.add_argument("--dose", type=float, default=0.1, help="dose fraction of the simulated case (default 1/10)")
-    p.add_argument("--alpha", type=float, default=0.6)
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
     p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"))
     _add_dip_arguments(p)
 
@@ -184,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "realisation 0, Gaussian, DIP and the blend only (the main condition gives its own scale)")
     p.add_argument("--count-sweep-dose", type=float, default=0.1,
                    help="dose of the count sweep and the stress condition (default 0.1)")
+    p.add_argument("--count-sweep-subjects", nargs="+",
+                   help="run the count sweep and the stress condition on these of --subjects only (default: all)")
     p.add_argument("--stress", action="store_true",
                    help="also evaluate the legacy regime on the wholebody scanner (PET predictable from the MR, "
                         "4.5 mm PSF) at --count-sweep-dose: where not to expect a benefit")
@@ -286,6 +291,17 @@ def evaluation_subjects(args: argparse.Namespace) -> list:
     return [Subject(f"subject{BUNDLED_SUBJECT}", bundled_labels_path())]
 
 
+def _sweep_subjects(args: argparse.Namespace, subjects: list) -> tuple:
+    """The names of the --count-sweep-subjects, which must be among the evaluated subjects."""
+    if not args.count_sweep_subjects:
+        return ()
+    names = tuple(f"subject{n}" for n in args.count_sweep_subjects)
+    unknown = sorted(set(names) - {s.name for s in subjects})
+    if unknown:
+        raise InputError(f"--count-sweep-subjects {', '.join(unknown)} are not among --subjects")
+    return names
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import StudySettings, run_evaluation, study_conditions
 
@@ -300,8 +316,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     main = StudySettings(doses=tuple(args.doses), dip=dip, scanner=args.scanner, regime=args.regime,
                          count_scale=args.count_scale, realisations=args.realisations, seed=args.sim_seed, ddpm=ddpm,
                          ddpm_realisations=args.ddpm_realisations, ddpm_doses=tuple(args.ddpm_doses), **overrides)
-    conditions = study_conditions(main, args.count_sweep or (), args.count_sweep_dose, args.stress)
-    report = run_evaluation(evaluation_subjects(args), conditions, args.out, replot=args.replot,
+    subjects = evaluation_subjects(args)
+    sweep_subjects = _sweep_subjects(args, subjects)
+    conditions = study_conditions(main, args.count_sweep or (), args.count_sweep_dose, args.stress, sweep_subjects)
+    report = run_evaluation(subjects, conditions, args.out, replot=args.replot,
                             command=args.command_line, progress=log.info)
     log.info("Report: %s", report)
     return 0

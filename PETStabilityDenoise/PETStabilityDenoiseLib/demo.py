@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .dip import DIPConfig
+from .config import DEFAULT_ALPHA, DIPConfig
 from .evaluation.scoring import Scorer
 from .filters import gaussian_fwhm
 from .geometry import resample_to_reference
@@ -84,7 +84,8 @@ def plot(path: Path, panels: dict, slices: dict, pet_vmax: float) -> None:
     plt.close(fig)
 
 
-def run_demo(out_dir: Path, *, dose: float, config: DIPConfig, alpha: float = 0.6, progress: str = "bar") -> dict:
+def run_demo(out_dir: Path, *, dose: float, config: DIPConfig, alpha: float = DEFAULT_ALPHA,
+             progress: str = "bar") -> dict:
     """Simulates, denoises, plots and scores one case; returns the metrics table."""
     out_dir = Path(out_dir)
     log.info("Simulating a 1/%g-dose FDG case from BrainWeb subject 04", 1 / dose)

@@ -5,7 +5,7 @@ that has Slicer's MRML (the ``slicer-core`` wheel)::
 
     from PETStabilityDenoiseLib.logic import PETStabilityDenoiseLogic
     logic = PETStabilityDenoiseLogic()              # uses slicer.mrmlScene
-    result = logic.process(petNode, mrNode, method="dip", alpha=0.6, preset="fast",
+    result = logic.process(petNode, mrNode, method="dip", alpha=0.3, preset="fast",
                            wait=True, progress=print, epochs=80)
     result.denoisedNode, result.networkOutputNode, result.stabilityNode, result.normalizedStabilityNode
     logic.setAlpha(result, 0.4)                      # re-blends result.denoisedNode in place
@@ -44,7 +44,7 @@ import SimpleITK as sitk
 import slicer
 
 from .blend import blend
-from .config import EpochReport
+from .config import DEFAULT_ALPHA, EpochReport
 from .display import set_slice_layers, show_as_pet, show_as_stability
 from .mrml_volumes import add_volume_like, node_to_image, volume_array
 from .run_folder import RUN_FILE, VOLUME_NAMES
@@ -249,7 +249,7 @@ class PETStabilityDenoiseLogic:
     def isRunning(self) -> bool:
         return self._handle is not None and self._handle.state == "running"
 
-    def process(self, petNode, mrNode=None, method: str = "dip", alpha: float = 0.6, preset: str = "fast",
+    def process(self, petNode, mrNode=None, method: str = "dip", alpha: float = DEFAULT_ALPHA, preset: str = "fast",
                 wait: bool = True, progress: Optional[Callable[[EpochReport], None]] = None,
                 finished: Optional[Callable[[RunHandle], None]] = None, **engine_parameters):
         """Denoises ``petNode``, guided by ``mrNode`` (None: plain DIP from noise; the diffusion model needs it).

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .blend import blend
-from .config import DDPMSamplingConfig, EpochReport
+from .config import DEFAULT_ALPHA, DDPMSamplingConfig, EpochReport
 from .dip import Cancelled, DIPConfig, DIPResult, fit_dip
 from .geometry import (apply_crop_pad, array_to_image, grids_match, head_mask, plan_crop_pad,
                        resample_to_reference, undo_crop_pad)
@@ -132,7 +132,7 @@ def denoise(
     mr: Optional[sitk.Image],
     config: DIPConfig,
     *,
-    alpha: float = 0.6,
+    alpha: float = DEFAULT_ALPHA,
     progress: Optional[Callable[[EpochReport], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     output_epochs: Sequence[int] = (),
@@ -174,7 +174,7 @@ def denoise_ddpm(
     mr: Optional[sitk.Image],
     config: DDPMSamplingConfig = DDPMSamplingConfig(),
     *,
-    alpha: float = 0.6,
+    alpha: float = DEFAULT_ALPHA,
     progress: Optional[Callable[[EpochReport], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> DenoiseResult:

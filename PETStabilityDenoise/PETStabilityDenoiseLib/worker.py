@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
-from .config import DDPMSamplingConfig, DIPConfig
+from .config import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
 from .presets import get_preset
 from .validation import InputError
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--method", default="dip", choices=METHODS)
     parser.add_argument("--preset", default="fast", help="DIP preset; ddpm ignores it")
-    parser.add_argument("--alpha", type=float, default=0.6)
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
     parser.add_argument("--parameters", default="{}",
                         help="JSON object of engine parameters: DIPConfig fields that override the preset, "
                              "e.g. '{\"epochs\": 50}', or DDPMSamplingConfig fields, e.g. '{\"samples\": 4}'")

@@ -340,8 +340,16 @@ def count_sweep(results: Results, conditions: Sequence[StudySettings], dose: flo
         return []
     points = [condition_point(results, c, dose) for c in sweep]
     if dose in main.doses:
-        points.append(condition_point(results, main, dose, realisation=0))
+        points.append(restrict(condition_point(results, main, dose, realisation=0), sweep[0].subjects))
     return sorted(points, key=lambda p: p["count_scale"])
+
+
+def restrict(point: dict, subjects: Sequence[str]) -> dict:
+    """``point`` with only the cases of ``subjects`` (all of them when empty), to compare like with like."""
+    if not subjects:
+        return point
+    return {k: ({case: v for case, v in value.items() if case[0] in subjects} if isinstance(value, dict) else value)
+            for k, value in point.items()}
 
 
 def per_subject(values: Dict[Case, float]) -> Dict[str, float]:

@@ -307,7 +307,8 @@ def stress_section(results: Results, main: StudySettings, stress: StudySettings,
     rows = []
     if dose in main.doses:
         rows.append(condition_row(results, f"main, realisation 0 ({main.regime}, {main.scanner})",
-                                  analysis.condition_point(results, main, dose, realisation=0)))
+                                  analysis.restrict(analysis.condition_point(results, main, dose, realisation=0),
+                                                    stress.subjects)))
     rows.append(condition_row(results, stress.condition, analysis.condition_point(results, stress, dose)))
     contrast = []
     for settings in ([main] if dose in main.doses else []) + [stress]:

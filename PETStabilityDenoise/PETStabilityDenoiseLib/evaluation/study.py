@@ -10,7 +10,7 @@ Then, at each dose:
 - non-local means (scikit-image), h at several multiples of a noise estimate;
 - conditional DIP at epochs 110, 120, ..., 200, all from one fit;
 - the stability blend at alpha 0, 0.1, ..., 1.0, from the same fit;
-- the bundled diffusion model (its mean, and its blend at alpha 0.6), for the first ``ddpm_realisations``
+- the bundled diffusion model (its mean, and its blend at the default alpha), for the first ``ddpm_realisations``
   realisations at ``ddpm_doses`` only, since it takes minutes per case on a CPU.
 
 Every image is scored by :class:`~.scoring.Scorer`. Each DIP fit and DDPM run also records how much higher its
@@ -38,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..blend import blend
-from ..config import DDPMSamplingConfig, DIPConfig
+from ..config import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
 from ..filters import gaussian_fwhm
 from ..pipeline import denoise, denoise_ddpm
 from ..simulation import SimulationConfig, simulate_case, simulation_config
@@ -56,10 +56,11 @@ ALPHAS = tuple(round(float(a), 1) for a in np.arange(0.0, 1.01, 0.1))
 NLM_H_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 NLM_PATCH_SIZE, NLM_PATCH_DISTANCE = 3, 3
 DDPM_DOSES = (0.1, 0.2)
-DDPM_ALPHA = 0.6
-# The paper's operating points (METHOD.md §1), used for the ROI plots, image panels and the targets;
+DDPM_ALPHA = DEFAULT_ALPHA
+# The operating points: the paper's Gaussian (METHOD.md §1) and the default alpha (docs/DEFAULTS.md), used for
+# the ROI plots, image panels and the targets;
 # DIP's is its last scored epoch, the DDPM's its number of samples (StudySettings.operating_points).
-OPERATING_POINTS = {"gaussian": 1.5, "nlm": 1.0, "blend": 0.6}
+OPERATING_POINTS = {"gaussian": 1.5, "nlm": 1.0, "blend": DEFAULT_ALPHA}
 METHOD_LABELS = {"gaussian": "OSEM + Gaussian", "nlm": "Non-local means", "dip": "Conditional DIP",
                  "blend": "Stability blend", "ddpm": "DDPM mean", "ddpm_blend": "DDPM blend"}
 SETTING_NAMES = {"gaussian": "fwhm_voxels", "nlm": "h_factor", "dip": "epochs", "blend": "alpha",
@@ -97,6 +98,7 @@ class StudySettings:
         ddpm: the diffusion model's sampling settings; it runs for realisations below ``ddpm_realisations``
             (0: never) at the doses that are also in ``ddpm_doses``.
         keep_panels: store the image slices of realisation 0 for the figure panels.
+        subjects: the names of the subjects this condition runs on; empty: every subject of the study.
     """
 
     doses: tuple
@@ -116,6 +118,7 @@ class StudySettings:
     ddpm_doses: tuple = DDPM_DOSES
     ddpm_alpha: float = DDPM_ALPHA
     keep_panels: bool = True
+    subjects: tuple = ()
 
     def __post_init__(self) -> None:
         if not self.doses or any(not 0 < d <= 1 for d in self.doses):
@@ -171,8 +174,8 @@ class StudySettings:
         nothing that they do not affect.
         """
         fields = dataclasses.asdict(self)
-        for name in ("condition", "realisations", "keep_panels", "ddpm", "ddpm_realisations", "ddpm_doses",
-                     "ddpm_alpha"):
+        for name in ("condition", "realisations", "keep_panels", "subjects", "ddpm", "ddpm_realisations",
+                     "ddpm_doses", "ddpm_alpha"):
             fields.pop(name)
         fields["dip"].pop("threads")
         fields["realisation"] = realisation
@@ -206,7 +209,7 @@ def ddpm_model_checksum(config: DDPMSamplingConfig) -> str:
 
 
 def study_conditions(main: StudySettings, count_scales: Sequence[float] = (), sweep_dose: float = 0.1,
-                     stress: bool = False) -> List[StudySettings]:
+                     stress: bool = False, sweep_subjects: Sequence[str] = ()) -> List[StudySettings]:
     """The main condition, then the count sweep and the stress condition if asked for.
 
     The extra conditions run at ``sweep_dose`` only, realisation 0 only, and only Gaussian, DIP and the blend.
@@ -216,10 +219,11 @@ def study_conditions(main: StudySettings, count_scales: Sequence[float] = (), sw
         count_scales: count-scale factors of the sweep (the simulator's ``count_scale``), on the main condition's
             scanner and regime.
         stress: add the legacy regime on the wholebody scanner, where the PET is predictable from the MR.
+        sweep_subjects: the subjects (names) of the extra conditions; empty: all of them.
     """
     def extra(name: str, **changes) -> StudySettings:
         return dataclasses.replace(main, condition=name, doses=(sweep_dose,), realisations=1, nlm_h_factors=(),
-                                   ddpm_realisations=0, keep_panels=False, **changes)
+                                   ddpm_realisations=0, keep_panels=False, subjects=tuple(sweep_subjects), **changes)
 
     conditions = [main]
     for scale in sorted(set(count_scales) - {main.count_scale}):
@@ -469,6 +473,8 @@ def evaluate(subjects: Sequence[Subject], conditions: Sequence[StudySettings], c
     records = []
     for settings in conditions:
         for subject in subjects:
+            if settings.subjects and subject.name not in settings.subjects:
+                continue
             for realisation in range(settings.realisations):
                 if replot:
                     records.append(cached_record(cache_dir, settings, subject, realisation))
