@@ -1,17 +1,17 @@
 """Engine benchmark: speed and memory of the DIP fit and the blend.
 
     python benchmarks/bench_engine.py                 # quick: epochs and blend ratios
-    python benchmarks/bench_engine.py --paper         # also the full 'paper' preset on a simulated case
+    python benchmarks/bench_engine.py --full          # also the default 'full' preset on a simulated case
     python benchmarks/bench_engine.py --networks      # also every network's epoch
 
 Reports, on the CPU and on CUDA when there is one:
 - seconds per epoch and peak memory of the DIP fit on a 136 x 136 x 112 volume
-  (the paper's image size);
+  (the paper's image size), with the default network;
 - engine time per epoch / a bare forward+backward+step of the same network
   and optimiser, measured in the same run (target <= 1.2);
 - blend time / one plain numpy copy of the volume, same run (target <= 3);
 - the bare seconds per epoch of every network (--networks);
-- with --paper, the wall time of the 'paper' preset on the simulated
+- with --full, the wall time of the default 'full' preset on the simulated
   1/10-dose BrainWeb subject 04 case, cropped as in normal use.
 Ratios are compared within one run because these machines are shared and noisy.
 """
@@ -81,7 +81,7 @@ def bare_step_time(config, device: torch.device, epochs: int) -> float:
 
 def bench_networks(device_name: str, epochs: int) -> dict:
     """Bare seconds per epoch of each network the DIP can use, with the default channels and optimiser."""
-    config = get_preset("paper")
+    config = get_preset("full")
     return {f"{name} {'-'.join(map(str, channels))}": bare_step_time(config.replace(network=name, channels=channels),
                                                                     torch.device(device_name), epochs)
             for name, channels in [(n, config.channels) for n in NETWORKS] + [("gong", (8, 16, 32, 64))]}
@@ -94,7 +94,7 @@ def _sync(device: torch.device) -> None:
 
 def bench_fit(device_name: str, epochs: int) -> dict:
     device = torch.device(device_name)
-    config = get_preset("paper", epochs=epochs + 1, interval=1, start=1, device=device_name)
+    config = get_preset("full", epochs=epochs + 1, interval=1, start=1, device=device_name)
     rng = np.random.default_rng(0)
     pet = rng.random(SHAPE, dtype=np.float32) + 0.5
     mr = rng.random(SHAPE, dtype=np.float32)
@@ -117,7 +117,7 @@ def bench_fit(device_name: str, epochs: int) -> dict:
     return result
 
 
-def bench_paper_preset(device_name: str) -> dict:
+def bench_full_preset(device_name: str) -> dict:
     import SimpleITK as sitk
 
     from PETStabilityDenoiseLib.pipeline import denoise
@@ -125,23 +125,23 @@ def bench_paper_preset(device_name: str) -> dict:
 
     case = simulate_case(sitk.ReadImage(str(bundled_labels_path())), SimulationConfig(doses=(0.1,)))
     start = time.perf_counter()
-    result = denoise(case.osem[0.1], case.mr, get_preset("paper", device=device_name))
-    return {"device": device_name, "paper_preset_s": time.perf_counter() - start,
+    result = denoise(case.osem[0.1], case.mr, get_preset("full", device=device_name))
+    return {"device": device_name, "full_preset_s": time.perf_counter() - start,
             "fit_shape_zyx": result.info["fit_shape"], "n_samples": result.n_samples}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="epochs timed per device (default 5)")
-    parser.add_argument("--paper", action="store_true", help="also time the full paper preset")
+    parser.add_argument("--full", action="store_true", help="also time the default 'full' preset")
     parser.add_argument("--networks", action="store_true", help="also time an epoch of every network")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {"blend": bench_blend(repeats=50), "fit": [bench_fit(d, args.epochs) for d in devices]}
     if args.networks:
         report["networks_s_per_epoch"] = {d: bench_networks(d, args.epochs) for d in devices}
-    if args.paper:
-        report["paper"] = [bench_paper_preset(d) for d in devices]
+    if args.full:
+        report["full"] = [bench_full_preset(d) for d in devices]
     print(json.dumps(report, indent=2))
 
 
