@@ -15,16 +15,16 @@ import SimpleITK as sitk
 
 from PETStabilityDenoiseLib.blend import blend
 from PETStabilityDenoiseLib.cli import main
-from PETStabilityDenoiseLib.config import DDPMSamplingConfig
+from PETStabilityDenoiseLib.config import DEFAULT_ALPHA, DDPMSamplingConfig
 from PETStabilityDenoiseLib.evaluation import analysis, study
 from PETStabilityDenoiseLib.evaluation.scoring import at_matched_noise
 from PETStabilityDenoiseLib.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.geometry import array_to_image
 from PETStabilityDenoiseLib.presets import get_preset
 
-# A 2-epoch tiny DIP and short sweeps that still hold OSEM (FWHM 0) and the operating points (1.5, alpha 0.6).
+# A 2-epoch tiny DIP and short sweeps that still hold OSEM (FWHM 0) and the operating points (1.5, the default alpha).
 QUICK = ["evaluate", "--preset", "tiny", "--epochs", "2", "--interval", "1", "--start", "1", "--dip-epochs", "1", "2",
-         "--nlm-h", "1.0", "--fwhms", "0", "1.5", "3", "--alphas", "0", "0.6", "1"]
+         "--nlm-h", "1.0", "--fwhms", "0", "1.5", "3", "--alphas", "0", str(DEFAULT_ALPHA), "1"]
 SMOKE = [*QUICK, "--doses", "1", "0.1", "--realisations", "2", "--ddpm-realisations", "0"]
 SWEEP = [*QUICK, "--doses", "0.1", "--realisations", "1", "--count-sweep", "2", "--stress",
          "--ddpm-realisations", "1", "--ddpm-doses", "0.1", "--threads", "2"]
@@ -48,7 +48,7 @@ def smoke_run(tmp_path_factory):
 def stand_in_ddpm(calls: list):
     """A stand-in for ``pipeline.denoise_ddpm`` with the same result fields: a Gaussian-smoothed 'mean' and a local
     residual 'std'. It checks the study's DDPM plumbing, not the model."""
-    def denoise_ddpm(pet, mr, config, *, alpha=0.6, **_):
+    def denoise_ddpm(pet, mr, config, *, alpha=DEFAULT_ALPHA, **_):
         calls.append(config)
         x = sitk.GetArrayFromImage(pet).astype(np.float32)
         mean = gaussian_fwhm(x, 2.0)
@@ -189,7 +189,8 @@ def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
     rows = read_rows(sweep_run.out)
     ddpm = [(r["condition"], r["dose"], r["method"], r["setting_name"], r["setting"]) for r in rows
             if r["method"].startswith("ddpm")]
-    assert sorted(ddpm) == [("main", "0.1", "ddpm", "samples", "8"), ("main", "0.1", "ddpm_blend", "alpha", "0.6")]
+    assert sorted(ddpm) == [("main", "0.1", "ddpm", "samples", "8"),
+                            ("main", "0.1", "ddpm_blend", "alpha", str(DEFAULT_ALPHA))]
     fits = [f for f in read_rows(sweep_run.out, "fits.csv") if f["method"] == "ddpm"]
     assert len(fits) == 1 and math.isfinite(float(fits[0]["s_peaks_over_wm"]))
     text = (sweep_run.out / "report.md").read_text()
