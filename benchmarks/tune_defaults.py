@@ -3,7 +3,7 @@
 For each candidate it fits DIP to simulated low-dose brain cases and asks:
 - does the stability map single out what the MR does not show? Mean S in the colliculus peaks, the PET-only
   lesions, the hypometabolic cortex and all cortex, each over mean S in eroded white matter;
-- at the default operating point (alpha 0.6), does the blend beat Gaussian post-filtering at matched
+- at the paper's operating point (alpha 0.6) and every other alpha, does the blend beat Gaussian post-filtering at matched
   white-matter noise, in peak-to-valley ratio, lesion contrast recovery and hypometabolism recovery?
   Gaussian's values at the blend's white-matter CoV are read off its FWHM sweep (0 to 4 voxels);
 - how close is the DIP output to the PSF-blurred truth (PSNR), against the best Gaussian?
@@ -17,11 +17,12 @@ Cases: BrainWeb subjects that the evaluation does not use (default 04 and 05), e
 several noise realisations of one phantom (default 2). Every (candidate, case) result is cached in
 ``<out>/cases/``, so an interrupted run resumes where it stopped.
 
-    python benchmarks/tune_defaults.py --out docs/tuning --only monai gong_8-64 gong_halfres
-    python benchmarks/tune_defaults.py --out docs/tuning --only gong monai_lbfgs20_lr0.1 --subjects 04
+    python benchmarks/tune_defaults.py --out docs/tuning --only monai gong_8-64                # all 8 cases
+    python benchmarks/tune_defaults.py --out docs/tuning --only gong gong_halfres monai_lbfgs20_lr0.1 \
+        --subjects 04 --doses 0.1 --realisations 1                                           # one case
     python benchmarks/tune_defaults.py --out docs/tuning --report-only           # redo results.md from the cache
 
-It writes results.json and results.md into --out. Slow: 2 to 10 minutes per fit on 2 CPU cores.
+It writes results.json and results.md into --out. Slow: 2 to 50 minutes per fit on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ class PETStabilityDenoiseLogic:
                 samples the diffusion model.
             alpha: blend strength of the denoised output (0 = network output); change it
                 later with :meth:`setAlpha`, without a new run.
-            preset: ``paper``, ``fast`` or ``tiny`` (see presets.py); DIP only.
+            preset: a key of :data:`presets.PRESETS` (``full``, ``fast`` or ``tiny``); DIP only.
             wait: True blocks and returns a :class:`ProcessResult` (errors raise);
                 False returns a :class:`RunHandle` at once and reports through the callbacks.
             progress: called with a :class:`EpochReport` once per epoch (DIP) or per
