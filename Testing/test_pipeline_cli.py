@@ -20,6 +20,7 @@ from PETStabilityDenoiseLib.config import EpochReport
 from PETStabilityDenoiseLib.pipeline import denoise
 from PETStabilityDenoiseLib.presets import get_preset
 from PETStabilityDenoiseLib.progress import make_reporter
+from PETStabilityDenoiseLib.run_folder import strict_json
 from PETStabilityDenoiseLib.validation import InputError
 
 TINY = get_preset("tiny")
@@ -220,6 +221,16 @@ def test_progress_bar_counts_windows_without_a_loss_for_ddpm(capsys):
             report(EpochReport(window, 2, None, float(window), 2.0 - window, 8))
     bar = capsys.readouterr().err
     assert "DDPM" in bar and "2/2" in bar and "window" in bar and "samples=8" in bar and "loss" not in bar
+
+
+def test_a_non_finite_rejected_loss_is_written_as_strict_json():
+    # A loss-jump record may hold a NaN or infinite loss; run.json must still parse in strict JSON readers.
+    record = {"loss_jumps": [{"epoch": 3, "loss": float("nan"), "best_loss": 0.5},
+                             {"epoch": 5, "loss": np.float64("inf"), "best_loss": 0.5}], "shape": (2, 3)}
+    text = json.dumps(strict_json(record), allow_nan=False)
+    assert json.loads(text) == {"loss_jumps": [{"epoch": 3, "loss": None, "best_loss": 0.5},
+                                               {"epoch": 5, "loss": None, "best_loss": 0.5}], "shape": [2, 3]}
+    assert record["loss_jumps"][0]["loss"] != record["loss_jumps"][0]["loss"]  # the record itself is untouched
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, caplog):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -27,6 +28,18 @@ if TYPE_CHECKING:
 
 RUN_FILE = "run.json"
 VOLUME_NAMES = ("denoised", "network_output", "stability", "stability_norm")
+
+
+def strict_json(value):
+    """``value`` with every non-finite float replaced by None, recursively, so that ``json.dumps`` writes strict
+    JSON (a rejected DIP step's loss may be NaN or infinite)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def package_versions() -> dict:
@@ -73,7 +86,7 @@ def write_run(
         "outputs": {name: path.name for name, path in paths.items()},
     }
     paths["run"] = out_dir / RUN_FILE
-    paths["run"].write_text(json.dumps(record, indent=2))
+    paths["run"].write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))
     return paths
 
 
@@ -100,5 +113,5 @@ def reblend_run(run_dir: Path, alpha: float) -> dict:
     paths = {"denoised": write_volume(denoised, output_path(run_dir, "denoised", fmt)),
              "stability_norm": write_volume(stability_norm, output_path(run_dir, "stability_norm", fmt))}
     record["alpha"] = alpha
-    run_file.write_text(json.dumps(record, indent=2))
+    run_file.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))
     return paths

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..run_folder import strict_json
 from . import analysis, plots
 from .analysis import PAPER_ROIS, Results, summarise_cases, wins
 from .study import (FULL_DOSE, METHOD_LABELS, StudySettings, Subject, evaluate, is_stress, load_panels,
@@ -414,17 +415,6 @@ def write_report(results: Results, records: List[dict], subjects: Sequence[Subje
     return write_atomically(Path(out_dir) / "report.md", lambda stream: stream.write("\n".join(lines)))
 
 
-def json_ready(value):
-    """NaN -> None, recursively, so that targets.json is strict JSON."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def run_evaluation(subjects: Sequence[Subject], conditions: Union[StudySettings, Sequence[StudySettings]],
                    out_dir: Path, *, replot: bool = False, command: str = "petstab evaluate",
                    progress: Optional[Callable[[str], None]] = None) -> Path:
@@ -446,7 +436,7 @@ def run_evaluation(subjects: Sequence[Subject], conditions: Union[StudySettings,
     write_csv(fits, out_dir / "fits.csv")
     main = conditions[0]
     found = analysis.targets(results, main)
-    write_atomically(out_dir / "targets.json", lambda stream: json.dump(json_ready(found), stream, indent=1))
+    write_atomically(out_dir / "targets.json", lambda stream: json.dump(strict_json(found), stream, indent=1, allow_nan=False))
 
     figures = make_figures(results, main, subjects, cache_dir, out_dir)
     if len(conditions) > 1:
