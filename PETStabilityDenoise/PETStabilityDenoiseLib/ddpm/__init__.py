@@ -1,4 +1,2 @@
-"""The bundled conditional 3D diffusion model (METHOD.md §2): network, sampling and weights.
-
-Work in progress (issue 5): training and the bundled weights are not there yet.
-"""
+"""The bundled conditional 3D diffusion model (METHOD.md §2): network, training data, training, sampling and
+the bundled weights (``Resources/DDPM``; docs/DDPM.md and the model card there)."""

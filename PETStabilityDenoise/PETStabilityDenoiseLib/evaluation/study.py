@@ -8,7 +8,8 @@ Then, at each dose:
 
 - OSEM + Gaussian post-filter, FWHM 0 to 4 voxels in steps of 0.5 (0 is OSEM);
 - non-local means (scikit-image), h at several multiples of a noise estimate;
-- conditional DIP at epochs 110, 120, ..., 200, all from one fit;
+- conditional DIP at 10 epochs over its stability window, all from one fit (88, 96, ..., 160 for the
+  default 160 / 5 / 80 schedule);
 - the stability blend at alpha 0, 0.1, ..., 1.0, from the same fit;
 - the bundled diffusion model (its mean, and its blend at the default alpha), for the first ``ddpm_realisations``
   realisations at ``ddpm_doses`` only, since it takes minutes per case on a CPU.
