@@ -17,7 +17,7 @@ from PETStabilityDenoiseLib.blend import blend
 from PETStabilityDenoiseLib.cli import main
 from PETStabilityDenoiseLib.config import DEFAULT_ALPHA, DDPMSamplingConfig
 from PETStabilityDenoiseLib.evaluation import analysis, study
-from PETStabilityDenoiseLib.evaluation.scoring import at_matched_noise
+from PETStabilityDenoiseLib.evaluation.scoring import at_matched_noise, below_least_noisy
 from PETStabilityDenoiseLib.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.geometry import array_to_image
 from PETStabilityDenoiseLib.presets import get_preset
@@ -237,6 +237,11 @@ def test_matched_noise_reads_the_leading_monotone_run_and_refuses_to_extrapolate
     assert math.isnan(at_matched_noise([], 0.5, "pvr"))
     assert analysis.wins([0.1, -0.2, math.nan, 0.3]) == "2/3"
     assert analysis.wins([math.nan]) == "outside the sweep's noise range"
+    # Below the run's least noise (0.25, not the risen 0.4): compared with that least noisy setting instead.
+    assert below_least_noisy(sweep, 0.2, "pvr") == pytest.approx(1.0)
+    assert math.isnan(below_least_noisy(sweep, 0.3, "pvr"))  # within the run: at_matched_noise's job
+    assert math.isnan(below_least_noisy(sweep, 2.0, "pvr"))
+    assert math.isnan(below_least_noisy([], 0.2, "pvr"))
 
 
 def test_mean_and_two_spreads_on_hand_made_numbers():

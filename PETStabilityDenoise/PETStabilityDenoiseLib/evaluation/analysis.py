@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .scoring import at_matched_noise
+from .scoring import at_matched_noise, below_least_noisy
 from .study import StudySettings, is_count_sweep
 
 # The ROIs of the paper's ROI analysis (METHOD.md §1); the simulator also has occipital and the colliculi.
@@ -183,6 +183,13 @@ def matched(results: Results, condition: str, case: Case, dose: float, point: di
             key: str) -> float:
     """``key`` of the ``reference`` sweep at ``point``'s white-matter CoV (NaN outside the sweep's range)."""
     return at_matched_noise(results.sweep(condition, case, dose, reference), point["wm_cov"], key)
+
+
+def least_noisy(results: Results, condition: str, case: Case, dose: float, point: dict, reference: str,
+                key: str) -> float:
+    """``key`` of the ``reference`` sweep's least noisy setting, where ``point`` has less white-matter noise than
+    every setting (NaN otherwise)."""
+    return below_least_noisy(results.sweep(condition, case, dose, reference), point["wm_cov"], key)
 
 
 def matched_gain(results: Results, condition: str, dose: float, method: str, setting: float, reference: str,

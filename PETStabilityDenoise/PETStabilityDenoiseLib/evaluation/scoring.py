@@ -8,7 +8,7 @@ of the PET grid; the case's masks name the regions.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -79,18 +79,32 @@ class Scorer:
         return out
 
 
-def at_matched_noise(sweep: Sequence[dict], wm_cov: float, key: str, noise: str = "wm_cov") -> float:
-    """A sweep's ``key`` at white-matter noise ``wm_cov``, by linear interpolation between its settings.
-
-    ``sweep`` lists one score dict per setting, in the sweep's order (Gaussian FWHM up, DIP epoch up). Only its
-    leading run where the noise moves one way is used: past it (a wide Gaussian that blurs cortex into white
-    matter) the noise no longer measures smoothing. NaN outside that run's range, never an extrapolation.
-    """
+def leading_run(sweep: Sequence[dict], noise: str = "wm_cov") -> List[dict]:
+    """The sweep's settings (in sweep order: Gaussian FWHM up, DIP epoch up) up to where its noise stops moving one
+    way: past that point (a wide Gaussian that blurs cortex into white matter) the noise no longer measures
+    smoothing."""
     xs = [float(p[noise]) for p in sweep]
     end = 1
     while end < len(xs) and (xs[end] - xs[end - 1]) * (xs[1] - xs[0]) > 0:
         end += 1
-    points = sorted(zip(xs[:end], (float(p[key]) for p in sweep[:end])))
+    return list(sweep[:end])
+
+
+def at_matched_noise(sweep: Sequence[dict], wm_cov: float, key: str, noise: str = "wm_cov") -> float:
+    """A sweep's ``key`` at white-matter noise ``wm_cov``, by linear interpolation between the settings of its
+    :func:`leading_run`. NaN outside that run's noise range, never an extrapolation."""
+    points = sorted((float(p[noise]), float(p[key])) for p in leading_run(sweep, noise))
     if not points or not points[0][0] <= wm_cov <= points[-1][0]:
         return math.nan
     return float(np.interp(wm_cov, [p[0] for p in points], [p[1] for p in points]))
+
+
+def below_least_noisy(sweep: Sequence[dict], wm_cov: float, key: str, noise: str = "wm_cov") -> float:
+    """Where noise ``wm_cov`` is below every setting of the sweep's :func:`leading_run`: ``key`` of its least noisy
+    setting, the nearest comparison the sweep offers (a point with less noise and a higher ``key`` beats that setting
+    on both). NaN otherwise, and for an empty sweep."""
+    run = leading_run(sweep, noise)
+    if not run:
+        return math.nan
+    least = min(run, key=lambda p: float(p[noise]))
+    return float(least[key]) if wm_cov < float(least[noise]) else math.nan
