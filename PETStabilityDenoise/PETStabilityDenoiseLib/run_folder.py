@@ -42,6 +42,10 @@ def strict_json(value):
     return value
 
 
+def _write_record(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))
+
+
 def package_versions() -> dict:
     import monai
     import numpy
@@ -86,7 +90,7 @@ def write_run(
         "outputs": {name: path.name for name, path in paths.items()},
     }
     paths["run"] = out_dir / RUN_FILE
-    paths["run"].write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))
+    _write_record(paths["run"], record)
     return paths
 
 
@@ -113,5 +117,5 @@ def reblend_run(run_dir: Path, alpha: float) -> dict:
     paths = {"denoised": write_volume(denoised, output_path(run_dir, "denoised", fmt)),
              "stability_norm": write_volume(stability_norm, output_path(run_dir, "stability_norm", fmt))}
     record["alpha"] = alpha
-    run_file.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))
+    _write_record(run_file, record)
     return paths

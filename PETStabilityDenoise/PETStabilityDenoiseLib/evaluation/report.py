@@ -185,8 +185,10 @@ def claim_tradeoff(results: Results, settings: StudySettings) -> List[str]:
             return results.row(condition, case, dose, "blend", alpha)
 
         def difference(reading, reference: str) -> Dict:
-            return results.per_case(condition, lambda c: blend_point(c)["pvr"] - reading(
-                results, condition, c, dose, blend_point(c), reference, "pvr"))
+            def one_case(case) -> float:
+                point = blend_point(case)
+                return point["pvr"] - reading(results, condition, case, dose, point, reference, "pvr")
+            return results.per_case(condition, one_case)
 
         blend_pvr = results.per_case(condition, lambda c: blend_point(c)["pvr"])
         row = [plots.dose_title(dose), cell(blend_pvr, "{:.3f}")]
@@ -449,7 +451,8 @@ def run_evaluation(subjects: Sequence[Subject], conditions: Union[StudySettings,
     write_csv(fits, out_dir / "fits.csv")
     main = conditions[0]
     found = analysis.targets(results, main)
-    write_atomically(out_dir / "targets.json", lambda stream: json.dump(strict_json(found), stream, indent=1, allow_nan=False))
+    write_atomically(out_dir / "targets.json",
+                     lambda stream: json.dump(strict_json(found), stream, indent=1, allow_nan=False))
 
     figures = make_figures(results, main, subjects, cache_dir, out_dir)
     if len(conditions) > 1:
