@@ -68,7 +68,7 @@ def small_pet_mr():
 
 def synthetic_training_pairs(count: int = 2, shape=(28, 30, 26)):
     """Low-dose/full-dose pairs of a noisy sphere with its MR, already cropped, for quick DDPM training."""
-    from PETStabilityDenoiseLib.ddpm.dataset import make_pair
+    from PETStabilityDenoiseLib.training.dataset import make_pair
 
     rng = np.random.default_rng(0)
     z, y, x = np.indices(shape)
@@ -83,8 +83,8 @@ def synthetic_training_pairs(count: int = 2, shape=(28, 30, 26)):
 @pytest.fixture(scope="session")
 def tiny_ddpm_model_dir(tmp_path_factory):
     """A tiny DDPM trained for a few steps inside the tests (not a useful denoiser): its saved model folder."""
-    from PETStabilityDenoiseLib.ddpm.model import DDPMConfig
-    from PETStabilityDenoiseLib.ddpm.training import TrainingSettings, train
+    from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
+    from PETStabilityDenoiseLib.training.trainer import TrainingSettings, train
 
     config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16)
     settings = TrainingSettings(steps=4, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,

@@ -27,10 +27,13 @@ def test_importing_the_script_needs_no_slicer():
     assert "slicer" not in vars(batch)
 
 
-def test_defaults():
+def test_defaults_are_the_library_defaults():
+    from PETStabilityDenoiseLib import settings
+
     args = batch.parse_arguments(REQUIRED)
     assert (args.pet, args.mr, args.out) == (Path("pet.nrrd"), Path("mr.nrrd"), Path("results"))
-    assert (args.preset, args.alpha, args.format) == ("fast", 0.3, "nrrd")
+    assert (args.method, args.preset, args.alpha, args.format) == (
+        settings.DEFAULT_METHOD, settings.DEFAULT_PRESET, settings.DEFAULT_ALPHA, settings.DEFAULT_OUTPUT_FORMAT)
     assert batch.engine_parameters(args) == {}
 
 
@@ -83,26 +86,15 @@ def test_main_reads_sys_argv(monkeypatch):
     assert seen[0].epochs == 5
 
 
-def test_presets_match_the_library():
-    presets = pytest.importorskip("PETStabilityDenoiseLib.presets")
-    assert sorted(batch.PRESETS) == sorted(presets.PRESETS)
-
-
 # --- run() with stand-ins for Slicer and the module's logic -------------------------------------------------
 
 
 @pytest.fixture()
 def fake_slicer(monkeypatch, tmp_path):
-    """Stand-in ``slicer`` and ``PETStabilityDenoise`` modules; returns (inputs, saved paths, logic behaviour)."""
-    logic_module = pytest.importorskip("PETStabilityDenoiseLib.logic")  # import while the real slicer is there
-    saved, behaviour = [], {}
+    """A stand-in ``PETStabilityDenoise`` module and engine; returns (inputs, written paths, behaviour)."""
+    from PETStabilityDenoiseLib.engine import run as engine_run
 
-    def save_node(node, path):
-        Path(path).write_text(node)
-        saved.append(Path(path).name)
-        return True
-
-    util = types.SimpleNamespace(loadVolume=lambda path: f"node:{Path(path).name}", saveNode=save_node)
+    written, behaviour = [], {}
 
     class Logic:
         def ensureDependencies(self, askConfirmation):
@@ -111,66 +103,66 @@ def fake_slicer(monkeypatch, tmp_path):
                 raise RuntimeError(behaviour["missing"])
             return True
 
-        def process(self, pet, mr, **kwargs):
-            behaviour["call"] = (pet, mr, kwargs)
-            if "raise" in behaviour:
-                raise behaviour["raise"]
-            kwargs["progress"](types.SimpleNamespace(epoch=1, epochs=2, loss=0.5, elapsed_s=1.0, eta_s=1.0))
-            return types.SimpleNamespace(denoisedNode="d", networkOutputNode="n", stabilityNode="s",
-                                         normalizedStabilityNode="sn")
+    def denoise_into_folder(pet, mr, out, config, *, alpha, fmt, progress):
+        behaviour["call"] = (pet, mr, out, config, alpha, fmt)
+        if "raise" in behaviour:
+            raise behaviour["raise"]
+        progress(types.SimpleNamespace(epoch=1, epochs=2, loss=0.5, elapsed_s=1.0, eta_s=1.0))
+        paths = {name: Path(out) / f"{name}.{fmt}" for name in ("denoised", "network_output", "stability",
+                                                                 "stability_norm")}
+        written.extend(path.name for path in paths.values())
+        return paths
 
-    monkeypatch.setitem(sys.modules, "slicer", types.SimpleNamespace(util=util))
     monkeypatch.setitem(sys.modules, "PETStabilityDenoise", types.SimpleNamespace(PETStabilityDenoiseLogic=Logic))
+    monkeypatch.setattr(engine_run, "denoise_into_folder", denoise_into_folder)
     for name in ("pet.nrrd", "mr.nrrd"):
         (tmp_path / name).write_text("")
     inputs = ["--pet", str(tmp_path / "pet.nrrd"), "--mr", str(tmp_path / "mr.nrrd"), "--out", str(tmp_path / "out")]
-    return inputs, saved, behaviour, logic_module
+    return inputs, written, behaviour
 
 
-def test_run_saves_the_four_outputs(fake_slicer, capsys):
-    inputs, saved, behaviour, _ = fake_slicer
-    assert batch.main(inputs + ["--format", "nii.gz", "--epochs", "2", "--alpha", "0.3"]) == 0
-    assert saved == ["denoised.nii.gz", "network_output.nii.gz", "stability.nii.gz", "stability_norm.nii.gz"]
-    pet, mr, kwargs = behaviour["call"]
-    assert (pet, mr) == ("node:pet.nrrd", "node:mr.nrrd")
-    assert (kwargs["preset"], kwargs["alpha"], kwargs["wait"], kwargs["epochs"]) == ("fast", 0.3, True, 2)
+def test_run_denoises_into_the_folder_with_the_validated_config(fake_slicer, capsys):
+    inputs, written, behaviour = fake_slicer
+    assert batch.main(inputs + ["--format", "nii.gz", "--preset", "tiny", "--epochs", "2", "--alpha", "0.3"]) == 0
+    assert written == ["denoised.nii.gz", "network_output.nii.gz", "stability.nii.gz", "stability_norm.nii.gz"]
+    pet, mr, out, config, alpha, fmt = behaviour["call"]
+    assert (pet.name, mr.name, alpha, fmt) == ("pet.nrrd", "mr.nrrd", 0.3, "nii.gz")
+    assert (config.epochs, config.network) == (2, "monai")  # the tiny preset with the epochs overridden
     assert "epoch 1/2" in capsys.readouterr().out
 
 
 def test_missing_input_file_exits_2(fake_slicer, capsys):
-    inputs, saved, _, _ = fake_slicer
+    inputs, written, behaviour = fake_slicer
     inputs[1] += ".missing"
     assert batch.main(inputs) == 2
-    assert "does not exist" in capsys.readouterr().err and not saved
+    assert "does not exist" in capsys.readouterr().err and "call" not in behaviour
+
+
+def test_bad_engine_setting_exits_2_before_any_work(fake_slicer, capsys):
+    inputs, written, behaviour = fake_slicer
+    assert batch.main(inputs + ["--epochs", "10", "--start", "20"]) == 2
+    assert "start" in capsys.readouterr().err and "call" not in behaviour
 
 
 def test_input_error_exits_2(fake_slicer, capsys):
-    inputs, saved, behaviour, _ = fake_slicer
-    from PETStabilityDenoiseLib.validation import InputError
+    inputs, written, behaviour = fake_slicer
+    from PETStabilityDenoiseLib.errors import InputError
 
     behaviour["raise"] = InputError("PET has 2 dimensions")
     assert batch.main(inputs) == 2
-    assert "PET has 2 dimensions" in capsys.readouterr().err and not saved
+    assert "PET has 2 dimensions" in capsys.readouterr().err and not written
 
 
-def test_worker_failure_exits_1_with_its_log(fake_slicer, capsys):
-    inputs, saved, behaviour, logic_module = fake_slicer
-    behaviour["raise"] = logic_module.WorkerFailed("worker died", log_tail=("line one", "CUDA out of memory"))
+def test_engine_failure_exits_1_with_the_traceback(fake_slicer, capsys):
+    inputs, written, behaviour = fake_slicer
+    behaviour["raise"] = RuntimeError("CUDA out of memory")
     assert batch.main(inputs) == 1
-    err = capsys.readouterr().err
-    assert "worker died" in err and "CUDA out of memory" in err and not saved
-
-
-def test_unexpected_error_exits_1(fake_slicer, capsys):
-    inputs, _, behaviour, _ = fake_slicer
-    behaviour["raise"] = KeyError("surprise")
-    assert batch.main(inputs) == 1
-    assert "surprise" in capsys.readouterr().err
+    assert "CUDA out of memory" in capsys.readouterr().err and not written
 
 
 def test_missing_packages_exit_1_with_the_install_commands(fake_slicer, capsys):
-    inputs, saved, behaviour, _ = fake_slicer
+    inputs, written, behaviour = fake_slicer
     behaviour["missing"] = "PETStabilityDenoise needs monai>=1.4. Install it with: PythonSlicer -m pip install ..."
     assert batch.main(inputs) == 1
     assert "PythonSlicer -m pip install" in capsys.readouterr().err
-    assert "call" not in behaviour and not saved
+    assert "call" not in behaviour and not written

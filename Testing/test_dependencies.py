@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from PETStabilityDenoiseLib import dependencies as deps
+from PETStabilityDenoiseLib.slicer import install as deps
 
 REQUIREMENTS_TXT = Path(__file__).resolve().parents[1] / "PETStabilityDenoise" / "Resources" / "requirements.txt"
 
@@ -100,3 +100,85 @@ def test_bundled_requirements_parse_and_name_no_protected_package():
     requirements = deps.read_requirements(REQUIREMENTS_TXT)
     assert requirements
     assert not any(deps.is_protected(r.name) for r in requirements)
+
+
+# --- ensure_dependencies: the whole install, with fakes for what only Slicer can do ------------------------
+
+
+class FakeSlicer:
+    """Records what the install asked Slicer to do; ``installed`` is what importlib.metadata would report."""
+
+    def __init__(self, tmp_path, *, installed, batch=False, answer=True, extension=True, torch_installs=True):
+        self.installed, self.calls = dict(installed), []
+        self.batch, self.answer, self.torch_installs = batch, answer, torch_installs
+        self.steps = deps.InstallSteps(batch_mode=lambda: self.batch, confirm=self.confirm,
+                                       install_torch=self.install_torch if extension else None,
+                                       pip_install=self.pip_install, constraints_path=tmp_path / "constraints.txt")
+
+    def confirm(self, names):
+        self.calls.append(("confirm", names))
+        return self.answer
+
+    def install_torch(self):
+        self.calls.append(("torch",))
+        if self.torch_installs:
+            self.installed["torch"] = "2.5.0"
+        return self.torch_installs
+
+    def pip_install(self, missing, constraints):
+        self.calls.append(("pip", [r.name for r in missing], constraints.read_text()))
+        self.installed.update({r.name: "99.0" for r in missing})
+
+    def ensure(self, requirements, **kwargs):
+        return deps.ensure_dependencies(requirements, self.steps, lookup=self.installed.get, **kwargs)
+
+
+def test_nothing_to_do_asks_nothing(tmp_path):
+    fake = FakeSlicer(tmp_path, installed={**INSTALLED, "torch": "2.5.0", "monai": "1.4.0"})
+    assert fake.ensure(write(tmp_path, "monai>=1.4\n")) is True
+    assert fake.calls == []
+
+
+def test_confirmed_install_puts_torch_first_then_pip_under_the_constraints(tmp_path):
+    fake = FakeSlicer(tmp_path, installed=INSTALLED)
+    assert fake.ensure(write(tmp_path, "monai>=1.4\npsutil>=5.9\n")) is True
+    (confirm, names), torch_call, (pip, packages, constraints) = fake.calls
+    assert confirm == "confirm" and names[0].startswith(deps.TORCH_REQUIREMENT) and "monai>=1.4" in names
+    assert torch_call == ("torch",)
+    assert pip == "pip" and packages == ["monai"]  # psutil 6.0.0 already satisfies its floor
+    assert "numpy==1.26.4" in constraints and "torch==2.5.0" in constraints  # torch was pinned once installed
+
+
+def test_declined_install_installs_nothing(tmp_path):
+    fake = FakeSlicer(tmp_path, installed=INSTALLED, answer=False)
+    assert fake.ensure(write(tmp_path, "monai>=1.4\n")) is False
+    assert [call[0] for call in fake.calls] == ["confirm"]
+
+
+def test_no_confirmation_asked_when_not_wanted(tmp_path):
+    fake = FakeSlicer(tmp_path, installed={**INSTALLED, "torch": "2.5.0"})
+    assert fake.ensure(write(tmp_path, "monai>=1.4\n"), ask_confirmation=False) is True
+    assert [call[0] for call in fake.calls] == ["pip"]
+
+
+def test_batch_mode_installs_nothing_and_names_the_commands(tmp_path):
+    fake = FakeSlicer(tmp_path, installed=INSTALLED, batch=True)
+    with pytest.raises(RuntimeError) as error:
+        fake.ensure(write(tmp_path, "monai>=1.4\n"))
+    assert fake.calls == []
+    message = str(error.value)
+    assert "installTorch" in message and "monai>=1.4" in message and str(tmp_path / "constraints.txt") in message
+
+
+def test_missing_pytorch_extension_is_named(tmp_path):
+    fake = FakeSlicer(tmp_path, installed=INSTALLED, extension=False)
+    with pytest.raises(RuntimeError, match="PyTorch extension"):
+        fake.ensure(write(tmp_path, "monai>=1.4\n"))
+    assert fake.calls == []
+
+
+def test_failed_torch_install_stops_before_pip(tmp_path):
+    fake = FakeSlicer(tmp_path, installed=INSTALLED, torch_installs=False)
+    with pytest.raises(RuntimeError, match="PyTorch was not installed"):
+        fake.ensure(write(tmp_path, "monai>=1.4\n"))
+    assert [call[0] for call in fake.calls] == ["confirm", "torch"]

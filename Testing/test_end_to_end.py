@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PETStabilityDenoiseLib import metrics
 from PETStabilityDenoiseLib.cli import main
-from PETStabilityDenoiseLib.pipeline import denoise
-from PETStabilityDenoiseLib.presets import get_preset
+from PETStabilityDenoiseLib.engine.pipeline import denoise
+from PETStabilityDenoiseLib.evaluation import metrics
+from PETStabilityDenoiseLib.settings import get_preset
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case
 
 # Far shorter than the paper's schedule, long enough for the network to fit
@@ -30,6 +30,7 @@ def denoised(low_dose_case):
     return denoise(low_dose_case.osem[0.1], low_dose_case.mr, SHORT, alpha=0.6)
 
 
+@pytest.mark.slow
 def test_dip_lowers_white_matter_noise(low_dose_case, denoised):
     wm = sitk.GetArrayFromImage(low_dose_case.masks["wm_eroded"]).astype(bool)
     osem_std, _ = metrics.wm_noise(sitk.GetArrayFromImage(low_dose_case.osem[0.1]), wm)
@@ -40,6 +41,7 @@ def test_dip_lowers_white_matter_noise(low_dose_case, denoised):
     assert denoised.n_samples == 5
 
 
+@pytest.mark.slow
 def test_alpha_limits(low_dose_case, denoised):
     denoised = copy.copy(denoised)  # reblend replaces images on this copy; the shared result keeps alpha 0.6
     x0 = sitk.GetArrayFromImage(low_dose_case.osem[0.1])
@@ -53,6 +55,7 @@ def test_alpha_limits(low_dose_case, denoised):
     np.testing.assert_allclose(x[s > 0], x0[s > 0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_demo_writes_figure_metrics_and_outputs(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--preset", "tiny", "--progress", "none"]) == 0
     printed = capsys.readouterr().out

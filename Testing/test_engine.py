@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from PETStabilityDenoiseLib import dip
-from PETStabilityDenoiseLib.blend import blend
-from PETStabilityDenoiseLib.dip import DIPConfig, LossJumpError, fit_dip
-from PETStabilityDenoiseLib.config import sample_epochs
-from PETStabilityDenoiseLib.network import build_unet
-from PETStabilityDenoiseLib.stability import WelfordAccumulator
+from PETStabilityDenoiseLib.engine import dip
+from PETStabilityDenoiseLib.engine.blend import blend
+from PETStabilityDenoiseLib.engine.dip import DIPConfig, fit_dip
+from PETStabilityDenoiseLib.engine.network import build_unet
+from PETStabilityDenoiseLib.engine.stability import WelfordAccumulator
+from PETStabilityDenoiseLib.errors import LossJumpError
+from PETStabilityDenoiseLib.settings import sample_epochs
 
 TINY = DIPConfig(epochs=8, interval=2, start=2, channels=(4, 8), num_res_units=1)
 
@@ -104,6 +105,7 @@ def test_stability_map_equals_std_of_stored_snapshots():
     assert expected.max() > 0
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_on_cpu():
     pet, mr = _blob()
     a = fit_dip(pet, mr, TINY.replace(seed=5))

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PETStabilityDenoiseLib.blend import blend
 from PETStabilityDenoiseLib.cli import main
-from PETStabilityDenoiseLib.config import DEFAULT_ALPHA, DDPMSamplingConfig
+from PETStabilityDenoiseLib.engine.blend import blend
+from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.evaluation import analysis, study
 from PETStabilityDenoiseLib.evaluation.scoring import at_matched_noise, below_least_noisy
-from PETStabilityDenoiseLib.filters import gaussian_fwhm
-from PETStabilityDenoiseLib.geometry import array_to_image
-from PETStabilityDenoiseLib.presets import get_preset
+from PETStabilityDenoiseLib.settings import DEFAULT_ALPHA, DDPMSamplingConfig, get_preset
+from PETStabilityDenoiseLib.volumes.geometry import array_to_image
 
 # A 2-epoch tiny DIP and short sweeps that still hold OSEM (FWHM 0) and the operating points (1.5, the default alpha).
 QUICK = ["evaluate", "--preset", "tiny", "--epochs", "2", "--interval", "1", "--start", "1", "--dip-epochs", "1", "2",
@@ -73,6 +72,7 @@ def sweep_run(tmp_path_factory):
     return SimpleNamespace(out=out, ddpm_calls=calls)
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_rows_figures_and_report(smoke_run):
     rows = read_rows(smoke_run)
     assert list(rows[0])[:len(study.ID_COLUMNS)] == list(study.ID_COLUMNS)
@@ -110,6 +110,7 @@ def test_smoke_run_writes_rows_figures_and_report(smoke_run):
     assert set(found["targets"]["d_roi_bias_vs_full_dose_osem"]["per_roi"]) == set(analysis.PAPER_ROIS)
 
 
+@pytest.mark.slow
 def test_cache_holds_one_file_per_case_and_realisations_differ_only_in_noise(smoke_run):
     folder = smoke_run / "cache" / "main"
     assert sorted(p.name for p in folder.iterdir()) == ["subject04_r0.json", "subject04_r0_panels.npz",
@@ -128,6 +129,7 @@ def forbid_computation(monkeypatch):
         monkeypatch.setattr(study, name, fail)
 
 
+@pytest.mark.slow
 def test_replot_and_rerun_use_the_cache(smoke_run, monkeypatch):
     forbid_computation(monkeypatch)
     (smoke_run / "report.md").unlink()
@@ -136,6 +138,7 @@ def test_replot_and_rerun_use_the_cache(smoke_run, monkeypatch):
     assert main([*SMOKE, "--out", str(smoke_run)]) == 0
 
 
+@pytest.mark.slow
 def test_replot_refuses_stale_or_missing_cache(smoke_run, monkeypatch, caplog):
     forbid_computation(monkeypatch)
     changed = [("1.5" if a == "1.0" and SMOKE[i - 1] == "--nlm-h" else a) for i, a in enumerate(SMOKE)]
@@ -152,6 +155,7 @@ def test_subjects_need_an_existing_labels_dir(tmp_path, caplog):
     assert "not found" in caplog.text
 
 
+@pytest.mark.slow
 def test_count_sweep_and_stress_conditions(sweep_run):
     out = sweep_run.out
     rows = read_rows(out)
@@ -182,6 +186,7 @@ def test_count_sweep_and_stress_conditions(sweep_run):
     assert found["targets"]["a_pvr_vs_full_dose_osem"]["target"] > 0  # the full-dose reference without a 1.0 dose
 
 
+@pytest.mark.slow
 def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
     """Rows, fits, threads and report of the DDPM path; the model itself is replaced (see stand_in_ddpm)."""
     assert len(sweep_run.ddpm_calls) == 1  # main condition, realisation 0, dose 0.1 only

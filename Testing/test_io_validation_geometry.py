@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PETStabilityDenoiseLib.geometry import (
+from PETStabilityDenoiseLib.errors import InputError
+from PETStabilityDenoiseLib.volumes.geometry import (
     CropPad,
     apply_crop_pad,
     array_to_image,
@@ -20,13 +21,13 @@ from PETStabilityDenoiseLib.geometry import (
     resample_to_reference,
     undo_crop_pad,
 )
-from PETStabilityDenoiseLib.validation import InputError, validate_volume
-from PETStabilityDenoiseLib.volume_io import (
-    SUPPORTED_FORMATS,
+from PETStabilityDenoiseLib.volumes.io import (
+    OUTPUT_FORMATS,
     output_path,
     read_volume,
     write_volume,
 )
+from PETStabilityDenoiseLib.volumes.validation import validate_volume
 
 
 def rotation_z(degrees: float) -> np.ndarray:
@@ -90,7 +91,7 @@ def pet_array() -> np.ndarray:
 # --------------------------------------------------------------------------- I/O
 
 
-@pytest.mark.parametrize("fmt", SUPPORTED_FORMATS)
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
 def test_round_trip_preserves_values_and_oblique_geometry(tmp_path, pet_array, fmt):
     image = make_image(pet_array, spacing=(2.0, 1.5, 3.0), origin=(-10.5, 20.0, 3.25), direction=ROTATED_FLIPPED)
     path = write_volume(image, output_path(tmp_path / "nested" / "out", "pet", fmt))
@@ -151,7 +152,7 @@ def test_dicom_series_round_trip_and_series_choice(tmp_path, pet_array, caplog):
     write_dicom_series(small, folder, "1.2.826.0.1.3680043.2.1125.3", "small")
     before = {p: (checksum(p), p.stat().st_mtime_ns) for p in files}
 
-    with caplog.at_level(logging.WARNING, logger="PETStabilityDenoiseLib.volume_io"):
+    with caplog.at_level(logging.WARNING, logger="PETStabilityDenoiseLib.volumes.io"):
         loaded = read_volume(folder)
 
     assert "1.2.826.0.1.3680043.2.1125.2" in caplog.text  # the bigger series, named
@@ -262,7 +263,7 @@ def make_mr_and_pet() -> tuple[sitk.Image, sitk.Image]:
 
 def test_resample_matches_analytic_function(caplog):
     mr, pet = make_mr_and_pet()
-    with caplog.at_level(logging.INFO, logger="PETStabilityDenoiseLib.geometry"):
+    with caplog.at_level(logging.INFO, logger="PETStabilityDenoiseLib.volumes.geometry"):
         out = resample_to_reference(mr, pet)
     assert "Resampled MR from 48x48x48 @ 1.00x1.00x1.00 mm onto the PET grid 26x24x22 @ 2.00x2.00x2.00 mm" in caplog.text
     assert out.GetPixelID() == sitk.sitkFloat32
@@ -291,7 +292,7 @@ def test_resample_matches_analytic_function(caplog):
 
 def test_resample_returns_matching_grid_unchanged(caplog):
     mr, _ = make_mr_and_pet()
-    with caplog.at_level(logging.INFO, logger="PETStabilityDenoiseLib.geometry"):
+    with caplog.at_level(logging.INFO, logger="PETStabilityDenoiseLib.volumes.geometry"):
         assert resample_to_reference(mr, mr) is mr
     assert "Resampled" not in caplog.text
 

@@ -16,8 +16,9 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
 import vtk  # noqa: E402 - after the skip: vtk comes with slicer-core
 
-from PETStabilityDenoiseLib.logic import InputError, PETStabilityDenoiseLogic, WorkerFailed  # noqa: E402
-from PETStabilityDenoiseLib.mrml_volumes import node_to_image  # noqa: E402
+from PETStabilityDenoiseLib.errors import InputError, WorkerFailed  # noqa: E402
+from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic  # noqa: E402
+from PETStabilityDenoiseLib.slicer.mrml_volumes import node_to_image  # noqa: E402
 
 TINY = dict(preset="tiny", device="cpu", seed=0)
 
@@ -87,6 +88,7 @@ def test_node_to_image_keeps_geometry_and_applies_parent_transform(scene, small_
     np.testing.assert_array_equal(ijk_to_ras(node), before)
 
 
+@pytest.mark.slow
 def test_process_outputs_carry_the_pet_geometry_and_set_alpha_follows_the_blend(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
@@ -130,6 +132,7 @@ def test_process_outputs_carry_the_pet_geometry_and_set_alpha_follows_the_blend(
         logic.setAlpha(result, -1.0)
 
 
+@pytest.mark.slow
 def test_process_runs_the_diffusion_model(scene, pet_mr_nodes, tiny_ddpm_model_dir, tmp_path, monkeypatch):
     pet, mr = pet_mr_nodes
     reports = []
@@ -151,6 +154,7 @@ def test_process_runs_the_diffusion_model(scene, pet_mr_nodes, tiny_ddpm_model_d
     assert result.stabilityMean > 0
 
 
+@pytest.mark.slow
 def test_show_result_sets_colours_and_overlay(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     composites = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
@@ -176,6 +180,7 @@ def nested_launcher(args, cwd):
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_cancel_mid_run_kills_the_process_tree_and_adds_nothing(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     nodes_before = volume_node_ids(scene)
@@ -222,7 +227,7 @@ def test_worker_crash_raises_with_its_last_log_lines(scene, pet_mr_nodes, tmp_pa
 
 def test_worker_out_of_memory_suggests_cpu_or_smaller_preset(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
-    from PETStabilityDenoiseLib.worker import GPU_MEMORY_ADVICE
+    from PETStabilityDenoiseLib.worker.protocol import GPU_MEMORY_ADVICE
 
     line = json.dumps({"event": "error", "kind": "out_of_memory", "message": GPU_MEMORY_ADVICE})
     logic = PETStabilityDenoiseLogic(launcher=scripted_launcher(f"import sys; print({line!r}); sys.exit(3)"),
@@ -253,6 +258,11 @@ def test_worker_input_error_comes_back_as_input_error(scene, pet_mr_nodes, tmp_p
     (dict(epochs=10, start=20), "start"),
     (dict(method="ddpm", samples=1), "samples must be >= 2"),
     (dict(method="ddpm", epochs=10), "unknown engine parameter epochs"),
+    (dict(device="gpu"), "device must be one of"),
+    (dict(method="ddpm", device="tpu"), "device must be one of"),
+    (dict(threads=-3), "threads must be a whole number >= 1"),
+    (dict(channels=(8,)), "channels must be at least 2"),
+    (dict(seed=-1), "seed must be a whole number >= 0"),
 ])
 def test_bad_arguments_are_rejected_before_any_work(scene, pet_mr_nodes, tmp_path, kwargs, message):
     pet, mr = pet_mr_nodes

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PETStabilityDenoise"))
 
-from PETStabilityDenoiseLib import metrics  # noqa: E402
+from PETStabilityDenoiseLib.evaluation import metrics  # noqa: E402
 
 
 def _masks(shape=(2, 3, 4)):

@@ -14,14 +14,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from PETStabilityDenoiseLib.blend import blend
 from PETStabilityDenoiseLib.cli import main
-from PETStabilityDenoiseLib.config import EpochReport
-from PETStabilityDenoiseLib.pipeline import denoise
-from PETStabilityDenoiseLib.presets import get_preset
-from PETStabilityDenoiseLib.progress import make_reporter
-from PETStabilityDenoiseLib.run_folder import strict_json
-from PETStabilityDenoiseLib.validation import InputError
+from PETStabilityDenoiseLib.engine.blend import blend
+from PETStabilityDenoiseLib.engine.pipeline import denoise
+from PETStabilityDenoiseLib.engine.progress import make_reporter
+from PETStabilityDenoiseLib.errors import InputError
+from PETStabilityDenoiseLib.settings import EpochReport, get_preset
+from PETStabilityDenoiseLib.volumes.run_folder import strict_json
 
 TINY = get_preset("tiny")
 REPO = Path(__file__).resolve().parents[1]

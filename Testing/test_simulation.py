@@ -13,15 +13,15 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PETStabilityDenoise"))
 
-from PETStabilityDenoiseLib import metrics  # noqa: E402
+from PETStabilityDenoiseLib.evaluation import metrics  # noqa: E402
 from PETStabilityDenoiseLib.simulation import (  # noqa: E402
     SimulationConfig,
     bundled_labels_path,
+    scanners,  # noqa: E402
     simulate_case,
 )
 from PETStabilityDenoiseLib.simulation import acquisition as acq  # noqa: E402
 from PETStabilityDenoiseLib.simulation import phantom as ph  # noqa: E402
-from PETStabilityDenoiseLib.simulation import scanners  # noqa: E402
 from PETStabilityDenoiseLib.simulation.case import index_to_ras, misregister  # noqa: E402
 
 REQUIRED_MASKS = {

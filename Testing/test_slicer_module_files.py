@@ -9,6 +9,7 @@ regular expressions instead, so CI catches them.
 from __future__ import annotations
 
 import ast
+import enum
 import importlib.util
 import re
 import sys
@@ -59,11 +60,13 @@ CONNECTABLE_CLASSES = {
     "float": {"ctkSliderWidget", "QDoubleSpinBox"},
     "str": {"QComboBox", "QLineEdit"},
     "bool": {"QCheckBox", "QPushButton"},
+    "enum": {"QComboBox", "ctkComboBox"},  # QComboBoxToEnumConnector: it fills the items itself
 }
 
 # What Slicer's own Python provides; everything else the module needs must be in requirements.txt,
 # except torch, which comes from the PyTorch extension.
-SLICER_PROVIDED = {"numpy", "SimpleITK", "vtk", "slicer", "qt", "ctk", "packaging"}
+# SampleData is a module of Slicer's own (the self-test and the sample registration use it).
+SLICER_PROVIDED = {"numpy", "SimpleITK", "vtk", "slicer", "qt", "ctk", "packaging", "SampleData"}
 # Import names whose distribution on PyPI is called differently.
 DISTRIBUTION_NAMES = {"skimage": "scikit-image", "PIL": "pillow", "yaml": "pyyaml"}
 # Packages that a dependency imports lazily (MONAI's optional_import), so the import scan cannot see them:
@@ -117,19 +120,14 @@ def parameter_fields() -> dict:
 
 
 def base_type(annotation: str) -> str:
-    """``Annotated[int, WithinRange(0, 3)]`` -> ``int``."""
+    """``Annotated[int, WithinRange(0, 3)]`` -> ``int``; an Enum of the library's panel module -> ``enum``."""
+    from PETStabilityDenoiseLib.slicer import panel
+
     match = re.fullmatch(r"Annotated\[\s*(\w+)\s*,.*\]", annotation, flags=re.S)
-    return match.group(1) if match else annotation
-
-
-def manually_synced_parameters() -> set:
-    """Keys of the ``self._dataComboBoxes = {...}`` dict that the widget assigns in setup()."""
-    widget = class_def(module_tree(), f"{MODULE_NAME}Widget")
-    for node in ast.walk(widget):
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and node.value.keys
-                and any(isinstance(t, ast.Attribute) and t.attr == "_dataComboBoxes" for t in node.targets)):
-            return {key.value for key in node.value.keys}
-    raise AssertionError("the widget never fills self._dataComboBoxes")
+    name = match.group(1) if match else annotation
+    if isinstance(getattr(panel, name, None), type) and issubclass(getattr(panel, name), enum.Enum):
+        return "enum"
+    return name
 
 
 def ui_root() -> ET.Element:
@@ -354,33 +352,38 @@ def test_bound_widgets_name_parameter_fields_of_a_connectable_type():
             assert widget_class == "qMRMLNodeComboBox", f"{name}: a node field needs a qMRMLNodeComboBox"
         else:
             assert widget_class in CONNECTABLE_CLASSES[kind], f"{name}: {widget_class} cannot show a {kind}"
-        if widget_class == "QComboBox":
+        if widget_class == "QComboBox" and kind == "str":
             # Slicer's connector refuses a combo box bound to a plain str: it needs the choices.
             assert "Choice(" in annotation, f"{parameter}: a QComboBox binding needs a Choice annotation"
+        if kind == "enum":
+            combo_items = element.findall("item")
+            assert not combo_items, f"{name}: the Enum connector fills the items; the .ui must not list them"
         if widget_class == "ctkSliderWidget":
             assert "WithinRange(" in annotation, f"{parameter}: a ctkSliderWidget binding needs a range"
     assert bound, "no widget carries a SlicerParameterName"
 
 
-def test_every_parameter_is_shown_once():
-    """Each field is either bound through SlicerParameterName or synced by hand, not both, not neither."""
+def test_every_parameter_is_bound_to_a_widget():
     bound = {own_property(element, "SlicerParameterName") for element in ui_widgets().values()} - {None}
-    synced = manually_synced_parameters()
-    assert bound & synced == set()
-    assert bound | synced == set(parameter_fields())
+    assert bound == set(parameter_fields())
 
 
-def test_ddpm_settings_start_at_the_library_defaults():
-    """The module file may not import the library when Slicer loads it, so it repeats DDPMSamplingConfig's defaults."""
-    from PETStabilityDenoiseLib.config import DDPMSamplingConfig
+def test_parameters_default_to_the_library_settings():
+    """The parameter node takes its defaults from PETStabilityDenoiseLib.settings, and the .ui shows the same."""
+    from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
 
     cls = class_def(module_tree(), PARAMETER_NODE_CLASS)
     defaults = {node.target.id: ast.unparse(node.value) for node in cls.body
                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None}
+    for parameter, expression in (("samples", "DDPM_DEFAULTS.samples"), ("ddimSteps", "DDPM_DEFAULTS.steps"),
+                                  ("alpha", "settings.DEFAULT_ALPHA"), ("method", "Method[settings.DEFAULT_METHOD]"),
+                                  ("preset", "Preset[settings.DEFAULT_PRESET]"),
+                                  ("device", "Device[settings.DEFAULT_DEVICE]"),
+                                  ("stabilityMap", "Overlay[settings.DEFAULT_OVERLAY]")):
+        assert defaults[parameter] == expression, f"{PARAMETER_NODE_CLASS}.{parameter} must default to {expression}"
     widgets = ui_widgets()
     for parameter, field in (("samples", "samples"), ("ddimSteps", "steps")):
         expected = str(getattr(DDPMSamplingConfig(), field))
-        assert defaults[parameter] == expected, f"{PARAMETER_NODE_CLASS}.{parameter} must default to {expected}"
         assert own_property(widgets[f"{parameter}SpinBox"], "value") == expected, f"{parameter}SpinBox's value"
 
 
@@ -400,21 +403,27 @@ def test_module_file_has_the_template_classes_in_template_order():
 
 
 def test_module_file_imports_no_deep_learning_stack_at_import_time():
-    """The generic tests import the module before anything is installed: only Slicer's own packages."""
-    top_level = set()
+    """The generic tests import the module before anything is installed: only Slicer's own packages and the
+    library's torch-free layers, which need only what Slicer ships."""
+    top_level, library = set(), set()
     for node in module_tree().body:
         if isinstance(node, ast.Import):
             top_level.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and not node.level:
             top_level.add(node.module.split(".")[0])
-    outside = {name for name in top_level if not is_stdlib(name)}
+            if node.module.split(".")[0] == LIB_NAME:
+                library |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names
+                                            if module_file_for(f"{node.module}.{alias.name}")}
+    outside = {name for name in top_level if not is_stdlib(name)} - {LIB_NAME}
     assert outside <= SLICER_PROVIDED, f"imported at module import time: {sorted(outside - SLICER_PROVIDED)}"
+    needed = import_closure(library, import_time=True)
+    assert needed <= SLICER_PROVIDED, f"the library modules imported at load time need {sorted(needed - SLICER_PROVIDED)}"
 
 
 def test_library_modules_the_panel_uses_need_only_what_slicer_ships():
     """The panel, its logic and the dependency check are imported before the worker's packages are installed."""
     roots = library_modules_used_by_module_file()
-    assert f"{LIB_NAME}.logic" in roots and f"{LIB_NAME}.dependencies" in roots
+    assert f"{LIB_NAME}.slicer.logic" in roots and f"{LIB_NAME}.slicer.install" in roots
     outside = import_closure(roots, import_time=True)
     assert outside <= SLICER_PROVIDED | {"scipy"}, (
         f"{sorted(outside - SLICER_PROVIDED - {'scipy'})} would have to be installed before the module panel "
@@ -439,7 +448,7 @@ def test_requirements_parse_and_leave_slicer_and_torch_alone():
 
 
 def test_requirements_are_exactly_what_the_worker_and_logic_import():
-    roots = library_modules_used_by_module_file() | {f"{LIB_NAME}.worker"}
+    roots = library_modules_used_by_module_file() | {f"{LIB_NAME}.worker.__main__"}
     imported = import_closure(roots)
     imported |= {name for name, (importer, _) in INDIRECT_IMPORTS.items() if importer in imported}
     needed = {

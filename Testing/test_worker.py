@@ -8,18 +8,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
-from PETStabilityDenoiseLib import blend as blend_module
-from PETStabilityDenoiseLib import worker
-from PETStabilityDenoiseLib.worker_process import WorkerProcess, parse_event
+from PETStabilityDenoiseLib.engine import blend as blend_module
+from PETStabilityDenoiseLib.worker import __main__ as worker
+from PETStabilityDenoiseLib.worker.process import WorkerProcess, parse_event
 
 
 def protocol_lines(text: str) -> list:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_worker_writes_the_run_folder_and_reports_json_lines(small_pet_mr, tmp_path):
     pet, mr, _ = small_pet_mr
     sitk.WriteImage(pet, str(tmp_path / "pet.nrrd"))
@@ -28,19 +30,20 @@ def test_worker_writes_the_run_folder_and_reports_json_lines(small_pet_mr, tmp_p
         [sys.executable, "-m", "PETStabilityDenoiseLib.worker", "--pet", str(tmp_path / "pet.nrrd"),
          "--mr", str(tmp_path / "mr.nrrd"), "--out", str(tmp_path / "out"), "--preset", "tiny",
          "--parameters", json.dumps({"device": "cpu", "epochs": 4, "start": 2})],
-        capture_output=True, text=True, timeout=300, cwd=Path(worker.__file__).parent.parent)
+        capture_output=True, text=True, timeout=300, cwd=Path(worker.__file__).parents[2])
     assert completed.returncode == 0, completed.stderr
     events = protocol_lines(completed.stdout)
     assert [e["epoch"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
     assert {"loss", "elapsed", "eta", "samples", "epochs"} <= set(events[0])
     assert events[-1]["event"] == "done"
-    for name, file_name in events[-1]["outputs"].items():
+    for file_name in events[-1]["outputs"].values():
         output = sitk.ReadImage(str(tmp_path / "out" / file_name))
         assert output.GetSize() == pet.GetSize()
         np.testing.assert_allclose(output.GetDirection(), pet.GetDirection(), atol=1e-9)
     assert json.loads((tmp_path / "out" / "run.json").read_text())["config"]["epochs"] == 4
 
 
+@pytest.mark.slow
 def test_worker_runs_the_diffusion_model(small_pet_mr, tiny_ddpm_model_dir, tmp_path):
     pet, mr, _ = small_pet_mr
     sitk.WriteImage(pet, str(tmp_path / "pet.nrrd"))
@@ -50,7 +53,7 @@ def test_worker_runs_the_diffusion_model(small_pet_mr, tiny_ddpm_model_dir, tmp_
         [sys.executable, "-m", "PETStabilityDenoiseLib.worker", "--pet", str(tmp_path / "pet.nrrd"),
          "--mr", str(tmp_path / "mr.nrrd"), "--out", str(tmp_path / "out"), "--method", "ddpm",
          "--parameters", json.dumps(parameters)],
-        capture_output=True, text=True, timeout=300, cwd=Path(worker.__file__).parent.parent)
+        capture_output=True, text=True, timeout=300, cwd=Path(worker.__file__).parents[2])
     assert completed.returncode == 0, completed.stderr
     events = protocol_lines(completed.stdout)
     progress = [e for e in events if e["event"] == "progress"]
@@ -94,7 +97,7 @@ def test_worker_turns_gpu_out_of_memory_into_advice(small_pet_mr, tmp_path, caps
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("PETStabilityDenoiseLib.pipeline.denoise", out_of_memory)
+    monkeypatch.setattr("PETStabilityDenoiseLib.engine.run.denoise", out_of_memory)
     code = worker.main(["--pet", str(tmp_path / "pet.nrrd"), "--out", str(tmp_path / "out"), "--preset", "tiny"])
     assert code == worker.EXIT_OUT_OF_MEMORY
     event = protocol_lines(capsys.readouterr().out)[-1]

@@ -20,8 +20,8 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from PETStabilityDenoiseLib.config import DDPMSamplingConfig
-from PETStabilityDenoiseLib.pipeline import denoise_ddpm
+from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm
+from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case
 
 FIELD_OF_VIEW = (136, 136, 112)  # x, y, z voxels

@@ -26,11 +26,10 @@ import time
 import numpy as np
 import torch
 
-from PETStabilityDenoiseLib.blend import blend
-from PETStabilityDenoiseLib.config import NETWORKS
-from PETStabilityDenoiseLib.dip import _make_optimizer, fit_dip
-from PETStabilityDenoiseLib.network import build_unet
-from PETStabilityDenoiseLib.presets import get_preset
+from PETStabilityDenoiseLib.engine.blend import blend
+from PETStabilityDenoiseLib.engine.dip import _make_optimizer, fit_dip
+from PETStabilityDenoiseLib.engine.network import build_unet
+from PETStabilityDenoiseLib.settings import NETWORKS, get_preset
 
 SHAPE = (112, 136, 136)  # (z, y, x) of a 136 x 136 x 112 volume
 
@@ -120,7 +119,7 @@ def bench_fit(device_name: str, epochs: int) -> dict:
 def bench_full_preset(device_name: str) -> dict:
     import SimpleITK as sitk
 
-    from PETStabilityDenoiseLib.pipeline import denoise
+    from PETStabilityDenoiseLib.engine.pipeline import denoise
     from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case
 
     case = simulate_case(sitk.ReadImage(str(bundled_labels_path())), SimulationConfig(doses=(0.1,)))

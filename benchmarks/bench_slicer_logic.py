@@ -27,9 +27,9 @@ import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "PETStabilityDenoise"))
 
-from PETStabilityDenoiseLib import blend as blend_module  # noqa: E402
-from PETStabilityDenoiseLib.logic import PETStabilityDenoiseLogic, ProcessResult  # noqa: E402
-from PETStabilityDenoiseLib.mrml_volumes import add_volume_like  # noqa: E402
+from PETStabilityDenoiseLib.engine import blend as blend_module  # noqa: E402
+from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic, ProcessResult  # noqa: E402
+from PETStabilityDenoiseLib.slicer.mrml_volumes import add_volume_like  # noqa: E402
 
 SHAPE = (112, 136, 136)
 

@@ -32,15 +32,16 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import stats
 
-from PETStabilityDenoiseLib import metrics
-from PETStabilityDenoiseLib.blend import blend
-from PETStabilityDenoiseLib.config import DDPMSamplingConfig
-from PETStabilityDenoiseLib.ddpm.weights import MANIFEST_FILE, bundled_model_dir
+from PETStabilityDenoiseLib.engine.blend import blend
+from PETStabilityDenoiseLib.engine.ddpm.weights import MANIFEST_FILE, bundled_model_dir
+from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
+from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm
+from PETStabilityDenoiseLib.evaluation import metrics
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer
 from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, panel_slice_index
-from PETStabilityDenoiseLib.filters import gaussian_fwhm
-from PETStabilityDenoiseLib.pipeline import denoise_ddpm
+from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
 from PETStabilityDenoiseLib.simulation import SimulationConfig, simulate_case
+from PETStabilityDenoiseLib.simulation.case import labels_path
 
 log = logging.getLogger("evaluate_ddpm")
 EVALUATION_DOSES = (1.0, 0.5, 0.2, 0.1)  # the dose list of docs/evaluation: it seeds the noise of each dose
@@ -182,7 +183,7 @@ def summarise(rows: list, doses) -> str:
                                        ("lesion CR", "lesion_cr", 1, "{:.2f}")):
             lines.append(f"| {label} | {cell(best, key, scale, fmt)} | {cell(gauss15, key, scale, fmt)} | "
                          f"{cell(ddpm, key, scale, fmt)} | {cell(blend_rows, key, scale, fmt)} |")
-        for name, table in (("best", best), ("g15", gauss15), ("ddpm", ddpm), ("blend", blend_rows)):
+        for table in (best, gauss15, ddpm, blend_rows):
             for s in subjects:
                 table[s]["roi_bias_mean"] = float(np.mean([table[s][k] for k in roi_keys]))
         lines.append(f"| ROI bias vs full-dose OSEM (%) | {cell(best, 'roi_bias_mean', 100, '{:+.1f}')} | "
@@ -260,7 +261,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     def labels(subject: str) -> Path:
-        return args.labels_dir / f"brainweb_subject{subject}_labels_1mm.nii.gz"
+        return labels_path(subject, args.labels_dir)
 
     rows, panels = [], {}
     for subject in args.subjects:

@@ -42,15 +42,15 @@ REPO = Path(__file__).resolve().parents[1]
 BRAINWEB = REPO.parent / "shared" / "data" / "brainweb"
 sys.path.insert(0, str(REPO / "PETStabilityDenoise"))
 
-from PETStabilityDenoiseLib.blend import blend  # noqa: E402
-from PETStabilityDenoiseLib.config import DIPConfig, sample_epochs  # noqa: E402
+from PETStabilityDenoiseLib.engine.blend import blend  # noqa: E402
+from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm  # noqa: E402
+from PETStabilityDenoiseLib.engine.pipeline import denoise  # noqa: E402
 from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS  # noqa: E402
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise  # noqa: E402
-from PETStabilityDenoiseLib.filters import gaussian_fwhm  # noqa: E402
-from PETStabilityDenoiseLib.geometry import head_mask, resample_to_reference  # noqa: E402
-from PETStabilityDenoiseLib.pipeline import denoise  # noqa: E402
+from PETStabilityDenoiseLib.settings.config import DIPConfig, sample_epochs  # noqa: E402
 from PETStabilityDenoiseLib.simulation import SimulationConfig, simulate_case  # noqa: E402
 from PETStabilityDenoiseLib.simulation.case import labels_path  # noqa: E402
+from PETStabilityDenoiseLib.volumes.geometry import head_mask, resample_to_reference  # noqa: E402
 
 # Each candidate is fitted once, for its longest schedule; the network output is kept every ``interval`` epochs, so
 # that every shorter schedule (n epochs, S from n/2 to n) is read out of the same fit: the first n epochs of a

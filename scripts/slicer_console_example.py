@@ -9,6 +9,7 @@ bundled sample case of those names. The run goes on in the background, so Slicer
 import os
 
 import slicer
+
 from PETStabilityDenoise import PETStabilityDenoiseLogic
 
 PET_NAME = "PETStabilitySample_PET"  # set to your own volumes' names

@@ -18,45 +18,71 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from .config import DEFAULT_ALPHA, NETWORKS, DDPMSamplingConfig
-from .presets import PRESETS
+from .errors import InputError
+from .settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_DEVICE,
+    DEFAULT_METHOD,
+    DEFAULT_OUTPUT_FORMAT,
+    DEFAULT_PRESET,
+    DEVICES,
+    INPUT_MODES,
+    METHODS,
+    NETWORKS,
+    OPTIMIZERS,
+    OUTPUT_FORMATS,
+    PRESET_NAMES,
+    PROGRESS_STYLES,
+    DDPMSamplingConfig,
+    DIPConfig,
+    EngineConfig,
+    ddpm_config,
+    dip_config,
+)
 from .simulation.case import BRAINWEB_LABELS
 from .simulation.scanners import REGIMES, SCANNERS
-from .validation import InputError
 
 log = logging.getLogger("petstab")
 
 
 def _add_dip_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("DIP settings (override the preset)")
-    group.add_argument("--preset", default="full", choices=tuple(PRESETS),
-                       help="full (the measured defaults), fast (quicker on a CPU) or tiny (smoke tests); default: full")
+    group.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES,
+                       help="full (the measured defaults), fast (quicker on a CPU) or tiny (smoke tests); "
+                            f"default: {DEFAULT_PRESET}")
     group.add_argument("--epochs", type=int, help="epochs N")
     group.add_argument("--interval", type=int, help="stability sampling interval M")
     group.add_argument("--start", type=int, help="first sampled epoch m")
-    group.add_argument("--optimizer", choices=("lbfgs", "adam"))
+    group.add_argument("--optimizer", choices=OPTIMIZERS)
     group.add_argument("--learning-rate", type=float)
-    group.add_argument("--input-mode", choices=("mr", "mr+pet", "noise"),
+    group.add_argument("--input-mode", choices=INPUT_MODES,
                        help="network input: the MR (default), MR and PET as two channels, or fixed noise")
     group.add_argument("--network", choices=NETWORKS,
                        help="monai: MONAI UNet (instance norm, transposed convolutions, concatenated skips); "
                             "gong: Gong et al.'s style (batch norm, trilinear upsampling, added skips)")
     group.add_argument("--inner-iterations", type=int, help="L-BFGS iterations per epoch (PyTorch's default: 20)")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto (CUDA if available)")
+    group.add_argument("--device", choices=DEVICES, help=f"default: {DEFAULT_DEVICE} (CUDA if available)")
     group.add_argument("--seed", type=int)
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
-def _dip_config(args: argparse.Namespace):
-    from .presets import get_preset
+def _shared_settings(args: argparse.Namespace) -> Dict[str, object]:
+    """--device, --seed and --threads, which apply to both methods (None keeps the default)."""
+    return {"device": args.device, "seed": args.seed, "threads": args.threads}
 
-    return get_preset(
-        args.preset, epochs=args.epochs, interval=args.interval, start=args.start, optimizer=args.optimizer,
-        learning_rate=args.learning_rate, input_mode=args.input_mode, network=args.network,
-        inner_iterations=args.inner_iterations, device=args.device, seed=args.seed, threads=args.threads,
-    )
+
+def _dip_config(args: argparse.Namespace) -> DIPConfig:
+    """The validated DIP config of the command line: --preset with the DIP settings given applied."""
+    return dip_config(args.preset, {**_shared_settings(args), **{name: getattr(args, name) for name in DIP_ONLY_SETTINGS}})
+
+
+def _ddpm_config(args: argparse.Namespace) -> DDPMSamplingConfig:
+    """The validated DDPM sampling config of the command line."""
+    return ddpm_config({**_shared_settings(args), "samples": args.samples, "steps": args.steps,
+                        "start_fraction": args.start_fraction,
+                        "model_dir": str(args.ddpm_model) if args.ddpm_model else None})
 
 
 DDPM_DEFAULTS = DDPMSamplingConfig()
@@ -97,13 +123,6 @@ def _add_ddpm_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a model folder (model.json, weights.pt); default: the bundled model")
 
 
-def _ddpm_config(args: argparse.Namespace) -> DDPMSamplingConfig:
-    settings = {"samples": args.samples, "steps": args.steps, "start_fraction": args.start_fraction,
-                "model_dir": str(args.ddpm_model) if args.ddpm_model else None, "device": args.device,
-                "seed": args.seed, "threads": args.threads}
-    return DDPMSamplingConfig(**{name: value for name, value in settings.items() if value is not None})
-
-
 def _check_method_settings(args: argparse.Namespace) -> None:
     """Refuses settings of the other method, which would otherwise be silently ignored."""
     other = DDPM_ONLY_SETTINGS if args.method == "dip" else DIP_ONLY_SETTINGS
@@ -122,13 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pet", required=True, type=Path, help="noisy PET: NIfTI, NRRD, MHA or a DICOM series folder")
     p.add_argument("--mr", type=Path, help="the subject's MR, registered to the PET (any grid); omit for plain DIP "
                                            "(the bundled diffusion model needs it)")
-    p.add_argument("--method", default="dip", choices=("dip", "ddpm"),
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS),
                    help="dip: fit the conditional DIP (default); ddpm: sample the diffusion model")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
-    p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "mha"), help="output file format")
-    p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"),
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS, help="output file format")
+    p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
                    help="bar: a progress bar on stderr; jsonl: one JSON object per epoch (DIP) or window (DDPM) "
                         "on stdout")
     _add_dip_arguments(p)
@@ -146,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the phantom (lesions, texture, misregistration) and noise")
     p.add_argument("--noise-seed", type=int, help="another noise realisation of the same phantom")
     _add_simulation_arguments(p)
-    p.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "mha"))
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS)
 
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
     p.add_argument("--dose", type=float, default=0.1, help="dose fraction of the simulated case (default 1/10)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
-    p.add_argument("--progress", default="bar", choices=("bar", "jsonl", "none"))
+    p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     _add_dip_arguments(p)
 
     p = commands.add_parser("evaluate", help="compare Gaussian, non-local means, DIP, the blend and the diffusion "
@@ -198,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train-ddpm", help="train the conditional diffusion model on simulated BrainWeb pairs")
     p.add_argument("--labels-dir", required=True, type=Path,
-                   help="folder of brainweb_subjectNN_labels_1mm.nii.gz files")
+                   help=f"folder of {BRAINWEB_LABELS.format('NN')} files")
     p.add_argument("--subjects", nargs="+", help="training subjects (default: every subject in --labels-dir "
                    "except the validation subjects)")
     p.add_argument("--validation-subjects", nargs="+", help="held-out subjects (default: 50 51 52 53 54)")
@@ -214,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, help="patch edge in voxels (default 32)")
     p.add_argument("--channels", type=int, nargs="+", help="U-Net channels per level (default 16 32 64)")
     p.add_argument("--no-mr", action="store_true", help="train without the MR condition")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
     return parser
@@ -228,29 +247,20 @@ TRAINING_PROFILES = {
 
 
 def run_denoise(args: argparse.Namespace) -> int:
-    from .pipeline import denoise, denoise_ddpm
-    from .progress import make_reporter
-    from .run_folder import write_run
-    from .volume_io import read_volume
+    from .engine.progress import make_reporter
+    from .engine.run import denoise_into_folder
 
     _check_method_settings(args)
-    config = _ddpm_config(args) if args.method == "ddpm" else _dip_config(args)
-    pet = read_volume(args.pet)
-    mr = read_volume(args.mr) if args.mr else None
-    if mr is None and args.method == "dip":
-        log.warning("No --mr given: running the original (unconditional) DIP from random noise")
+    config: EngineConfig = _ddpm_config(args) if args.method == "ddpm" else _dip_config(args)
     with make_reporter(args.progress) as report:
-        if args.method == "ddpm":
-            result = denoise_ddpm(pet, mr, config, alpha=args.alpha, progress=report)
-        else:
-            result = denoise(pet, mr, config, alpha=args.alpha, progress=report)
-    paths = write_run(result, args.out, args.format, config=config, pet_path=args.pet, mr_path=args.mr)
+        paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=args.alpha, fmt=args.format,
+                                    progress=report)
     log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 
 
 def run_blend(args: argparse.Namespace) -> int:
-    from .run_folder import reblend_run
+    from .engine.run import reblend_run
 
     paths = reblend_run(args.run, args.alpha)
     log.info("Re-blended at alpha %g: %s", args.alpha, ", ".join(str(p) for p in paths.values()))
@@ -271,7 +281,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo as demo
+    from .evaluation.demo import run_demo as demo
 
     demo(args.out, dose=args.dose, config=_dip_config(args), alpha=args.alpha, progress=args.progress)
     return 0
@@ -307,10 +317,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     _simulation_config(args, seed=args.sim_seed)  # refuses a bad --scanner/--regime/--count-scale before any work
     dip = _dip_config(args)
-    # --device, --seed and --threads apply to both methods, as for 'petstab denoise'.
-    ddpm = DDPMSamplingConfig(**{k: v for k, v in (("threads", args.threads), ("device", args.device),
-                                                   ("seed", args.seed)) if v is not None})
-    overrides = {name: tuple(value) for name, value in (("dip_epochs", args.dip_epochs), ("nlm_h_factors", args.nlm_h),
+    ddpm = ddpm_config(_shared_settings(args))  # as for 'petstab denoise', these apply to both methods
+    overrides: Dict[str, Any] = {name: tuple(value) for name, value in (("dip_epochs", args.dip_epochs), ("nlm_h_factors", args.nlm_h),
                                                         ("gaussian_fwhms", args.fwhms), ("alphas", args.alphas))
                  if value}
     main = StudySettings(doses=tuple(args.doses), dip=dip, scanner=args.scanner, regime=args.regime,
@@ -353,9 +361,10 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
     import torch
 
-    from .ddpm.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
-    from .ddpm.model import DDPMConfig, count_parameters, build_model
-    from .ddpm.training import TrainingSettings, check_training_folder, train
+    from .engine.ddpm.model import DDPMConfig, build_model, count_parameters
+    from .engine.device import resolve_device
+    from .training.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
+    from .training.trainer import TrainingSettings, check_training_folder, train
 
     check_training_folder(args.out, args.resume)
     profile = TRAINING_PROFILES[args.profile]
@@ -369,13 +378,13 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     if overlap:
         raise InputError(f"subjects {overlap} are both trained on and held out; drop them from --subjects")
     if not subjects:
-        raise InputError(f"no training subjects: {args.labels_dir} has no brainweb_subjectNN_labels_1mm.nii.gz "
+        raise InputError(f"no training subjects: {args.labels_dir} has no {BRAINWEB_LABELS.format('NN')} "
                          "outside the validation subjects")
     train_paths, validation_paths = _labels(args.labels_dir, subjects), _labels(args.labels_dir, validation_subjects)
 
-    config = DDPMConfig(**{k: v for k, v in (("channels", tuple(args.channels) if args.channels else None),
-                                             ("patch_size", args.patch_size)) if v is not None},
-                        use_mr=not args.no_mr)
+    model_settings: Dict[str, Any] = {k: v for k, v in (("channels", tuple(args.channels) if args.channels else None),
+                                                        ("patch_size", args.patch_size)) if v is not None}
+    config = DDPMConfig(**model_settings, use_mr=not args.no_mr)
     settings = TrainingSettings(**{k: v for k, v in (("steps", args.steps or profile["steps"]),
                                                      ("batch_size", args.batch_size or profile["batch_size"]),
                                                      ("learning_rate", args.learning_rate),
@@ -383,8 +392,7 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     variants = args.variants or profile["variants"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = resolve_device(args.device)
     log.info("Network: %s, %d parameters; training on %s", config.channels, count_parameters(build_model(config)),
              device)
 

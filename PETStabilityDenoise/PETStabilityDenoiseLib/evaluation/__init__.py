@@ -1,4 +1,4 @@
-"""The evaluation study of ``petstab evaluate``: the paper's comparison on simulated brain PET (docs/EVALUATION.md)."""
+"""Evaluation: scoring, the study of ``petstab evaluate`` (docs/EVALUATION.md), its report and plots, and the demo."""
 
 from .report import run_evaluation
 from .study import StudySettings, Subject, study_conditions

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -165,7 +165,7 @@ class Results:
         """Per setting of a sweep: mean of ``x`` and ``y`` over cases, and the sd over subjects of ``y``."""
         cases = self.cases(condition)
         settings = sorted({r["setting"] for case in cases for r in self.sweep(condition, case, dose, method)})
-        out = {"setting": [], "x": [], "y": [], "y_sd": []}
+        out: Dict[str, List[float]] = {"setting": [], "x": [], "y": [], "y_sd": []}
         for setting in settings:
             xs = summarise_cases(self.per_case(condition, lambda c: self.row(condition, c, dose, method, setting)[x]))
             ys = summarise_cases(self.per_case(condition, lambda c: self.row(condition, c, dose, method, setting)[y]))
@@ -206,7 +206,7 @@ def matched_gain(results: Results, condition: str, dose: float, method: str, set
     return results.per_case(condition, gain, realisation)
 
 
-def dip_psnr_gain(results: Results, condition: str, dose: float, epoch: int,
+def dip_psnr_gain(results: Results, condition: str, dose: float, epoch: float,
                   realisation: Optional[int] = None) -> Dict[Case, float]:
     """Per case: DIP's PSNR against the PSF-blurred truth at ``epoch`` minus the best Gaussian FWHM's."""
     def gain(case: Case) -> float:
@@ -277,8 +277,8 @@ def targets(results: Results, settings: StudySettings, dose: float = TARGET_DOSE
     condition = settings.condition
     op = settings.operating_points()
     alpha = op["blend"]
-    out = {"condition": condition, "dose": dose, "alpha": alpha, "dip_epoch": op["dip"],
-           "cases": len(results.cases(condition)), "available": dose in settings.doses, "targets": {}}
+    out: Dict[str, Any] = {"condition": condition, "dose": dose, "alpha": alpha, "dip_epoch": op["dip"],
+                           "cases": len(results.cases(condition)), "available": dose in settings.doses, "targets": {}}
     if not out["available"]:
         return out
 
@@ -371,7 +371,8 @@ def per_subject(values: Dict[Case, float]) -> Dict[str, float]:
 def positive_scales(points: Sequence[dict], key: str) -> Tuple[List[float], List[float]]:
     """(count scales where the mean of ``key`` is above 0, those where it is not); scales without a value are left
     out."""
-    above, below = [], []
+    above: List[float] = []
+    below: List[float] = []
     for p in points:
         mean = summarise_cases(p[key]).mean
         if not math.isnan(mean):

@@ -11,15 +11,15 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union, cast
 
 import numpy as np
 
-from ..run_folder import strict_json
+from ..settings import METHODS
+from ..volumes.run_folder import strict_json
 from . import analysis, plots
 from .analysis import PAPER_ROIS, Results, summarise_cases, wins
-from .study import (FULL_DOSE, METHOD_LABELS, StudySettings, Subject, evaluate, is_stress, load_panels,
-                    write_atomically)
+from .study import FULL_DOSE, METHOD_LABELS, StudySettings, Subject, evaluate, is_stress, load_panels, write_atomically
 
 # (key, label, format) of the tables at the operating points.
 SUMMARY_METRICS = (("pvr", "PVR", "{:.3f}"), ("wm_std", "WM std", "{:.2f}"), ("wm_cov", "WM CoV", "{:.3f}"),
@@ -254,7 +254,7 @@ def claim_full_dose(results: Results, settings: StudySettings) -> List[str]:
 
 def stability_table(results: Results, settings: StudySettings) -> List[str]:
     body = []
-    for method in ("dip", "ddpm"):
+    for method in METHODS:  # the engines, each with its stability map
         for dose in settings.doses:
             contrast = analysis.stability_contrast(results, settings.condition, dose, method)
             if any(s.n for s in contrast.values()):
@@ -416,7 +416,8 @@ def write_report(results: Results, records: List[dict], subjects: Sequence[Subje
         *stability_table(results, main), "",
         "## Best of each sweep", "", *best_of_sweeps(results, main),
     ]
-    sweep_dose = conditions[1].doses[0] if len(conditions) > 1 else None
+    # None only without extra conditions, when neither the count sweep nor the stress section is written.
+    sweep_dose = cast(float, conditions[1].doses[0] if len(conditions) > 1 else None)
     if "count_sweep" in figures:
         points = analysis.count_sweep(results, conditions, sweep_dose)
         lines += count_sweep_section(results, points, sweep_dose, alpha, figures["count_sweep"])

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .. import metrics
+from . import metrics
 
 # The regions whose stability is compared with white matter's (mask names of the simulated case).
 STABILITY_REGIONS = {"peaks": ("peak_left", "peak_right"), "lesions": ("lesions",), "hypo": ("hypo",),
@@ -30,7 +30,7 @@ class Scorer:
     """
 
     def __init__(self, case, full_dose: Optional[np.ndarray] = None) -> None:
-        self.masks = {k: sitk.GetArrayFromImage(v).astype(bool) for k, v in case.masks.items()}
+        self.masks: Dict[str, np.ndarray] = {k: sitk.GetArrayFromImage(v).astype(bool) for k, v in case.masks.items()}
         self.rois = sorted(k[len("roi_"):] for k in self.masks if k.startswith("roi_"))
         self.truth = sitk.GetArrayFromImage(case.truth).astype(np.float32)
         self.truth_blurred = sitk.GetArrayFromImage(case.truth_blurred).astype(np.float32)

@@ -33,15 +33,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..blend import blend
-from ..config import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
-from ..filters import gaussian_fwhm
-from ..pipeline import denoise, denoise_ddpm
+from ..engine.blend import blend
+from ..engine.filters import gaussian_fwhm
+from ..engine.pipeline import denoise, denoise_ddpm
+from ..settings import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
 from ..simulation import SimulationConfig, simulate_case, simulation_config
 from .scoring import Scorer
 
@@ -200,7 +200,7 @@ def default_dip_epochs(config: DIPConfig) -> tuple:
 
 def ddpm_model_checksum(config: DDPMSamplingConfig) -> str:
     """The weights' checksum from the model's manifest, so that a new model never reads old results."""
-    from ..ddpm.weights import MANIFEST_FILE, bundled_model_dir
+    from ..engine.ddpm.weights import MANIFEST_FILE, bundled_model_dir
 
     model_dir = Path(config.model_dir) if config.model_dir else bundled_model_dir()
     try:
@@ -291,7 +291,7 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-def write_atomically(path: Path, write: Callable[[object], None], binary: bool = False) -> Path:
+def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> Path:
     """Writes ``path`` through ``write(handle)`` into a temporary file beside it, then renames it into place.
 
     An interrupted run therefore never leaves a half-written file, and two processes writing the same file leave
@@ -392,7 +392,7 @@ def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_
 
     say(f"{where}: fitting DIP ({settings.dip.epochs} epochs)")
     t = time.perf_counter()
-    snapshots = {}
+    snapshots: Dict[int, np.ndarray] = {}
     result = denoise(simulated.osem[dose], simulated.mr, settings.dip, output_epochs=settings.dip_epochs,
                      on_output=lambda epoch, image: snapshots.__setitem__(epoch, image.astype(np.float32)))
     timings[f"dip_s_dose{dose}"] = seconds = time.perf_counter() - t
@@ -459,7 +459,9 @@ def evaluate_case(subject: Subject, settings: StudySettings, realisation: int, c
     record, panels = compute_case(subject, settings, realisation, say)
     paths = cache_paths(cache_dir, settings, subject, realisation)
     if wants_panels(settings, realisation):  # before the record: a record on disk means its panels are there too
-        write_atomically(paths["panels"], lambda stream: np.savez_compressed(stream, **panels), binary=True)
+        # Any: mypy would match the arrays against savez_compressed's allow_pickle: bool.
+        write_atomically(paths["panels"], lambda stream: np.savez_compressed(stream, **cast(Dict[str, Any], panels)),
+                         binary=True)
     write_atomically(paths["record"], lambda stream: json.dump(record, stream, indent=1))
     say(f"{subject.name} r{realisation} ({settings.condition}): done in {record['timings']['total_s']:.0f} s")
     return record

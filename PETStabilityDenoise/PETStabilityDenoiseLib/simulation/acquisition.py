@@ -113,7 +113,7 @@ def background_sinogram(
 
 def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Measured prompts: Poisson counts around the expected sinogram."""
-    return rng.poisson(expected).astype(np.int32)
+    return np.asarray(rng.poisson(expected)).astype(np.int32)
 
 
 def thin_counts(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

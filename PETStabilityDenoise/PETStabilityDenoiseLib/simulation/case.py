@@ -326,8 +326,8 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
             "measured_prompts": int(counts.sum()),
         }
 
-    lesion_mask = masks["lesions"].astype(bool)
-    bg_mask = masks["lesion_background"].astype(bool)
+    lesion_mask: np.ndarray = masks["lesions"].astype(bool)
+    bg_mask: np.ndarray = masks["lesion_background"].astype(bool)
     true_ratio = float(truth[lesion_mask].mean() / truth[bg_mask].mean()) if lesion_mask.any() else float("nan")
     hypo_ratio = float("nan")
     if "hypo" in masks:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
 from scipy import ndimage
 
 Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
 Point = tuple[float, float, float]
+VoxelSize = Union[Sequence[float], np.ndarray]  # (z, y, x) mm
 
 
 class Label(IntEnum):
@@ -78,7 +79,7 @@ class Ellipsoid:
     radii_mm: Point
 
     def mask(self, coords: Coords) -> np.ndarray:
-        d2 = sum(((c - c0) / r) ** 2 for c, c0, r in zip(coords, self.center_mm, self.radii_mm))
+        d2 = cast(np.ndarray, sum(((c - c0) / r) ** 2 for c, c0, r in zip(coords, self.center_mm, self.radii_mm)))
         return d2 <= 1.0
 
 
@@ -97,7 +98,7 @@ class Box:
 
 
 def sphere(center_mm: Point, radius_mm: float) -> Ellipsoid:
-    return Ellipsoid(tuple(center_mm), (radius_mm,) * 3)
+    return Ellipsoid(cast(Point, tuple(center_mm)), (radius_mm,) * 3)
 
 
 Region = Sequence[Union[Ellipsoid, Box]]
@@ -203,7 +204,7 @@ def snap_to_grid(point_mm: Point, index_to_ras: np.ndarray) -> Point:
     """The voxel centre of a grid nearest to a point, so that small ROIs sit symmetrically on voxels."""
     ras_to_index = np.linalg.inv(index_to_ras)
     idx = np.rint(ras_to_index @ np.array([*point_mm, 1.0]))
-    return tuple(float(v) for v in (index_to_ras @ idx)[:3])
+    return cast(Point, tuple(float(v) for v in (index_to_ras @ idx)[:3]))
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ class Colliculi:
 
     @property
     def valley_mm(self) -> Point:
-        return tuple((a + b) / 2.0 for a, b in zip(self.left_mm, self.right_mm))
+        return cast(Point, tuple((a + b) / 2.0 for a, b in zip(self.left_mm, self.right_mm)))
 
     @property
     def bumps(self) -> Region:
@@ -235,7 +236,7 @@ def make_colliculi(
     left = snap_to_grid((center_mm[0] - separation_mm / 2.0, center_mm[1], center_mm[2]), pet_index_to_ras)
     n_vox = max(1, int(round(separation_mm / spacing_x)))
     right = (left[0] + n_vox * spacing_x, left[1], left[2])
-    mid = tuple((a + b) / 2.0 for a, b in zip(left, right))
+    mid = cast(Point, tuple((a + b) / 2.0 for a, b in zip(left, right)))
     tectum = Ellipsoid(mid, (n_vox * spacing_x / 2.0 + diameter_mm, diameter_mm, diameter_mm))
     return Colliculi(left, right, diameter_mm / 2.0, tectum)
 
@@ -285,7 +286,7 @@ def place_lesions(
         if candidates.size == 0:
             raise ValueError(f"no room for lesion {len(spheres) + 1} of {n} (radius {r:.1f} mm) in white matter")
         flat = candidates[rng.integers(candidates.size)]
-        centre = tuple(float(c.ravel()[flat]) for c in coords)
+        centre = cast(Point, tuple(float(c.ravel()[flat]) for c in coords))
         spheres.append(sphere(centre, r))
     return Lesions(tuple(spheres), ratio)
 
@@ -304,7 +305,7 @@ class Hypometabolism:
 
 
 def regional_uptake_field(
-    coords: Coords, uptake: Sequence[tuple], transition_fwhm_mm: float, voxel_size_mm: Sequence[float]
+    coords: Coords, uptake: Sequence[tuple], transition_fwhm_mm: float, voxel_size_mm: VoxelSize
 ) -> np.ndarray:
     """Multiplier of grey-matter uptake at every voxel: 1 outside the named regions, their value inside.
 
@@ -322,7 +323,7 @@ def regional_uptake_field(
 
 
 def texture_field(
-    shape: Sequence[int], voxel_size_mm: Sequence[float], rng: np.random.Generator, fwhm_mm: float,
+    shape: Sequence[int], voxel_size_mm: VoxelSize, rng: np.random.Generator, fwhm_mm: float,
     amplitude: float, mask: np.ndarray,
 ) -> np.ndarray:
     """Smooth multiplicative texture 1 + amplitude * g: g Gaussian white noise smoothed to ``fwhm_mm``, std 1 in ``mask``."""
@@ -374,7 +375,7 @@ def make_activity(
 
 def make_t1(
     labels: np.ndarray,
-    voxel_size_mm: Sequence[float],
+    voxel_size_mm: VoxelSize,
     rng: np.random.Generator,
     coords: Coords,
     colliculi: Colliculi,
@@ -490,6 +491,6 @@ def pet_masks(
         masks[f"roi_{name}"] = block_average(gm_1mm & ~deep_1mm & region_mask(region, coords_1mm), factor) >= 0.5
     masks["roi_colliculi"] = masks["peak_left"] | masks["peak_right"]
     if hypometabolism is not None and hypometabolism.depth > 0:
-        for name, region in (("hypo", hypometabolism.region), ("hypo_mirror", hypometabolism.mirror)):
-            masks[name] = block_average(gm_1mm & region.mask(coords_1mm), factor) >= 0.5
+        for name, ellipsoid in (("hypo", hypometabolism.region), ("hypo_mirror", hypometabolism.mirror)):
+            masks[name] = block_average(gm_1mm & ellipsoid.mask(coords_1mm), factor) >= 0.5
     return {k: np.ascontiguousarray(m, dtype=np.uint8) for k, m in masks.items()}

@@ -1,2 +1,0 @@
-"""The bundled conditional 3D diffusion model (METHOD.md §2): network, training data, training, sampling and
-the bundled weights (``Resources/DDPM``; docs/DDPM.md and the model card there)."""

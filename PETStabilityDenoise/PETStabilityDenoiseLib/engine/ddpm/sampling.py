@@ -1,0 +1,139 @@
+"""Sampling the conditional DDPM: DDIM with an optional truncated start, K samples, sliding windows.
+
+The mean of K samples is the network output and their per-voxel std the
+stability map, so that the blend of METHOD.md §1 applies unchanged.
+
+A truncated start (``start_fraction`` < 1) noises the low-dose image to step
+t' = start_fraction x T and runs the reverse chain from there, instead of from
+pure noise at T: fewer steps, and a chain that starts near the answer.
+
+Full volumes go through overlapping cubic windows blended with Gaussian
+weights (MONAI's ``sliding_window_inference``). Each window returns the mean
+and the std of its own K samples, and those two maps are what is blended:
+blending the samples themselves would average independent draws in the
+overlaps and show the window grid as dips in the std map.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Tuple, cast
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from ...settings import DDPMSamplingConfig
+from .model import DDPMConfig, from_model_space, sampling_scheduler, std_from_model_space, to_model_space
+
+# One place for the sampling defaults: the config's (settings/config.py).
+SAMPLING_DEFAULTS = DDPMSamplingConfig()
+
+
+def sampling_timesteps(scheduler, steps: int, start_fraction: float) -> List[int]:
+    """The descending DDIM timesteps: ``steps`` of them, none above ``start_fraction`` x T.
+
+    Sets the scheduler's spacing as a side effect, which ``scheduler.step`` relies on.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    if not 0 < start_fraction <= 1:
+        raise ValueError(f"start_fraction must be in (0, 1]; got {start_fraction}")
+    total = scheduler.num_train_timesteps
+    scheduler.set_timesteps(min(total, max(steps, round(steps / start_fraction))))
+    highest = start_fraction * (total - 1)
+    return [int(t) for t in scheduler.timesteps if t <= highest][:steps]
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, samples: int, steps: int,
+           start_fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """``samples`` draws for one condition (1, C, D, H, W) in the model's range; returns (samples, 1, D, H, W).
+
+    The first condition channel is the low-dose PET, from which a truncated chain starts.
+    """
+    timesteps = sampling_timesteps(scheduler, steps, start_fraction)
+    conditions = condition.expand(samples, *condition.shape[1:])
+    shape = (samples, 1, *condition.shape[2:])
+    x = torch.randn(shape, generator=generator, device=generator.device).to(condition.device)
+    if start_fraction < 1:
+        start = torch.full((samples,), timesteps[0], dtype=torch.long, device=condition.device)
+        x = scheduler.add_noise(conditions[:, :1], x, start)
+    for t in timesteps:
+        t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
+        prediction = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
+        x, _ = scheduler.step(prediction, t, x)
+    return x
+
+
+def window_count(shape: Tuple[int, ...], window: int, overlap: float) -> int:
+    """How many windows ``sliding_window_inference`` visits (for progress reports)."""
+    step = max(int(window * (1 - overlap)), 1)
+    return math.prod(1 if size <= window else math.ceil((size - window) / step) + 1 for size in shape)
+
+
+def blend_windows(inputs: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor], window: int,
+                  overlap: float) -> torch.Tensor:
+    """Runs ``predictor`` on overlapping cubic windows and blends the outputs with Gaussian weights.
+
+    Volumes smaller than a window are padded by edge replication, not zeros, which would
+    read as activity in the model's range.
+    """
+    blended = sliding_window_inference(inputs, roi_size=(window,) * 3, sw_batch_size=1, predictor=predictor,
+                                       overlap=overlap, mode="gaussian", padding_mode="replicate")
+    return cast(torch.Tensor, blended)  # a tensor, as the predictor returns one
+
+
+def denoise_volume(
+    model: torch.nn.Module,
+    config: DDPMConfig,
+    low_dose: np.ndarray,
+    mr: Optional[np.ndarray],
+    head: np.ndarray,
+    *,
+    samples: int = SAMPLING_DEFAULTS.samples,
+    steps: int = SAMPLING_DEFAULTS.steps,
+    start_fraction: float = SAMPLING_DEFAULTS.start_fraction,
+    overlap: float = SAMPLING_DEFAULTS.overlap,
+    seed: int = SAMPLING_DEFAULTS.seed,
+    device: torch.device = torch.device("cpu"),
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The mean and the std of ``samples`` DDPM draws for a (z, y, x) volume, in the PET's units.
+
+    Args:
+        low_dose: the PET to denoise; ``head`` is its head mask, over which the
+            normalisation scale (the mean) is taken.
+        mr: the MR on the PET grid, needed when ``config.use_mr``.
+        progress: ``progress(windows_done, windows_total)`` after each window.
+    """
+    if samples < 2:
+        raise ValueError(f"at least 2 samples are needed for a std map; got {samples}")
+    if config.use_mr and mr is None:
+        raise ValueError("this model was trained with the MR as a condition: give the MR")
+    scale = float(low_dose[head].mean())
+    channels = [to_model_space(low_dose, scale)]
+    if config.use_mr:
+        mr_array = cast(np.ndarray, mr)  # not None: checked above
+        channels.append(to_model_space(mr_array, float(mr_array[head].mean())))
+    inputs = torch.from_numpy(np.stack(channels)[None]).to(device)
+
+    model = model.to(device).eval()
+    scheduler = sampling_scheduler(config)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    total, done = window_count(low_dose.shape, config.patch_size, overlap), 0
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        stats = []
+        for condition in windows.split(1):
+            draws = sample(model, scheduler, condition, samples=samples, steps=steps,
+                           start_fraction=start_fraction, generator=generator)
+            stats.append(torch.cat([draws.mean(0, keepdim=True), draws.std(0, keepdim=True)], dim=1))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        return torch.cat(stats)
+
+    blended = blend_windows(inputs, predictor, config.patch_size, overlap)[0].cpu().numpy()
+    return from_model_space(blended[0], scale), std_from_model_space(blended[1], scale)

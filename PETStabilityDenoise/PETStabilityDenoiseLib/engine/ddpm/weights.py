@@ -1,0 +1,75 @@
+"""Saving and loading DDPM weights, with a SHA-256 checksum checked on every load.
+
+A model folder holds ``weights.pt`` (the state dict) and ``model.json`` (the
+network and schedule settings, the weights' checksum, and what the model
+card needs: training data, settings, timings). A damaged or swapped weights
+file must fail loudly, not denoise with the wrong network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+
+from .model import DDPMConfig, build_model, count_parameters
+
+WEIGHTS_FILE = "weights.pt"
+MANIFEST_FILE = "model.json"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+
+
+def bundled_model_dir() -> Path:
+    """The model shipped in the module's ``Resources/DDPM`` (beside this package, in Slicer and in the repo)."""
+    return Path(__file__).resolve().parents[3] / "Resources" / "DDPM"
+
+
+class WeightsChecksumError(RuntimeError):
+    """The weights file does not match the checksum recorded beside it."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(model: torch.nn.Module, config: DDPMConfig, directory: Path, info: dict) -> Path:
+    """Writes the weights and their manifest into ``directory``; returns the weights path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_FILE
+    torch.save(model.state_dict(), weights)
+    manifest = {"config": dataclasses.asdict(config), "sha256": sha256_of(weights),
+                "parameters": count_parameters(model), "info": info}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return weights
+
+
+def load_model(directory: Path, device: torch.device = torch.device("cpu")) -> Tuple[torch.nn.Module, DDPMConfig, dict]:
+    """The model of ``directory``, after checking its weights against the recorded SHA-256."""
+    directory = Path(directory)
+    manifest_path, weights = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
+    if not manifest_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"no DDPM model in {directory}: expected {MANIFEST_FILE} and {WEIGHTS_FILE}. "
+                                "The bundled model ships in the module's Resources/DDPM folder; reinstall "
+                                "PETStabilityDenoise (for the command line: pip install -e . from a clone of "
+                                "the repository), or give a model folder written by 'petstab train-ddpm'.")
+    manifest = json.loads(manifest_path.read_text())
+    actual = sha256_of(weights)
+    if actual != manifest["sha256"]:
+        raise WeightsChecksumError(
+            f"the DDPM weights {weights} do not match their recorded checksum (SHA-256 {actual[:12]}..., "
+            f"expected {manifest['sha256'][:12]}...): the file is damaged or was replaced. "
+            "Reinstall PETStabilityDenoise to restore the bundled model.")
+    fields: Dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
+    config = DDPMConfig(**fields)
+    model = build_model(config)
+    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    return model.to(device).eval(), config, manifest

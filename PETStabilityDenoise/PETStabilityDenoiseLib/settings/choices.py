@@ -1,0 +1,44 @@
+"""Every choice list and every default that a user picks from, written once.
+
+The CLI, the worker, the Slicer logic, the module panel and the batch script
+build their options from these; a test fails if a list is written out anywhere
+else. Imports nothing, so that the Slicer panel can show them before the
+deep-learning stack is installed.
+"""
+
+from typing import Dict, Tuple
+
+# Method -> the label the Slicer panel shows.
+METHODS: Dict[str, str] = {"dip": "Conditional DIP (stability map)", "ddpm": "Diffusion model (DDPM)"}
+DEFAULT_METHOD = "dip"
+
+# Where the network runs; "auto" picks CUDA when there is a GPU.
+DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = "auto"
+
+# File formats of a run folder's volumes.
+OUTPUT_FORMATS: Tuple[str, ...] = ("nii.gz", "nrrd", "mha")
+DEFAULT_OUTPUT_FORMAT = "nii.gz"
+
+# How long work reports progress: a terminal bar, JSON lines on stdout, or nothing.
+PROGRESS_STYLES: Tuple[str, ...] = ("bar", "jsonl", "none")
+
+# Stability map shown over the denoised PET -> the label the Slicer panel shows.
+OVERLAYS: Dict[str, str] = {"stability": "S (stability)", "stability_norm": "S_norm (normalized)"}
+DEFAULT_OVERLAY = "stability"
+
+# "monai": MONAI's residual UNet (transposed convolutions, concatenated skips, instance norm);
+# "gong": the Gong et al. (TMI 2019) style network of engine/network.py; "gong_halfres": the same
+# with its first level at half resolution, which costs about a sixth as much on a CPU.
+NETWORKS: Tuple[str, ...] = ("monai", "gong", "gong_halfres")
+OPTIMIZERS: Tuple[str, ...] = ("lbfgs", "adam")
+# The DIP network's input: the MR, the MR and the PET as two channels, or fixed noise.
+INPUT_MODES: Tuple[str, ...] = ("mr", "mr+pet", "noise")
+
+# The blend's default strength, chosen by measurement in the realistic simulation
+# regime (docs/DEFAULTS.md); the paper's operating point is 0.6.
+DEFAULT_ALPHA = 0.3
+
+
+__all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT",
+           "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY", "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "DEFAULT_ALPHA"]

@@ -1,0 +1,165 @@
+"""The settings of one DIP fit and its sampling schedule, and of one DDPM sampling run.
+
+Kept free of torch so that the Slicer panel and the logic can list presets
+and check settings without loading the deep-learning stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from .choices import DEFAULT_DEVICE, DEVICES, INPUT_MODES, NETWORKS, OPTIMIZERS
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """Raises ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_runtime(device: object, threads: object, seed: object) -> None:
+    """The settings both engines share: a known device, a thread count >= 1 or None, a seed >= 0."""
+    check_choice("device", device, DEVICES)
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise ValueError(f"threads must be a whole number >= 1, or None for torch's choice; got {threads!r}")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise ValueError(f"seed must be a whole number >= 0; got {seed!r}")
+
+
+@dataclass(frozen=True)
+class DIPConfig:
+    """Everything that defines one DIP fit. Defaults are documented in docs/DEFAULTS.md.
+
+    The defaults were chosen by measurement in the realistic simulation regime:
+    the Gong-style network at 8-64 channels, 160 epochs of L-BFGS (lr 1, one
+    inner iteration), S sampled every 5 epochs over the second half.
+    """
+
+    epochs: int = 160
+    interval: int = 5
+    start: int = 80
+    optimizer: str = "lbfgs"  # choices.OPTIMIZERS
+    learning_rate: float = 1.0
+    inner_iterations: int = 1
+    history_size: int = 10
+    line_search: Optional[str] = None
+    channels: Tuple[int, ...] = (8, 16, 32, 64)
+    num_res_units: int = 2  # MONAI's network only
+    network: str = "gong"  # choices.NETWORKS
+    input_mode: str = "mr"  # choices.INPUT_MODES
+    seed: int = 0
+    device: str = DEFAULT_DEVICE
+    threads: Optional[int] = None
+    # Loss-jump guard (fit_dip): a step whose loss exceeds loss_jump_factor x the
+    # lowest accepted loss so far is undone and redone at a 10x lower learning
+    # rate (dip.LOSS_JUMP_LR_DIVISOR), at most max_loss_jump_retries times per fit.
+    loss_jump_factor: float = 10.0
+    max_loss_jump_retries: int = 3
+
+    def __post_init__(self) -> None:
+        sample_epochs(self.epochs, self.interval, self.start)  # validates the schedule
+        if self.start > self.epochs:
+            raise ValueError(f"start ({self.start}) is after the last epoch ({self.epochs}): S would have no samples")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("input_mode", self.input_mode, INPUT_MODES)
+        check_choice("network", self.network, NETWORKS)
+        check_runtime(self.device, self.threads, self.seed)
+        if not (len(self.channels) >= 2 and all(isinstance(c, int) and c >= 1 for c in self.channels)):
+            raise ValueError(f"channels must be at least 2 whole numbers >= 1, one per U-Net level; "
+                             f"got {self.channels!r}")
+        if self.num_res_units < 0:
+            raise ValueError(f"num_res_units must be >= 0; got {self.num_res_units}")
+        if self.learning_rate <= 0 or self.inner_iterations < 1 or self.history_size < 1:
+            raise ValueError("learning_rate must be > 0, inner_iterations and history_size >= 1")
+        if not self.loss_jump_factor > 1 or self.max_loss_jump_retries < 0:
+            raise ValueError(f"loss_jump_factor must be > 1 and max_loss_jump_retries >= 0; "
+                             f"got {self.loss_jump_factor}, {self.max_loss_jump_retries}")
+
+    def replace(self, **changes) -> "DIPConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def size_multiple(self) -> int:
+        return required_multiple(self.channels, self.network)
+
+
+@dataclass(frozen=True)
+class DDPMSamplingConfig:
+    """How the bundled diffusion model is sampled. Defaults are measured in docs/DDPM.md.
+
+    ``samples`` draws per window give the mean (network output) and the std
+    (stability map). The chain runs ``steps`` DDIM steps from t' =
+    ``start_fraction`` x T, where the low-dose image, noised to t', is the start.
+    ``model_dir`` None means the bundled model.
+    """
+
+    samples: int = 8
+    steps: int = 2
+    start_fraction: float = 0.5
+    overlap: float = 0.25
+    seed: int = 0
+    device: str = DEFAULT_DEVICE
+    threads: Optional[int] = None
+    model_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ValueError(f"samples must be >= 2 for a std map; got {self.samples}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1; got {self.steps}")
+        if not 0 < self.start_fraction <= 1:
+            raise ValueError(f"start_fraction must be in (0, 1]; got {self.start_fraction}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
+        check_runtime(self.device, self.threads, self.seed)
+
+    def replace(self, **changes) -> "DDPMSamplingConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What a progress callback receives once per epoch (in this process, or from the worker).
+
+    For the diffusion model an "epoch" is one sampled window, and ``loss`` is None.
+    """
+
+    epoch: int
+    epochs: int
+    loss: Optional[float]
+    elapsed_s: float
+    eta_s: float
+    samples: int
+
+    def as_dict(self) -> dict:
+        """The fields of one progress line, as ``--progress jsonl`` and the Slicer worker write them."""
+        return {"epoch": self.epoch, "epochs": self.epochs, "loss": self.loss,
+                "elapsed": round(self.elapsed_s, 3), "eta": round(self.eta_s, 3), "samples": self.samples}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "EpochReport":
+        """The report of one progress line (:meth:`as_dict`'s inverse, up to rounding)."""
+        loss = fields.get("loss")  # null for the diffusion model, which has no loss
+        return cls(epoch=int(fields["epoch"]), epochs=int(fields["epochs"]), loss=None if loss is None else float(loss),
+                   elapsed_s=float(fields["elapsed"]), eta_s=float(fields["eta"]), samples=int(fields["samples"]))
+
+
+def sample_epochs(epochs: int, interval: int, start: int) -> list[int]:
+    """Epochs n in [start, epochs] with n % interval == 0: where S is sampled.
+
+    Epoch n means the weights after n optimiser epochs (n = 0: the initial
+    weights). The paper's 200 / 5 / 100 gives 21 samples: 100, 105, ..., 200.
+    """
+    if epochs < 1 or interval < 1 or start < 0:
+        raise ValueError(f"need epochs >= 1, interval >= 1, start >= 0; got {epochs}, {interval}, {start}")
+    first = -(-start // interval) * interval
+    return list(range(first, epochs + 1, interval))
+
+
+def required_multiple(channels: Sequence[int], network: str = "monai") -> int:
+    """Each spatial size must be divisible by this for the U-Net's skip connections to align."""
+    halvings = len(channels) - 1 + (network == "gong_halfres")
+    return int(math.pow(2, halvings))

@@ -1,0 +1,71 @@
+"""User settings -> the config an engine runs with. The one translation, used by every way in.
+
+The CLI, the worker, the Slicer logic (and through it the module panel and the
+batch script) all call :func:`engine_config`, so a setting is checked the same
+way, and before any work starts, wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Tuple, Union
+
+from ..errors import InputError
+from .choices import METHODS
+from .config import DDPMSamplingConfig, DIPConfig
+from .presets import get_preset
+
+EngineConfig = Union[DIPConfig, DDPMSamplingConfig]
+
+
+def config_class(method: str) -> type:
+    """The config dataclass of ``method``: DIPConfig or DDPMSamplingConfig."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return DDPMSamplingConfig if method == "ddpm" else DIPConfig
+
+
+def engine_parameters(method: str) -> Tuple[str, ...]:
+    """The setting names ``method`` accepts: the fields of its config."""
+    return tuple(f.name for f in dataclasses.fields(config_class(method)))
+
+
+def engine_config(method: str, preset: str, parameters: Mapping[str, object]) -> EngineConfig:
+    """The settings an engine runs with: the DIP preset with ``parameters`` applied, or DDPM sampling settings.
+
+    A None value keeps the default; DDPM has no presets. Every value is validated
+    here (choices, ranges, device, threads, channels). Raises InputError for an
+    unknown method or parameter, or a bad value.
+    """
+    return ddpm_config(parameters) if config_class(method) is DDPMSamplingConfig else dip_config(preset, parameters)
+
+
+def dip_config(preset: str, parameters: Mapping[str, object]) -> DIPConfig:
+    """The DIP preset with ``parameters`` (DIPConfig fields) applied; see :func:`engine_config`."""
+    values = _checked_values("dip", parameters)
+    try:
+        return get_preset(preset, **values)
+    except (TypeError, ValueError) as error:  # TypeError: a value of the wrong type, e.g. a string for a number
+        raise InputError(f"bad engine parameter value: {error}") from None
+
+
+def ddpm_config(parameters: Mapping[str, object]) -> DDPMSamplingConfig:
+    """DDPM sampling settings from ``parameters`` (DDPMSamplingConfig fields); see :func:`engine_config`."""
+    values = _checked_values("ddpm", parameters)
+    try:
+        return DDPMSamplingConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"bad engine parameter value: {error}") from None
+
+
+def _checked_values(method: str, parameters: Mapping[str, object]) -> Dict[str, Any]:
+    """The non-None ``parameters``, refused unless they are fields of ``method``'s config."""
+    accepted = engine_parameters(method)
+    unknown = sorted(set(parameters) - set(accepted))
+    if unknown:
+        raise InputError(f"unknown engine parameter {', '.join(unknown)} for method {method!r}; "
+                         f"it accepts {', '.join(accepted)}")
+    values: Dict[str, Any] = {name: value for name, value in parameters.items() if value is not None}
+    if isinstance(values.get("channels"), list):  # JSON has no tuples
+        values["channels"] = tuple(values["channels"])
+    return values

@@ -1,0 +1,396 @@
+"""The Slicer logic: denoise PET volume nodes in a background worker. The console API.
+
+Use it from the Slicer Python console, a headless batch script, or any Python
+that has Slicer's MRML (the ``slicer-core`` wheel)::
+
+    from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic
+    logic = PETStabilityDenoiseLogic()              # uses slicer.mrmlScene
+    result = logic.process(petNode, mrNode, method="dip", alpha=0.3, preset="fast",
+                           wait=True, progress=print, epochs=80)
+    result.denoisedNode, result.networkOutputNode, result.stabilityNode, result.normalizedStabilityNode
+    logic.setAlpha(result, 0.4)                      # re-blends result.denoisedNode in place
+    handle = logic.process(petNode, mrNode, wait=False, finished=lambda h: print(h.state))
+    logic.cancel()                                   # stops a run started with wait=False
+    result = logic.process(petNode, mrNode, method="ddpm", samples=8)   # the diffusion model; needs the MR
+
+How a run goes: the inputs are copied (never modified) into a temporary
+folder as NRRD; ``python -m PETStabilityDenoiseLib.worker`` fits the DIP (or
+samples the diffusion model) in its own process and reports JSON lines; when
+it is done, its four volumes become new nodes with the PET's exact geometry,
+named after the PET and placed under the PET's study. Nothing is added to the scene unless the run succeeds.
+
+This module needs no Qt and no torch. Inside Slicer, the module file passes a
+PythonSlicer launcher and a QTimer-based ``scheduler``; elsewhere the worker
+runs with ``sys.executable`` and a background thread polls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, cast
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+
+from ..engine.blend import blend
+from ..errors import InputError, RunCancelled, WorkerFailed
+from ..settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_METHOD,
+    DEFAULT_OVERLAY,
+    DEFAULT_PRESET,
+    METHODS,
+    OVERLAYS,
+    EpochReport,
+    engine_config,
+    engine_parameters,
+)
+from ..volumes.run_folder import RUN_FILE, VOLUME_NAMES
+from ..volumes.validation import validate_volume
+from ..worker.process import Launcher, WorkerProcess
+from .display import set_slice_layers, show_as_pet, show_as_stability
+from .mrml_volumes import add_volume_like, node_to_image, volume_array
+
+log = logging.getLogger(__name__)
+
+# Method -> the engine parameters process() accepts for it: the fields of DIPConfig or DDPMSamplingConfig.
+METHOD_PARAMETERS = {method: engine_parameters(method) for method in METHODS}
+# Output node names: "<PET name> <suffix>".
+NODE_NAME_SUFFIXES = {"denoised": "denoised", "network_output": "network output",
+                      "stability": "stability", "stability_norm": "normalized stability"}
+POLL_INTERVAL_S = 0.1
+# The worker is started with ``-m`` from the folder that holds the package.
+LIBRARY_PARENT = Path(__file__).resolve().parents[2]
+
+Scheduler = Callable[[Callable[[], bool]], None]
+
+
+@dataclass
+class ProcessResult:
+    """The output nodes of one run, and what :meth:`PETStabilityDenoiseLogic.setAlpha` needs."""
+
+    denoisedNode: object
+    networkOutputNode: object
+    stabilityNode: object
+    normalizedStabilityNode: object
+    alpha: float
+    stabilityMean: float
+    runInfo: dict
+    # A copy of the PET as it was processed: re-blending must not depend on later edits of the input node.
+    petArray: np.ndarray = field(repr=False)
+
+
+def thread_scheduler(poll: Callable[[], bool]) -> None:
+    """Calls ``poll`` from a background thread until it returns False (use outside Slicer's GUI)."""
+    def loop() -> None:
+        while poll():
+            time.sleep(POLL_INTERVAL_S)
+    threading.Thread(target=loop, name="PETStabilityDenoise poll", daemon=True).start()
+
+
+class RunHandle:
+    """One run of the worker: its state, and its result or error once it ends.
+
+    ``state`` is ``"running"``, then ``"succeeded"``, ``"failed"`` or ``"cancelled"``.
+    """
+
+    def __init__(self, worker: WorkerProcess, temp_dir: Path, import_result: Callable[[Path], ProcessResult],
+                 progress: Optional[Callable[[EpochReport], None]],
+                 finished: Optional[Callable[["RunHandle"], None]]) -> None:
+        self.state = "running"
+        self.result: Optional[ProcessResult] = None
+        self.error: Optional[BaseException] = None
+        self._worker = worker
+        self._temp_dir = temp_dir
+        self._import_result = import_result
+        self._progress = progress
+        self._finished = finished
+        self._error_event: Optional[dict] = None
+        self._lock = threading.RLock()
+        self._ended = threading.Event()
+
+    @property
+    def log_tail(self) -> list:
+        """The worker's last log lines, for error details."""
+        return self._worker.log_tail()
+
+    def poll(self) -> bool:
+        """Handles what the worker reported since the last call; True while the run goes on."""
+        with self._lock:
+            if self.state != "running":
+                return False
+            for event in self._worker.events():
+                self._handle_event(event)
+            if not self._worker.finished():
+                return True
+            try:
+                if self._worker.returncode == 0 and self._error_event is None:
+                    self.result = self._import_result(self._temp_dir / "output")
+                    self.state = "succeeded"
+                else:
+                    self.error, self.state = self._failure(), "failed"
+            except Exception as error:  # noqa: BLE001 - any import failure ends the run as failed
+                self.error, self.state = error, "failed"
+            self._end()
+        self._notify_finished()
+        return False
+
+    def _handle_event(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "progress" and self._progress is not None:
+            self._progress(EpochReport.from_dict(event))
+        elif kind == "error":
+            self._error_event = event
+
+    def _failure(self) -> BaseException:
+        tail = self._worker.log_tail()
+        if self._error_event is not None:
+            message, kind = self._error_event.get("message", ""), self._error_event.get("kind", "internal")
+            if kind == "input":
+                return InputError(message)
+            if kind == "out_of_memory":
+                return WorkerFailed(message, tail, kind)
+            return WorkerFailed(f"The denoising worker failed: {message}", tail, kind)
+        last_lines = "\n".join(tail) or "(no output)"
+        return WorkerFailed(f"The denoising worker stopped (exit code {self._worker.returncode}) without a result. "
+                            f"Its last output:\n{last_lines}", tail)
+
+    def cancel(self) -> None:
+        """Kills the worker's process tree and removes its files; nothing is added to the scene."""
+        with self._lock:
+            if self.state != "running":
+                return
+            self._worker.kill()
+            self.state, self.error = "cancelled", RunCancelled("The run was cancelled")
+            self._end()
+        self._notify_finished()
+
+    def _end(self) -> None:
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+        self._ended.set()
+
+    def _notify_finished(self) -> None:
+        if self._finished is not None:
+            self._finished(self)
+
+    def wait(self, timeout: Optional[float] = None) -> ProcessResult:
+        """Blocks until the run ends (polling it here); returns the result or raises its error.
+
+        Ctrl+C while waiting cancels the run.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self.poll():
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"the run did not end within {timeout} s; it is still running")
+                self._ended.wait(POLL_INTERVAL_S)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        if self.error is not None:
+            raise self.error
+        return cast(ProcessResult, self.result)  # the run succeeded: it has a result
+
+
+class PETStabilityDenoiseLogic:
+    """Runs the denoising on volume nodes of an MRML scene, in a background worker.
+
+    Args:
+        scene: the scene to add outputs to; None uses ``slicer.mrmlScene`` at call time.
+        python_executable: the Python that runs the worker (PythonSlicer inside
+            Slicer); default ``sys.executable``.
+        launcher: starts the worker process, ``launcher(args, cwd) -> Popen``;
+            default ``subprocess.Popen`` with stderr merged into stdout.
+        scheduler: arranges for ``poll()`` to be called repeatedly until it
+            returns False, for runs with ``wait=False``; default a background
+            thread. Inside Slicer pass a QTimer-based one, so that nodes are
+            created on the main thread.
+        temp_root: where the temporary run folders go; default the system's.
+    """
+
+    def __init__(self, scene=None, *, python_executable: Optional[str] = None, launcher: Optional[Launcher] = None,
+                 scheduler: Optional[Scheduler] = None, temp_root: Optional[str] = None) -> None:
+        self._scene = scene
+        self.python_executable = python_executable or sys.executable
+        self.launcher = launcher
+        self.scheduler = scheduler or thread_scheduler
+        self.temp_root = temp_root
+        self._handle: Optional[RunHandle] = None
+
+    @property
+    def scene(self):
+        scene = self._scene if self._scene is not None else slicer.mrmlScene
+        if scene is None:
+            raise RuntimeError("no MRML scene: pass scene=... or set slicer.mrmlScene")
+        return scene
+
+    @property
+    def isRunning(self) -> bool:
+        return self._handle is not None and self._handle.state == "running"
+
+    def process(self, petNode, mrNode=None, method: str = DEFAULT_METHOD, alpha: float = DEFAULT_ALPHA,
+                preset: str = DEFAULT_PRESET,
+                wait: bool = True, progress: Optional[Callable[[EpochReport], None]] = None,
+                finished: Optional[Callable[[RunHandle], None]] = None, **engine_parameters):
+        """Denoises ``petNode``, guided by ``mrNode`` (None: plain DIP from noise; the diffusion model needs it).
+
+        Args:
+            method: a key of :data:`METHODS`: ``dip`` fits the conditional DIP, ``ddpm``
+                samples the diffusion model.
+            alpha: blend strength of the denoised output (0 = network output); change it
+                later with :meth:`setAlpha`, without a new run.
+            preset: a key of :data:`presets.PRESETS` (``full``, ``fast`` or ``tiny``); DIP only.
+            wait: True blocks and returns a :class:`ProcessResult` (errors raise);
+                False returns a :class:`RunHandle` at once and reports through the callbacks.
+            progress: called with a :class:`EpochReport` once per epoch (DIP) or per
+                sliding window (DDPM, whose ``loss`` is None).
+            finished: called once with the :class:`RunHandle` when the run ends, however it ends.
+            engine_parameters: the settings of :data:`METHOD_PARAMETERS` for the method. DIP:
+                ``epochs``, ``interval``, ``start``, ``device``, ``seed``, ... override the preset.
+                DDPM: ``samples``, ``steps``, ``start_fraction``, ``model_dir`` (default: the
+                bundled model), ``device``, ``seed``, ... None keeps the default.
+        """
+        if self.isRunning:
+            raise RuntimeError("a denoising run is already under way: cancel it or wait for it to finish")
+        self._check_alpha(alpha)
+        overrides = {name: value for name, value in engine_parameters.items() if value is not None}
+        if overrides.get("model_dir"):
+            # The worker runs in another folder: a relative path must mean the same there.
+            overrides["model_dir"] = str(Path(overrides["model_dir"]).resolve())
+        engine_config(method, preset, overrides)  # every setting is checked before any work starts
+
+        pet_image = node_to_image(petNode, "PET")
+        validate_volume(pet_image, "PET")
+        mr_image = None
+        if mrNode is not None:
+            mr_image = node_to_image(mrNode, "MR")
+            validate_volume(mr_image, "MR", activity=False)
+        pet_array = np.array(volume_array(petNode, "PET"), dtype=np.float32)
+
+        temp_dir = Path(tempfile.mkdtemp(prefix="PETStabilityDenoise-", dir=self.temp_root))
+        try:
+            args = self._worker_arguments(temp_dir, pet_image, mr_image, method, preset, alpha, overrides)
+            worker = WorkerProcess(args, cwd=str(LIBRARY_PARENT), launcher=self.launcher)
+        except OSError as error:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise WorkerFailed(f"Could not start the denoising worker with {self.python_executable}: {error}") from error
+        except BaseException:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+
+        def import_result(output_dir: Path) -> ProcessResult:
+            return self._import_result(output_dir, petNode, pet_array)
+
+        handle = RunHandle(worker, temp_dir, import_result, progress, finished)
+        self._handle = handle
+        if wait:
+            return handle.wait()
+        self.scheduler(handle.poll)
+        return handle
+
+    def _worker_arguments(self, temp_dir: Path, pet_image, mr_image, method: str, preset: str, alpha: float,
+                          overrides: dict) -> list:
+        pet_path = temp_dir / "pet.nrrd"
+        sitk.WriteImage(pet_image, str(pet_path))
+        args = [self.python_executable, "-m", "PETStabilityDenoiseLib.worker", "--pet", str(pet_path),
+                "--out", str(temp_dir / "output"), "--method", method, "--preset", preset,
+                "--alpha", repr(float(alpha)), "--parameters", json.dumps(overrides)]
+        if mr_image is not None:
+            mr_path = temp_dir / "mr.nrrd"
+            sitk.WriteImage(mr_image, str(mr_path))
+            args += ["--mr", str(mr_path)]
+        return args
+
+    def _import_result(self, output_dir: Path, petNode, pet_array: np.ndarray) -> ProcessResult:
+        """Reads the worker's volumes into new nodes; adds all four or none."""
+        scene = self.scene
+        if petNode.GetScene() is not scene:
+            raise InputError("the PET volume was removed from the scene during the run; its result was discarded")
+        run_info = json.loads((output_dir / RUN_FILE).read_text())
+        arrays = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(output_dir / run_info["outputs"][name])))
+                  for name in VOLUME_NAMES}
+        for name, array in arrays.items():
+            if array.shape != pet_array.shape:
+                raise WorkerFailed(f"the worker's {name} has shape {array.shape}, not the PET's {pet_array.shape}")
+
+        nodes = {}
+        try:
+            for name in VOLUME_NAMES:
+                nodes[name] = add_volume_like(scene, petNode, arrays[name],
+                                              f"{petNode.GetName()} {NODE_NAME_SUFFIXES[name]}")
+            self._place_in_subject_hierarchy(scene, petNode, nodes.values())
+            show_as_pet(scene, nodes["denoised"], arrays["denoised"])
+            show_as_pet(scene, nodes["network_output"], arrays["network_output"])
+            show_as_stability(scene, nodes["stability"], arrays["stability"], normalized=False)
+            show_as_stability(scene, nodes["stability_norm"], arrays["stability_norm"], normalized=True)
+        except BaseException:
+            for node in nodes.values():
+                scene.RemoveNode(node)
+            raise
+        return ProcessResult(nodes["denoised"], nodes["network_output"], nodes["stability"], nodes["stability_norm"],
+                             alpha=float(run_info["alpha"]), stabilityMean=float(run_info["stability_mean"]),
+                             runInfo=run_info, petArray=pet_array)
+
+    @staticmethod
+    def _place_in_subject_hierarchy(scene, petNode, nodes) -> None:
+        """Puts the outputs beside the PET (under its study), when the PET is in the subject hierarchy."""
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if hierarchy is None:
+            return
+        pet_item = hierarchy.GetItemByDataNode(petNode)
+        if not pet_item:
+            return
+        parent = hierarchy.GetItemParent(pet_item)
+        for node in nodes:
+            item = hierarchy.GetItemByDataNode(node)
+            if item:
+                hierarchy.SetItemParent(item, parent)
+            else:
+                hierarchy.CreateItem(parent, node)
+
+    @staticmethod
+    def _check_alpha(alpha: float) -> None:
+        if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha >= 0):
+            raise InputError(f"alpha must be a finite number >= 0; got {alpha!r}")
+
+    def setAlpha(self, result: ProcessResult, alpha: float) -> None:
+        """Re-blends ``result.denoisedNode`` (and its normalized stability) at ``alpha``, in place.
+
+        No new run: the blend of METHOD.md §1 is recomputed from the stored
+        network output and stability map, straight into the nodes' voxel memory.
+        """
+        self._check_alpha(alpha)
+        denoised = slicer.util.arrayFromVolume(result.denoisedNode)
+        stability_norm = slicer.util.arrayFromVolume(result.normalizedStabilityNode)
+        blend(result.petArray, slicer.util.arrayFromVolume(result.networkOutputNode),
+              slicer.util.arrayFromVolume(result.stabilityNode), alpha, stability_mean=result.stabilityMean,
+              out=denoised, stability_norm_out=stability_norm)
+        slicer.util.arrayFromVolumeModified(result.denoisedNode)
+        slicer.util.arrayFromVolumeModified(result.normalizedStabilityNode)
+        result.alpha = float(alpha)
+
+    def showResult(self, result: ProcessResult, overlay: str = DEFAULT_OVERLAY, opacity: float = 0.4) -> None:
+        """Shows the denoised PET in every slice view with a stability map over it.
+
+        ``overlay`` is ``"stability"`` (S) or ``"stability_norm"`` (S_norm, the blend weight).
+        """
+        if overlay not in OVERLAYS:
+            raise ValueError(f"overlay must be one of {', '.join(OVERLAYS)}; got {overlay!r}")
+        foreground = result.stabilityNode if overlay == "stability" else result.normalizedStabilityNode
+        set_slice_layers(self.scene, result.denoisedNode, foreground, opacity)
+
+    def cancel(self) -> None:
+        """Stops the run under way, if any: the worker's process tree is killed and nothing is added."""
+        if self._handle is not None:
+            self._handle.cancel()

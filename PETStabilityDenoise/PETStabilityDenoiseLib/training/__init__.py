@@ -1,0 +1,1 @@
+"""Training the diffusion model on simulated BrainWeb pairs: the data set and the training loop."""

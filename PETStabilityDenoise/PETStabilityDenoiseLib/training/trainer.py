@@ -1,0 +1,197 @@
+"""Training the conditional DDPM on simulated pairs: loss, EMA, checkpoints, resume and a loss log.
+
+The training folder holds:
+- ``checkpoint.pt``: network, EMA, optimiser and random states, written every
+  ``checkpoint_every`` steps, from which ``resume=True`` continues exactly;
+- ``loss.csv``: step, mean training loss since the last row, validation loss
+  (of the EMA network on fixed held-out patches, when computed) and elapsed time;
+- ``model/``: the EMA network with its checksummed manifest, once training ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple, cast
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..engine.ddpm.model import DDPMConfig, build_model, count_parameters, training_scheduler
+from ..engine.ddpm.weights import save_model
+from .dataset import TrainingPair, random_patches
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOSS_LOG = "loss.csv"
+MODEL_DIR = "model"
+LOG_COLUMNS = ("step", "train_loss", "validation_loss", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How long and how to train; stored in the checkpoint and the model manifest."""
+
+    steps: int = 3000
+    batch_size: int = 8
+    learning_rate: float = 3e-4
+    ema_decay: float = 0.995
+    checkpoint_every: int = 100
+    validate_every: int = 250
+    log_every: int = 10
+    validation_patches: int = 32
+    seed: int = 0
+
+
+@dataclass
+class TrainingReport:
+    """One row of the loss log."""
+
+    step: int
+    steps: int
+    train_loss: float
+    validation_loss: Optional[float]
+    elapsed_s: float
+
+
+def diffusion_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
+                   prediction_type: str, generator: torch.Generator) -> torch.Tensor:
+    """Mean squared error of the network's prediction at uniformly drawn diffusion steps."""
+    noise = torch.randn(targets.shape, generator=generator, device=generator.device).to(targets.device)
+    timesteps = torch.randint(0, scheduler.num_train_timesteps, (targets.shape[0],), generator=generator,
+                              device=generator.device).to(targets.device)
+    noisy = scheduler.add_noise(targets, noise, timesteps)
+    prediction = model(torch.cat([noisy, conditions], dim=1), timesteps=timesteps)
+    goal = {"sample": targets, "epsilon": noise}.get(prediction_type)
+    if goal is None:
+        goal = scheduler.get_velocity(targets, noise, timesteps)
+    return torch.nn.functional.mse_loss(prediction, goal)
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
+                    prediction_type: str, seed: int, batch_size: int) -> float:
+    """The loss on fixed held-out patches, with fixed noise and steps, so that rows are comparable."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    losses = [diffusion_loss(model, scheduler, c, t, prediction_type, generator).item()
+              for c, t in zip(conditions.split(batch_size), targets.split(batch_size))]
+    model.train()
+    return float(np.mean(losses))
+
+
+def _read_log(path: Path, up_to_step: int) -> list:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["step"]) <= up_to_step]
+
+
+def _write_log(path: Path, rows: list) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def check_training_folder(out_dir: Path, resume: bool) -> None:
+    """Refuses to overwrite a checkpoint, or to resume from none; cheap, so callers check before simulating."""
+    checkpoint_path = Path(out_dir) / CHECKPOINT_FILE
+    if checkpoint_path.is_file() and not resume:
+        raise FileExistsError(f"{out_dir} already holds a training checkpoint: resume it, or choose a new folder")
+    if resume and not checkpoint_path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {checkpoint_path} does not exist")
+
+
+def train(
+    config: DDPMConfig,
+    settings: TrainingSettings,
+    train_pairs: Sequence[TrainingPair],
+    validation_pairs: Sequence[TrainingPair],
+    out_dir: Path,
+    *,
+    device: torch.device = torch.device("cpu"),
+    resume: bool = False,
+    info: Optional[dict] = None,
+    progress: Optional[Callable[[TrainingReport], None]] = None,
+) -> Path:
+    """Trains (or resumes) a model in ``out_dir``; returns the folder of the saved EMA model.
+
+    ``info`` (training data, command line) is stored in the model manifest with the
+    settings, device and timings, for the model card.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_training_folder(out_dir, resume)
+    checkpoint_path, log_path = out_dir / CHECKPOINT_FILE, out_dir / LOSS_LOG
+
+    torch.manual_seed(settings.seed)
+    model = build_model(config).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+    scheduler = training_scheduler(config)
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    step, elapsed = 0, 0.0
+    if resume:
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["config"] != dataclasses.asdict(config):
+            raise ValueError(f"the checkpoint in {out_dir} was made with another network: {state['config']}")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        rng.bit_generator.state = state["numpy_rng"]
+        generator.set_state(state["torch_rng"])
+        step, elapsed = state["step"], state["elapsed_s"]
+        # The first run's facts (its command, how long simulation took) describe the model; keep them.
+        info = {**state["info"], "resumed_with": (info or {}).get("command")}
+    log_rows = _read_log(log_path, step)
+
+    validation = cast(Tuple[torch.Tensor, torch.Tensor], [torch.from_numpy(a).to(device) for a in random_patches(
+        validation_pairs, settings.validation_patches, config.patch_size,
+        np.random.default_rng(settings.seed + 1), use_mr=config.use_mr)])  # the pair, so that mypy counts *validation
+    model.train()
+    started, window_losses = time.perf_counter() - elapsed, []
+    while step < settings.steps:
+        conditions, targets = (torch.from_numpy(a).to(device) for a in random_patches(
+            train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr))
+        loss = diffusion_loss(model, scheduler, conditions, targets, config.prediction_type, generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        ema.update_parameters(model)
+        step += 1
+        window_losses.append(loss.item())
+
+        validate = step % settings.validate_every == 0 or step == settings.steps
+        if step % settings.log_every == 0 or validate:
+            report = TrainingReport(step, settings.steps, float(np.mean(window_losses)), None,
+                                    time.perf_counter() - started)
+            if validate:
+                report.validation_loss = validation_loss(ema.module, scheduler, *validation, config.prediction_type,
+                                                         settings.seed, settings.batch_size)
+            window_losses = []
+            log_rows.append({"step": step, "train_loss": f"{report.train_loss:.6f}",
+                             "validation_loss": "" if report.validation_loss is None else f"{report.validation_loss:.6f}",
+                             "elapsed_s": f"{report.elapsed_s:.1f}"})
+            _write_log(log_path, log_rows)
+            if progress is not None:
+                progress(report)
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            torch.save({"config": dataclasses.asdict(config), "settings": dataclasses.asdict(settings),
+                        "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                        "numpy_rng": rng.bit_generator.state, "torch_rng": generator.get_state(), "step": step,
+                        "elapsed_s": time.perf_counter() - started, "info": info or {}}, checkpoint_path)
+
+    last_validation = next((float(r["validation_loss"]) for r in reversed(log_rows) if r["validation_loss"]), None)
+    manifest_info = {
+        **(info or {}),
+        "training": {**dataclasses.asdict(settings), "device": str(device),
+                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "threads": torch.get_num_threads(), "elapsed_s": time.perf_counter() - started,
+                     "final_validation_loss": last_validation, "parameters": count_parameters(model)},
+    }
+    return save_model(ema.module, config, out_dir / MODEL_DIR, manifest_info).parent

@@ -1,0 +1,132 @@
+"""Reading and writing PET/MR volumes with their geometry, via SimpleITK.
+
+Inputs may be NIfTI, NRRD, MetaImage or a DICOM series folder; outputs are
+written in one of :data:`OUTPUT_FORMATS`. Input files are only ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Union
+
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..settings import OUTPUT_FORMATS
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+#: Single-file formats accepted by :func:`read_volume` (a DICOM series is given as a folder).
+READABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _volume_suffix(path: Path) -> str | None:
+    """Return the recognised (possibly double) suffix of ``path``, or None."""
+    lower = path.name.lower()
+    # Longest first so ".nii.gz" wins over a bare ".gz" lookup.
+    for suffix in sorted(READABLE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return suffix
+    return None
+
+
+def read_volume(path: PathLike) -> sitk.Image:
+    """Read a volume file or DICOM series folder as a float32 scalar image.
+
+    Geometry (origin, spacing, direction) is preserved; intensities are cast
+    to float32 after any DICOM rescale slope/intercept has been applied.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            f"Input path {path} does not exist; check the spelling and that the drive or "
+            "share holding it is mounted."
+        )
+    if path.is_dir():
+        image = _read_dicom_series(path)
+    else:
+        if _volume_suffix(path) is None:
+            raise InputError(
+                f"Unsupported file type for {path.name}; supported inputs are "
+                f"{', '.join(READABLE_SUFFIXES)} files or a folder holding one DICOM series "
+                "(for DICOM, pass the folder, not a single slice)."
+            )
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(
+                f"Could not read {path}: {exc}. Check that the file is complete and not "
+                "corrupted, e.g. by opening it in 3D Slicer."
+            ) from exc
+
+    n_components = image.GetNumberOfComponentsPerPixel()
+    if n_components != 1:
+        raise InputError(
+            f"{path} holds a {n_components}-component (vector/RGB) image; provide a "
+            "single-component intensity volume."
+        )
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    logger.debug("Read %s: size %s, spacing %s", path, image.GetSize(), image.GetSpacing())
+    return image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    """Read the DICOM series in ``folder``; with several, the one with the most files."""
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(
+            f"No DICOM series found in folder {folder}; point to the folder that directly "
+            "contains the PET (or MR) DICOM files, or give a NIfTI/NRRD/MetaImage file instead."
+        )
+    files_per_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
+    chosen = max(series_ids, key=lambda sid: len(files_per_series[sid]))
+    if len(series_ids) > 1:
+        logger.warning(
+            "Folder %s holds %d DICOM series; using series %s (%d files), the one with the "
+            "most files. Put each series in its own folder to choose explicitly.",
+            folder, len(series_ids), chosen, len(files_per_series[chosen]),
+        )
+    reader.SetFileNames(files_per_series[chosen])
+    # Float output so that per-slice rescale slopes (common in PET) are applied
+    # before the slices are stacked, instead of truncating to the first slice's type.
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(
+            f"Could not read DICOM series {chosen} in {folder}: {exc}. Check that the series "
+            "is complete (no missing slices) and exported uncompressed or in a standard "
+            "transfer syntax."
+        ) from exc
+
+
+def write_volume(image: sitk.Image, path: PathLike) -> Path:
+    """Write ``image`` to ``path`` (compressed where the format allows); return the path.
+
+    Parent folders are created as needed.
+    """
+    path = Path(path)
+    if _volume_suffix(path) is None:
+        raise InputError(
+            f"Cannot write {path.name}: give the output file one of the suffixes "
+            f"{', '.join(READABLE_SUFFIXES)}."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    logger.debug("Wrote %s", path)
+    return path
+
+
+def output_path(out_dir: PathLike, stem: str, fmt: str = "nii.gz") -> Path:
+    """Build ``out_dir/stem.fmt`` for an output volume, checking ``fmt``."""
+    fmt = fmt.lstrip(".").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(
+            f"Unsupported output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}."
+        )
+    return Path(out_dir) / f"{stem}.{fmt}"

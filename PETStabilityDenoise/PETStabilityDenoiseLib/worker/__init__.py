@@ -1,0 +1,6 @@
+"""The background worker that the Slicer logic runs a denoise in, and the caller's side of it.
+
+- ``protocol``: the JSON lines the worker prints, and its exit statuses;
+- ``process``: start the worker, read its lines, kill its process tree (torch-free);
+- ``__main__``: the worker itself, ``python -m PETStabilityDenoiseLib.worker``.
+"""

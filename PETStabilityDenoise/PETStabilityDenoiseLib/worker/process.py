@@ -1,0 +1,106 @@
+"""The caller's side of the worker: start it, read its JSON lines, kill its process tree.
+
+No Slicer and no torch here. How the process is started is injectable
+(``launcher``), because inside Slicer it must go through
+``slicer.util.launchConsoleProcess`` and PythonSlicer, and tests substitute
+scripted processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import subprocess
+import threading
+from typing import Callable, List, Optional, Sequence
+
+from .protocol import parse_event
+
+Launcher = Callable[[List[str], str], subprocess.Popen]
+
+# How long a killed process tree may take to go away; the panel promises 2 s.
+KILL_TIMEOUT_S = 2.0
+
+
+def launch_subprocess(args: List[str], cwd: str) -> subprocess.Popen:
+    """The default launcher: text stdout with stderr merged, as ``launchConsoleProcess`` gives."""
+    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            encoding="utf-8", errors="replace", bufsize=1)
+
+
+class WorkerProcess:
+    """One running worker process.
+
+    A reader thread splits its output into protocol events (a queue that
+    :meth:`events` drains without blocking) and log lines (the last
+    ``log_lines`` are kept for error messages).
+    """
+
+    def __init__(self, args: Sequence[str], *, cwd: str, launcher: Optional[Launcher] = None,
+                 log_lines: int = 200) -> None:
+        self.args = list(args)
+        self._process = (launcher or launch_subprocess)(self.args, cwd)
+        self._events: "queue.Queue[dict]" = queue.Queue()
+        self._log: collections.deque = collections.deque(maxlen=log_lines)
+        self._reader = threading.Thread(target=self._read, name="PETStabilityDenoise worker output", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def _read(self) -> None:
+        for line in self._process.stdout or ():  # the launchers always give a pipe
+            line = line.rstrip("\r\n")
+            event = parse_event(line)
+            if event is None:
+                self._log.append(line)
+            else:
+                self._events.put(event)
+
+    def events(self) -> List[dict]:
+        """Every event that arrived since the last call, oldest first."""
+        drained = []
+        while True:
+            try:
+                drained.append(self._events.get_nowait())
+            except queue.Empty:
+                return drained
+
+    def finished(self) -> bool:
+        """True once the process has exited and all of its output has been read."""
+        return self._process.poll() is not None and not self._reader.is_alive()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._process.poll()
+
+    def log_tail(self, lines: int = 20) -> List[str]:
+        """The last ``lines`` lines the worker printed that were not protocol events."""
+        return list(self._log)[-lines:]
+
+    def kill(self) -> None:
+        """Kills the process and every process it started, and waits for them (up to 2 s).
+
+        Killing the launched process alone is not enough: inside Slicer it is a
+        launcher whose child is the real Python worker.
+        """
+        # Imported here: Slicer does not ship psutil, and the panel must open before it is installed.
+        import psutil
+
+        try:
+            root = psutil.Process(self._process.pid)
+            tree = root.children(recursive=True) + [root]
+        except psutil.NoSuchProcess:
+            tree = []
+        for process in tree:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=KILL_TIMEOUT_S)
+        try:
+            self._process.wait(timeout=KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self._reader.join(timeout=KILL_TIMEOUT_S)
