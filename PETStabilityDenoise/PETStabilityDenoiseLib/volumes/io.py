@@ -7,13 +7,17 @@ written in one of :data:`OUTPUT_FORMATS`. Input files are only ever read.
 from __future__ import annotations
 
 import logging
+import stat
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
 from ..settings import OUTPUT_FORMATS
+from .nifti import check_nifti_payload
+from .validation import MAX_VOXELS
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,10 @@ def read_volume(path: PathLike) -> sitk.Image:
 
     Geometry (origin, spacing, direction) is preserved; intensities are cast
     to float32 after any DICOM rescale slope/intercept has been applied.
+    Before any voxel data is read, the path must be a regular file (or a
+    folder, for DICOM) and its header may not announce more than
+    ``validation.MAX_VOXELS`` voxels; a NIfTI file's payload is checked for
+    truncation and NaN/Inf, which ITK's reader would hide (``nifti.py``).
     """
     path = Path(path)
     if not path.exists():
@@ -48,12 +56,17 @@ def read_volume(path: PathLike) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_series(path)
     else:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise InputError(f"{path} is not a regular file (a pipe, device or socket?); give a volume file")
         if _volume_suffix(path) is None:
             raise InputError(
                 f"Unsupported file type for {path.name}; supported inputs are "
                 f"{', '.join(READABLE_SUFFIXES)} files or a folder holding one DICOM series "
                 "(for DICOM, pass the folder, not a single slice)."
             )
+        _check_announced_size(path, [path])
+        if _volume_suffix(path) in (".nii", ".nii.gz"):
+            check_nifti_payload(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -91,6 +104,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
             "most files. Put each series in its own folder to choose explicitly.",
             folder, len(series_ids), chosen, len(files_per_series[chosen]),
         )
+    _check_announced_size(folder, files_per_series[chosen])
     reader.SetFileNames(files_per_series[chosen])
     # Float output so that per-slice rescale slopes (common in PET) are applied
     # before the slices are stacked, instead of truncating to the first slice's type.
@@ -103,6 +117,24 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
             "is complete (no missing slices) and exported uncompressed or in a standard "
             "transfer syntax."
         ) from exc
+
+
+def _check_announced_size(path: Path, files: Sequence[str]) -> None:
+    """Refuses a volume whose header (the first file's, times the number of files) announces too many voxels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(files[0]))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"Could not read the header of {files[0]}: {exc}. Check that the file is a complete "
+                         "NIfTI, NRRD, MetaImage or DICOM file.") from exc
+    size = list(reader.GetSize())
+    if len(files) > 1:
+        size = size[:2] + [len(files)]
+    voxels = int(np.prod(size, dtype=np.int64)) * reader.GetNumberOfComponents()
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{path} announces {' x '.join(map(str, size))} voxels, more than the limit of {MAX_VOXELS}; "
+                         "crop it to the head or resample it to a coarser grid first")
 
 
 def write_volume(image: sitk.Image, path: PathLike) -> Path:

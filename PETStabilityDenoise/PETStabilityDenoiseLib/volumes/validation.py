@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 ArrayOrImage = Union[np.ndarray, sitk.Image]
 
+#: The most voxels a volume may have: a 512^3 float32 volume is 0.5 GB, and the fit needs several copies.
+MAX_VOXELS = 512**3
 #: Volumes below this size per dimension cannot pass through the U-Net's
 #: downsampling path without collapsing to nothing.
 MIN_DIMENSION = 8
@@ -36,7 +38,7 @@ STRONG_NEGATIVE_FRACTION = 0.5
 def validate_volume(
     array_or_image: ArrayOrImage,
     name: str = "PET",
-    max_voxels: int = 512**3,
+    max_voxels: int = MAX_VOXELS,
     min_dimension: int = MIN_DIMENSION,
     max_spacing_mm: float = MAX_SPACING_MM,
     activity: bool = True,
@@ -60,7 +62,7 @@ def validate_volume(
         raise InputError(
             f"{name} must be a SimpleITK image or a numpy array; got "
             f"{type(array_or_image).__name__}. Load the file with "
-            "volume_io.read_volume first."
+            "volumes.io.read_volume first."
         )
 
     _check_shape(array.shape, name, max_voxels, min_dimension)
