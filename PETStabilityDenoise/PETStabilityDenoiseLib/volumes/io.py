@@ -64,7 +64,7 @@ def read_volume(path: PathLike) -> sitk.Image:
                 f"{', '.join(READABLE_SUFFIXES)} files or a folder holding one DICOM series "
                 "(for DICOM, pass the folder, not a single slice)."
             )
-        _check_announced_size(path, [path])
+        _check_announced_size(path, [str(path)])
         if _volume_suffix(path) in (".nii", ".nii.gz"):
             check_nifti_payload(path)
         try:
