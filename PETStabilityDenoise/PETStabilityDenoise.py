@@ -14,7 +14,6 @@ from slicer.util import VTKObservationMixin
 # The library's settings and panel helpers are torch-free: the panel opens before anything is installed.
 from PETStabilityDenoiseLib import settings
 from PETStabilityDenoiseLib.slicer import application, install, panel, selftest
-from PETStabilityDenoiseLib.slicer.panel import Device, Method, Overlay, Preset
 
 # Resources sit beside this file both in a source checkout and in an installed extension.
 RESOURCES_PATH = pathlib.Path(__file__).resolve().parent / "Resources"
@@ -58,17 +57,17 @@ class PETStabilityDenoiseParameterNode:
 
     inputPET: vtkMRMLScalarVolumeNode
     inputMR: vtkMRMLScalarVolumeNode
-    method: Method = Method[settings.DEFAULT_METHOD]
-    preset: Preset = Preset[settings.DEFAULT_PRESET]
+    method: panel.Method = panel.Method[settings.DEFAULT_METHOD]
+    preset: panel.Preset = panel.Preset[settings.DEFAULT_PRESET]
     epochs: Annotated[int, WithinRange(0, 10000)] = 0
     interval: Annotated[int, WithinRange(0, 10000)] = 0
     start: Annotated[int, WithinRange(0, 10000)] = 0
     samples: Annotated[int, WithinRange(2, 32)] = DDPM_DEFAULTS.samples
     ddimSteps: Annotated[int, WithinRange(1, 100)] = DDPM_DEFAULTS.steps
-    device: Device = Device[settings.DEFAULT_DEVICE]
+    device: panel.Device = panel.Device[settings.DEFAULT_DEVICE]
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     alpha: Annotated[float, WithinRange(0, 3)] = settings.DEFAULT_ALPHA
-    stabilityMap: Overlay = Overlay[settings.DEFAULT_OVERLAY]
+    stabilityMap: panel.Overlay = panel.Overlay[settings.DEFAULT_OVERLAY]
     overlayOpacity: Annotated[float, WithinRange(0, 1)] = 0.4
 
 
@@ -171,7 +170,7 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._checkCanApply()
 
     def _isDDPM(self) -> bool:
-        return self._parameterNode is not None and self._parameterNode.method == Method.ddpm
+        return self._parameterNode is not None and self._parameterNode.method == panel.Method.ddpm
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self.logic.isRunning:
@@ -251,8 +250,9 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         return self._result
 
     def _onAlphaChanged(self, value: float) -> None:
-        # Re-blending on every slider step would lag behind a drag: wait until it pauses briefly.
-        self._alphaTimer.start()
+        # At most one re-blend per interval while dragging, at the slider's value when the timer fires.
+        if not self._alphaTimer.isActive():
+            self._alphaTimer.start()
 
     def _applyAlpha(self) -> None:
         result = self._currentResult()
@@ -270,7 +270,8 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 def confirmInstall(names: list) -> bool:
     return slicer.util.confirmOkCancelDisplay(
         _("Denoising needs these Python packages, which will now be downloaded and installed into Slicer's Python. "
-          "This can take several minutes. Slicer's own numpy, SimpleITK and vtk are kept as they are.")
+          "This can take several minutes. These stay as they are: {pinned}.").format(
+            pinned=", ".join(install.pinned_packages()) or _("none that pip can see"))
         + "\n\n" + "\n".join(f"• {name}" for name in names),
         windowTitle=_("PET Stability Denoise: install Python packages"))
 

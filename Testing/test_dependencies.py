@@ -182,3 +182,15 @@ def test_failed_torch_install_stops_before_pip(tmp_path):
     with pytest.raises(RuntimeError, match="PyTorch was not installed"):
         fake.ensure(write(tmp_path, "monai>=1.4\n"))
     assert [call[0] for call in fake.calls] == ["confirm", "torch"]
+
+
+def test_missing_packages_names_torch_and_the_requirements(tmp_path):
+    requirements = write(tmp_path, "monai>=1.4\npsutil>=5.9\n")
+    assert deps.missing_packages(requirements, lookup=fake_version) == [deps.TORCH_REQUIREMENT, "monai>=1.4"]
+    assert deps.missing_packages(requirements, lookup={**INSTALLED, "torch": "2.5.0", "monai": "1.4.1"}.get) == []
+
+
+def test_only_packages_pip_can_see_are_pinned():
+    # Slicer 5.8 ships vtk without pip's metadata: it cannot be pinned, and must not be said to be.
+    lookup = {"numpy": "1.26.4", "SimpleITK": "2.4.0"}.get
+    assert deps.pinned_packages(installed_version=lookup) == ["numpy==1.26.4", "SimpleITK==2.4.0"]

@@ -285,3 +285,18 @@ def test_missing_or_non_scalar_inputs_are_rejected(scene, pet_mr_nodes, tmp_path
     pet.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(InputError, match="non-linear transform"):
         logic.process(pet, None, **TINY)
+
+
+def test_set_alpha_on_a_result_whose_nodes_were_removed_is_refused(scene, pet_mr_nodes, small_pet_mr):
+    from PETStabilityDenoiseLib.slicer.logic import ProcessResult
+
+    pet, _ = pet_mr_nodes
+    array = sitk.GetArrayFromImage(small_pet_mr[0])
+    nodes = [add_node_from_image(scene, small_pet_mr[0], name) for name in ("d", "n", "s", "sn")]
+    result = ProcessResult(*nodes, alpha=0.3, stabilityMean=1.0, runInfo={}, petArray=array)
+    logic = PETStabilityDenoiseLogic()
+    logic.setAlpha(result, 0.5)  # all four are in the scene
+    scene.RemoveNode(nodes[2])
+    with pytest.raises(InputError, match="removed from the scene"):
+        logic.setAlpha(result, 0.6)
+    assert result.alpha == 0.5

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -124,3 +125,182 @@ def test_the_checks_apply_to_the_mr_too(inputs, tmp_path, capsys, caplog):
     path.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
     refused(denoise(inputs["pet"], path, out), [inputs["pet"], path], out, capsys, caplog, "is truncated")
+
+
+# --- outputs: complete or absent, and the settings checked before any work ---------------------------------
+
+
+def tree(folder: Path) -> dict:
+    """Every file below ``folder`` with its hash: the state a failed run must leave unchanged."""
+    return {str(path.relative_to(folder)): digest(path) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def no_leftovers(out: Path) -> bool:
+    return not [path for path in out.parent.iterdir() if path.name.startswith(f".{out.name}.")]
+
+
+@pytest.fixture()
+def quick_engine(monkeypatch):
+    """Replaces the DIP fit by a Gaussian smoothing, so that a run takes a second; the rest of the path is real."""
+    from PETStabilityDenoiseLib.engine import run as engine_run
+    from PETStabilityDenoiseLib.engine.pipeline import DenoiseResult, blend_images
+
+    def denoise(pet, mr, config, *, alpha, progress=None):
+        network_output = sitk.SmoothingRecursiveGaussian(pet, 2.0)
+        stability = sitk.Abs(pet - network_output)
+        stability_mean = float(np.mean(sitk.GetArrayViewFromImage(stability)))
+        denoised, stability_norm = blend_images(pet, network_output, stability, alpha, stability_mean)
+        return DenoiseResult(pet, denoised, network_output, stability, stability_norm, alpha, stability_mean, 3,
+                             "dip", {"device": "cpu"}, {"timings": {}, "fit_shape": [1, 1, 1], "mr_resampled": False})
+
+    monkeypatch.setattr(engine_run, "denoise", denoise)
+
+
+def run_cli(argv, capsys, caplog):
+    with caplog.at_level(logging.INFO):
+        code = main([str(a) for a in argv])
+    printed = capsys.readouterr()
+    text = caplog.text + printed.out + printed.err
+    assert "Traceback" not in text
+    return code, text
+
+
+def test_a_rerun_replaces_the_earlier_run_as_a_whole(quick_engine, inputs, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out) + ["--format", "nrrd"], capsys, caplog)[0] == 0
+    code, text = run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)
+    assert code == 0 and "Replaced the earlier run" in text
+    # No nrrd file of the first run is left beside the new nii.gz set.
+    assert sorted(tree(out)) == ["denoised.nii.gz", "network_output.nii.gz", "run.json", "stability.nii.gz",
+                                 "stability_norm.nii.gz"]
+    assert no_leftovers(out)
+
+
+def test_no_overwrite_refuses_an_earlier_run(quick_engine, inputs, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)[0] == 0
+    before = tree(out)
+    code, text = run_cli(denoise(inputs["pet"], inputs["mr"], out) + ["--no-overwrite"], capsys, caplog)
+    assert code == 2 and "already holds a run" in text and tree(out) == before
+
+
+def test_a_folder_of_other_files_is_never_replaced(quick_engine, inputs, tmp_path, capsys, caplog):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    code, text = run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)
+    assert code == 2 and "not a PETStabilityDenoise run (thesis.txt)" in text
+    assert (out / "thesis.txt").read_text() == "years of work" and no_leftovers(out)
+
+
+@pytest.mark.parametrize("where, message", [("file", "is a file, not a folder"),
+                                            ("below_file", "which is a file, not a folder"),
+                                            ("proc", "cannot write beside --out")])
+def test_an_unusable_out_is_refused_before_the_inputs_are_read(quick_engine, inputs, tmp_path, capsys, caplog,
+                                                               monkeypatch, where, message):
+    from PETStabilityDenoiseLib.engine import run as engine_run
+
+    monkeypatch.setattr(engine_run, "read_volume", lambda path: pytest.fail("the inputs were read"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    # /proc takes no new folders, even for root (a read-only location that a permission bit cannot fake).
+    out = {"file": a_file, "below_file": a_file / "out", "proc": Path("/proc/petstab_out")}[where]
+    code, text = run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)
+    assert code == 2 and message in text
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("argv, message", [(["--alpha", "-1"], "alpha must be a finite number >= 0"),
+                                           (["--threads", "-3"], "threads must be a whole number >= 1"),
+                                           (["--device", "cuda"], "no CUDA GPU is available")])
+def test_bad_settings_are_refused_before_any_work(inputs, tmp_path, capsys, caplog, monkeypatch, argv, message):
+    import torch
+
+    from PETStabilityDenoiseLib.engine import run as engine_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(engine_run, "read_volume", lambda path: pytest.fail("the inputs were read"))
+    out = tmp_path / "out"
+    refused(denoise(inputs["pet"], inputs["mr"], out) + argv, [inputs["pet"], inputs["mr"]], out, capsys, caplog,
+            message)
+
+
+def failing_writes(monkeypatch, after: int, error: BaseException) -> None:
+    """Makes SimpleITK's writer fail from its ``after``-th call on, as a full disk or an interrupt would."""
+    real_write, calls = sitk.WriteImage, []
+
+    def write(*args, **kwargs):
+        calls.append(args)
+        if len(calls) >= after:
+            raise error
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", write)
+
+
+@pytest.mark.parametrize("error, code, message", [
+    (RuntimeError("itk::ERROR: No space left on device"), 1, "No space left on device"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_a_failed_write_leaves_the_earlier_run_as_it_was(quick_engine, inputs, tmp_path, capsys, caplog,
+                                                         monkeypatch, error, code, message):
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)[0] == 0
+    before = tree(out)
+    failing_writes(monkeypatch, after=3, error=error)
+    got, text = run_cli(denoise(inputs["pet"], inputs["mr"], out) + ["--alpha", "0.7"], capsys, caplog)
+    assert got == code and message in text
+    assert tree(out) == before and no_leftovers(out)
+    if code == 1:
+        assert f"{out} was left as it was" in text
+
+
+def test_a_failed_first_write_leaves_nothing(quick_engine, inputs, tmp_path, capsys, caplog, monkeypatch):
+    failing_writes(monkeypatch, after=2, error=RuntimeError("No space left on device"))
+    out = tmp_path / "out"
+    code, _ = run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)
+    assert code == 1 and not out.exists() and no_leftovers(out)
+
+
+def test_blend_refuses_a_pet_changed_since_the_run(quick_engine, small_pet_mr, inputs, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)[0] == 0
+    before = tree(out)
+    pet, _, _ = small_pet_mr
+    sitk.WriteImage(pet * 1.01, str(inputs["pet"]), True)  # overwritten in place, same grid
+    code, text = run_cli(["blend", "--run", out, "--alpha", "0.5"], capsys, caplog)
+    assert code == 2 and "is not the image this run processed" in text and tree(out) == before
+
+
+def test_blend_refuses_a_run_json_without_its_keys(quick_engine, inputs, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)[0] == 0
+    record = json.loads((out / "run.json").read_text())
+    del record["format"]
+    (out / "run.json").write_text(json.dumps(record))
+    before = tree(out)
+    code, text = run_cli(["blend", "--run", out, "--alpha", "0.5"], capsys, caplog)
+    assert code == 2 and "lacks format" in text and tree(out) == before
+
+
+def test_blend_is_atomic_too(quick_engine, inputs, tmp_path, capsys, caplog, monkeypatch):
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)[0] == 0
+    before = tree(out)
+    failing_writes(monkeypatch, after=2, error=RuntimeError("No space left on device"))
+    code, text = run_cli(["blend", "--run", out, "--alpha", "0.5"], capsys, caplog)
+    assert code == 1 and "No space left on device" in text and tree(out) == before and no_leftovers(out)
+
+
+def test_blend_rewrites_the_run_as_a_whole(quick_engine, inputs, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)[0] == 0
+    kept = {name: digest(out / name) for name in ("network_output.nii.gz", "stability.nii.gz")}
+    assert run_cli(["blend", "--run", out, "--alpha", "0.5"], capsys, caplog)[0] == 0
+    assert json.loads((out / "run.json").read_text())["alpha"] == 0.5
+    assert {name: digest(out / name) for name in kept} == kept and no_leftovers(out)
+
+
+def test_the_same_volume_as_pet_and_mr_is_warned_about(quick_engine, inputs, tmp_path, capsys, caplog):
+    code, text = run_cli(denoise(inputs["pet"], inputs["pet"], tmp_path / "out"), capsys, caplog)
+    assert code == 0 and "is the same image as the PET" in text

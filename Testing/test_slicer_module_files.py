@@ -124,7 +124,7 @@ def base_type(annotation: str) -> str:
     from PETStabilityDenoiseLib.slicer import panel
 
     match = re.fullmatch(r"Annotated\[\s*(\w+)\s*,.*\]", annotation, flags=re.S)
-    name = match.group(1) if match else annotation
+    name = (match.group(1) if match else annotation).split(".")[-1]
     if isinstance(getattr(panel, name, None), type) and issubclass(getattr(panel, name), enum.Enum):
         return "enum"
     return name
@@ -376,10 +376,10 @@ def test_parameters_default_to_the_library_settings():
     defaults = {node.target.id: ast.unparse(node.value) for node in cls.body
                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None}
     for parameter, expression in (("samples", "DDPM_DEFAULTS.samples"), ("ddimSteps", "DDPM_DEFAULTS.steps"),
-                                  ("alpha", "settings.DEFAULT_ALPHA"), ("method", "Method[settings.DEFAULT_METHOD]"),
-                                  ("preset", "Preset[settings.DEFAULT_PRESET]"),
-                                  ("device", "Device[settings.DEFAULT_DEVICE]"),
-                                  ("stabilityMap", "Overlay[settings.DEFAULT_OVERLAY]")):
+                                  ("alpha", "settings.DEFAULT_ALPHA"), ("method", "panel.Method[settings.DEFAULT_METHOD]"),
+                                  ("preset", "panel.Preset[settings.DEFAULT_PRESET]"),
+                                  ("device", "panel.Device[settings.DEFAULT_DEVICE]"),
+                                  ("stabilityMap", "panel.Overlay[settings.DEFAULT_OVERLAY]")):
         assert defaults[parameter] == expression, f"{PARAMETER_NODE_CLASS}.{parameter} must default to {expression}"
     widgets = ui_widgets()
     for parameter, field in (("samples", "samples"), ("ddimSteps", "steps")):

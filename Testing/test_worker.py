@@ -139,3 +139,49 @@ def test_numpy_fallback_blend_matches_the_kernel():
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
     np.testing.assert_array_equal(got[1], expected[1])
     assert (got[1] <= 1).all() and (got[1] == 1).any()
+
+
+def test_worker_process_survives_output_that_is_not_valid_text():
+    # Slicer's launchConsoleProcess decodes strictly; a bad byte must not stop the reading.
+    def strict_launcher(args, cwd):
+        return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                encoding="utf-8")
+
+    script = ("import json, sys\n"
+              "sys.stdout.buffer.write(b'\\xff\\xfe not text\\n'); sys.stdout.flush()\n"
+              "print(json.dumps({'event': 'done'}), flush=True)\n")
+    process = WorkerProcess([sys.executable, "-c", script], cwd=".", launcher=strict_launcher)
+    process._process.wait(30)
+    process._reader.join(30)
+    assert process.finished()
+    assert process.events() == [{"event": "done"}]
+    assert process.log_tail() == ["\ufffd\ufffd not text"]
+
+
+def test_a_failure_while_polling_ends_the_run_as_failed(tmp_path):
+    from PETStabilityDenoiseLib.slicer.logic import RunHandle
+
+    class FakeWorker:
+        killed = False
+
+        def events(self):
+            return [{"event": "progress", "epoch": 1}]  # malformed: no "epochs", "elapsed", ...
+
+        def finished(self):
+            return False
+
+        def kill(self):
+            self.killed = True
+
+        def log_tail(self, lines=20):
+            return []
+
+    worker, ended = FakeWorker(), []
+    temp_dir = tmp_path / "run"
+    temp_dir.mkdir()
+    handle = RunHandle(worker, temp_dir, import_result=lambda folder: None, progress=lambda report: None,
+                       finished=ended.append)
+    assert handle.poll() is False
+    assert handle.state == "failed" and isinstance(handle.error, KeyError)
+    assert worker.killed and ended == [handle] and not temp_dir.exists()
+    assert handle.poll() is False and ended == [handle]  # once only

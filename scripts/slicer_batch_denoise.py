@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_INPUT
     try:
         from PETStabilityDenoise import PETStabilityDenoiseLogic
-        from PETStabilityDenoiseLib.errors import InputError
+        from PETStabilityDenoiseLib.errors import InputError, OutputError
     except ImportError as error:
         print(f"ERROR: cannot import the PETStabilityDenoise module ({error}). Install the extension, or add "
               "--additional-module-paths <checkout>/PETStabilityDenoise to the Slicer command line.", file=sys.stderr)
@@ -137,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     except InputError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return EXIT_INPUT
+    except OutputError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"Denoised in {time.perf_counter() - start:.0f} s", flush=True)
     for path in paths.values():
         print(f"Wrote {path}", flush=True)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from .errors import InputError
+from .errors import InputError, OutputError
 from .settings import (
     DEFAULT_ALPHA,
     DEFAULT_DEVICE,
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
     p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS, help="output file format")
+    p.add_argument("--no-overwrite", action="store_true",
+                   help="refuse an --out that already holds a run (by default it is replaced as a whole)")
     p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
                    help="bar: a progress bar on stderr; jsonl: one JSON object per epoch (DIP) or window (DDPM) "
                         "on stdout")
@@ -254,7 +256,7 @@ def run_denoise(args: argparse.Namespace) -> int:
     config: EngineConfig = _ddpm_config(args) if args.method == "ddpm" else _dip_config(args)
     with make_reporter(args.progress) as report:
         paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=args.alpha, fmt=args.format,
-                                    progress=report)
+                                    progress=report, overwrite=not args.no_overwrite)
     log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -439,6 +441,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (InputError, ValueError, FileNotFoundError, FileExistsError) as error:
         log.error("%s", error)
         return 2
+    except OutputError as error:
+        log.error("%s", error)
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -9,6 +9,10 @@ class InputError(ValueError):
     """Bad user input (a file, volume, geometry or setting); the message says how to fix it."""
 
 
+class OutputError(RuntimeError):
+    """The results could not be written (a full disk, a read-only folder, ...); the destination was left as it was."""
+
+
 class Cancelled(RuntimeError):
     """Raised inside an engine when the caller's ``should_stop`` returns True."""
 

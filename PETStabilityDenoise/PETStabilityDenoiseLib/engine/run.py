@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -18,10 +19,11 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..settings import DDPMSamplingConfig, EngineConfig, EpochReport
+from ..settings import DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
 from ..volumes.geometry import grids_match
 from ..volumes.io import output_path, read_volume, write_volume
-from ..volumes.run_folder import VOLUME_NAMES, read_record, write_record
+from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, staged_folder, write_record
+from .device import resolve_device
 from .pipeline import DenoiseResult, blend_images, denoise, denoise_ddpm
 
 log = logging.getLogger(__name__)
@@ -42,16 +44,21 @@ def package_versions() -> dict:
             "numba": numba_version, "cuda": torch.version.cuda}
 
 
-def write_run(result: DenoiseResult, out_dir: Path, fmt: str, *, config: EngineConfig, pet_path: Path,
-              mr_path: Optional[Path]) -> Dict[str, Path]:
-    """Writes the four volumes and run.json into ``out_dir``; returns name -> path (``run`` for run.json)."""
-    out_dir = Path(out_dir)
+def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: EngineConfig, pet_path: Path,
+              mr_path: Optional[Path], mr: Optional[sitk.Image] = None) -> Dict[str, Path]:
+    """Writes the four volumes and run.json into ``folder``, each read back; returns name -> path (``run``: run.json).
+
+    ``mr`` (the MR as read) gives run.json its SHA-256; the PET's comes from ``result.pet``.
+    """
+    folder = Path(folder)
     volumes = {"denoised": result.denoised, "network_output": result.network_output,
                "stability": result.stability, "stability_norm": result.stability_norm}
-    paths = {name: write_volume(volumes[name], output_path(out_dir, name, fmt)) for name in VOLUME_NAMES}
+    paths = {name: write_volume(volumes[name], output_path(folder, name, fmt)) for name in VOLUME_NAMES}
     record = {
         "pet": str(Path(pet_path).resolve()),
+        "pet_sha256": image_sha256(result.pet),
         "mr": str(Path(mr_path).resolve()) if mr_path else None,
+        "mr_sha256": image_sha256(mr) if mr is not None else None,
         "format": fmt,
         "alpha": result.alpha,
         "stability_mean": result.stability_mean,
@@ -66,55 +73,84 @@ def write_run(result: DenoiseResult, out_dir: Path, fmt: str, *, config: EngineC
         "versions": package_versions(),
         "outputs": {name: path.name for name, path in paths.items()},
     }
-    paths["run"] = write_record(out_dir, record)
+    paths["run"] = write_record(folder, record)
     return paths
 
 
 def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, config: EngineConfig, *,
-                        alpha: float, fmt: str, progress: Optional[Callable[[EpochReport], None]] = None
-                        ) -> Dict[str, Path]:
+                        alpha: float, fmt: str, progress: Optional[Callable[[EpochReport], None]] = None,
+                        overwrite: bool = True) -> Dict[str, Path]:
     """Reads the PET (and MR), denoises with the engine ``config`` belongs to, and writes the run folder.
+
+    The folder appears complete or not at all: the run is written beside ``out_dir``
+    and takes its place only when every file has been read back (``volumes/run_folder.py``).
+    ``out_dir`` and ``alpha`` are checked before the inputs are read.
 
     Args:
         pet_path: the noisy PET (NIfTI, NRRD, MHA or a DICOM series folder).
         mr_path: the subject's MR, registered to the PET; None runs the plain DIP from noise.
-        out_dir: the run folder, created if missing.
+        out_dir: the run folder. An earlier run there is replaced as a whole; a folder
+            holding anything else is refused.
         config: a DIPConfig fits the DIP; a DDPMSamplingConfig samples the diffusion model.
         alpha: blend strength (0: the network output).
         fmt: one of ``settings.OUTPUT_FORMATS``.
         progress: called once per epoch (DIP) or sliding window (DDPM).
+        overwrite: False refuses an ``out_dir`` that already holds a run.
 
     Returns:
-        name -> path of the four volumes, and ``run`` -> run.json.
+        name -> path of the four volumes, and ``run`` -> run.json, in ``out_dir``.
     """
-    pet = read_volume(pet_path)
-    mr = read_volume(mr_path) if mr_path else None
-    if isinstance(config, DDPMSamplingConfig):
-        result = denoise_ddpm(pet, mr, config, alpha=alpha, progress=progress)
-    else:
-        if mr is None:
-            log.warning("No MR given: running the original (unconditional) DIP from random noise")
-        result = denoise(pet, mr, config, alpha=alpha, progress=progress)
-    return write_run(result, out_dir, fmt, config=config, pet_path=pet_path, mr_path=mr_path)
+    check_alpha(alpha)
+    output_path(out_dir, VOLUME_NAMES[0], fmt)  # refuses an unknown format before any work
+    resolve_device(config.device)  # refuses 'cuda' without a GPU before any work
+    with staged_folder(out_dir, overwrite=overwrite) as stage:
+        pet = read_volume(pet_path)
+        mr = read_volume(mr_path) if mr_path else None
+        if mr is not None:
+            warn_if_same_volume(pet, mr, pet_path, mr_path)
+        if isinstance(config, DDPMSamplingConfig):
+            result = denoise_ddpm(pet, mr, config, alpha=alpha, progress=progress)
+        else:
+            if mr is None:
+                log.warning("No MR given: running the original (unconditional) DIP from random noise")
+            result = denoise(pet, mr, config, alpha=alpha, progress=progress)
+        staged = write_run(result, stage, fmt, config=config, pet_path=pet_path, mr_path=mr_path, mr=mr)
+    return {name: Path(out_dir) / path.name for name, path in staged.items()}
+
+
+def warn_if_same_volume(pet: sitk.Image, mr: sitk.Image, pet_path: Path, mr_path: Optional[Path]) -> bool:
+    """Logs a warning when the MR is the PET itself (the same file, or the same voxels on the same grid)."""
+    same_file = mr_path is not None and Path(pet_path).resolve() == Path(mr_path).resolve()
+    if same_file or image_sha256(pet) == image_sha256(mr):
+        log.warning("The MR (%s) is the same image as the PET (%s): the DIP would be guided by the noisy PET itself. "
+                    "Give the subject's MR, or leave it out to run the plain DIP", mr_path, pet_path)
+        return True
+    return False
 
 
 def reblend_run(run_dir: Path, alpha: float) -> Dict[str, Path]:
-    """Re-blends a finished run at ``alpha``: rewrites denoised and stability_norm, updates run.json.
+    """Re-blends a finished run at ``alpha``: a new denoised and stability_norm, and run.json's alpha.
 
-    The original PET is read from the path that run.json records.
+    The original PET is read from the path that run.json records, and must be the
+    image the run processed (its SHA-256). The folder is replaced as a whole, as by a run.
     """
+    check_alpha(alpha)
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
+    record = read_record(run_dir, "format", "pet", "pet_sha256", "stability_mean", "outputs")
     fmt = record["format"]
     pet = read_volume(record["pet"])
+    if image_sha256(pet) != record["pet_sha256"]:
+        raise InputError(f"the PET at {record['pet']} is not the image this run processed (its SHA-256 differs "
+                         "from run.json's): it was changed since; re-run 'petstab denoise'")
     network_output = read_volume(output_path(run_dir, "network_output", fmt))
     stability = read_volume(output_path(run_dir, "stability", fmt))
     if not grids_match(pet, network_output, tol=1e-4):
-        raise InputError(f"the PET at {record['pet']} no longer matches this run's grid; "
-                         "it was moved or changed since the run: re-run 'petstab denoise'")
+        raise InputError(f"the PET at {record['pet']} does not match this run's grid: re-run 'petstab denoise'")
     denoised, stability_norm = blend_images(pet, network_output, stability, alpha, record["stability_mean"])
-    paths = {"denoised": write_volume(denoised, output_path(run_dir, "denoised", fmt)),
-             "stability_norm": write_volume(stability_norm, output_path(run_dir, "stability_norm", fmt))}
-    record["alpha"] = alpha
-    write_record(run_dir, record)
-    return paths
+    with staged_folder(run_dir) as stage:
+        for name in ("network_output", "stability"):
+            shutil.copy2(output_path(run_dir, name, fmt), output_path(stage, name, fmt))
+        paths = {"denoised": write_volume(denoised, output_path(stage, "denoised", fmt)),
+                 "stability_norm": write_volume(stability_norm, output_path(stage, "stability_norm", fmt))}
+        write_record(stage, {**record, "alpha": alpha})
+    return {name: run_dir / path.name for name, path in paths.items()}

@@ -26,6 +26,7 @@ from ..engine.run import write_run
 from ..settings import DEFAULT_ALPHA, DIPConfig
 from ..simulation import SimulationConfig, bundled_labels_path, dose_label, simulate_case
 from ..volumes.geometry import resample_to_reference
+from ..volumes.run_folder import staged_folder
 from .scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ def run_demo(out_dir: Path, *, dose: float, config: DIPConfig, alpha: float = DE
     log.info("Denoising with %d epochs (interval %d, start %d)", config.epochs, config.interval, config.start)
     with make_reporter(progress) as report:
         result = denoise(pet, case.mr, config, alpha=alpha, progress=report)
-    write_run(result, out_dir / "denoised", "nii.gz", config=config,
-              pet_path=case_paths[f"osem_{dose_label(dose)}"], mr_path=case_paths["mr"])
+    with staged_folder(out_dir / "denoised") as stage:
+        write_run(result, stage, "nii.gz", config=config, pet_path=case_paths[f"osem_{dose_label(dose)}"],
+                  mr_path=case_paths["mr"], mr=case.mr)
 
     x0 = sitk.GetArrayFromImage(pet)
     osem_name, dip_name, blend_name = f"OSEM 1/{1 / dose:g} dose", f"DIP ({config.epochs} ep)", f"blend alpha {alpha:g}"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
+from ..errors import InputError
 from .choices import DEFAULT_DEVICE, DEVICES, INPUT_MODES, NETWORKS, OPTIMIZERS
 
 
@@ -18,6 +20,12 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     """Raises ValueError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_alpha(alpha: object) -> None:
+    """The blend strength: a finite number >= 0 (0 gives the network output)."""
+    if not (isinstance(alpha, numbers.Real) and math.isfinite(float(alpha)) and float(alpha) >= 0):
+        raise InputError(f"alpha must be a finite number >= 0; got {alpha!r}")
 
 
 def check_runtime(device: object, threads: object, seed: object) -> None:

@@ -84,6 +84,14 @@ def missing_requirements(
     return missing
 
 
+def pinned_packages(*, installed_version: VersionLookup = installed_version) -> List[str]:
+    """``name==version`` of each protected package that pip can see, so can pin.
+
+    A package installed without pip's metadata cannot be pinned: Slicer 5.8 ships vtk that way.
+    """
+    return [f"{name}=={version}" for name in PROTECTED_PACKAGES if (version := installed_version(name)) is not None]
+
+
 def write_constraints(path: PathLike, *, installed_version: VersionLookup = installed_version) -> Path:
     """Write a pip constraints file pinning every installed protected package to its installed version.
 
@@ -91,7 +99,7 @@ def write_constraints(path: PathLike, *, installed_version: VersionLookup = inst
     fails with a conflict instead, which is the safe outcome.
     """
     path = Path(path)
-    pins = [f"{name}=={version}" for name in PROTECTED_PACKAGES if (version := installed_version(name)) is not None]
+    pins = pinned_packages(installed_version=installed_version)
     header = "# Written by PETStabilityDenoise: keep the packages of Slicer and its PyTorch extension as installed."
     lines = [header, *pins]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,8 +177,7 @@ def ensure_dependencies(requirements_path: PathLike, steps: InstallSteps, *, ask
     Returns False when the user declined. In batch mode nothing is installed:
     RuntimeError names what is missing and the commands that install it.
     """
-    torch_missing = bool(missing_requirements([Requirement(TORCH_REQUIREMENT)], installed_version=lookup))
-    missing = missing_requirements(read_requirements(requirements_path), installed_version=lookup)
+    torch_missing, missing = _missing(requirements_path, lookup)
     if not torch_missing and not missing:
         return True
     if steps.batch_mode():
@@ -192,6 +199,17 @@ def ensure_dependencies(requirements_path: PathLike, steps: InstallSteps, *, ask
     # Let this process import what has just been installed.
     importlib.invalidate_caches()
     return True
+
+
+def missing_packages(requirements_path: PathLike, *, lookup: VersionLookup = installed_version) -> List[str]:
+    """What :func:`ensure_dependencies` would install: torch (through the PyTorch extension) and the requirements."""
+    torch_missing, missing = _missing(requirements_path, lookup)
+    return ([TORCH_REQUIREMENT] if torch_missing else []) + [requirement_text(requirement) for requirement in missing]
+
+
+def _missing(requirements_path: PathLike, lookup: VersionLookup) -> "tuple[bool, List[Requirement]]":
+    torch_missing = bool(missing_requirements([Requirement(TORCH_REQUIREMENT)], installed_version=lookup))
+    return torch_missing, missing_requirements(read_requirements(requirements_path), installed_version=lookup)
 
 
 def install_hint(torch_missing: bool, missing: Sequence[Requirement], constraints_path: PathLike) -> str:

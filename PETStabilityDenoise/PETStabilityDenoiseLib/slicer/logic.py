@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import shutil
 import sys
 import tempfile
@@ -37,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, cast
+from typing import Any, Callable, Optional, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -53,6 +51,7 @@ from ..settings import (
     METHODS,
     OVERLAYS,
     EpochReport,
+    check_alpha,
     engine_config,
     engine_parameters,
 )
@@ -80,10 +79,10 @@ Scheduler = Callable[[Callable[[], bool]], None]
 class ProcessResult:
     """The output nodes of one run, and what :meth:`PETStabilityDenoiseLogic.setAlpha` needs."""
 
-    denoisedNode: object
-    networkOutputNode: object
-    stabilityNode: object
-    normalizedStabilityNode: object
+    denoisedNode: Any  # vtkMRMLScalarVolumeNode
+    networkOutputNode: Any
+    stabilityNode: Any
+    normalizedStabilityNode: Any
     alpha: float
     stabilityMean: float
     runInfo: dict
@@ -126,22 +125,32 @@ class RunHandle:
         return self._worker.log_tail()
 
     def poll(self) -> bool:
-        """Handles what the worker reported since the last call; True while the run goes on."""
+        """Handles what the worker reported since the last call; True while the run goes on.
+
+        Whatever goes wrong while handling the reports (a malformed event, a failing
+        progress callback) ends the run as failed, with the worker killed: it must
+        never leave a run that stays "running" with nobody polling it.
+        """
         with self._lock:
             if self.state != "running":
                 return False
-            for event in self._worker.events():
-                self._handle_event(event)
-            if not self._worker.finished():
-                return True
             try:
-                if self._worker.returncode == 0 and self._error_event is None:
-                    self.result = self._import_result(self._temp_dir / "output")
-                    self.state = "succeeded"
-                else:
-                    self.error, self.state = self._failure(), "failed"
-            except Exception as error:  # noqa: BLE001 - any import failure ends the run as failed
+                for event in self._worker.events():
+                    self._handle_event(event)
+            except Exception as error:  # noqa: BLE001 - any failure here ends the run, reported as its error
+                self._worker.kill()
                 self.error, self.state = error, "failed"
+            else:
+                if not self._worker.finished():
+                    return True
+                try:
+                    if self._worker.returncode == 0 and self._error_event is None:
+                        self.result = self._import_result(self._temp_dir / "output")
+                        self.state = "succeeded"
+                    else:
+                        self.error, self.state = self._failure(), "failed"
+                except Exception as error:  # noqa: BLE001 - any import failure ends the run as failed
+                    self.error, self.state = error, "failed"
             self._end()
         self._notify_finished()
         return False
@@ -159,7 +168,7 @@ class RunHandle:
             message, kind = self._error_event.get("message", ""), self._error_event.get("kind", "internal")
             if kind == "input":
                 return InputError(message)
-            if kind == "out_of_memory":
+            if kind in ("out_of_memory", "output"):
                 return WorkerFailed(message, tail, kind)
             return WorkerFailed(f"The denoising worker failed: {message}", tail, kind)
         last_lines = "\n".join(tail) or "(no output)"
@@ -263,7 +272,7 @@ class PETStabilityDenoiseLogic:
         """
         if self.isRunning:
             raise RuntimeError("a denoising run is already under way: cancel it or wait for it to finish")
-        self._check_alpha(alpha)
+        check_alpha(alpha)
         overrides = {name: value for name, value in engine_parameters.items() if value is not None}
         if overrides.get("model_dir"):
             # The worker runs in another folder: a relative path must mean the same there.
@@ -359,18 +368,17 @@ class PETStabilityDenoiseLogic:
             else:
                 hierarchy.CreateItem(parent, node)
 
-    @staticmethod
-    def _check_alpha(alpha: float) -> None:
-        if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha >= 0):
-            raise InputError(f"alpha must be a finite number >= 0; got {alpha!r}")
-
     def setAlpha(self, result: ProcessResult, alpha: float) -> None:
         """Re-blends ``result.denoisedNode`` (and its normalized stability) at ``alpha``, in place.
 
         No new run: the blend of METHOD.md §1 is recomputed from the stored
         network output and stability map, straight into the nodes' voxel memory.
         """
-        self._check_alpha(alpha)
+        check_alpha(alpha)
+        nodes = (result.denoisedNode, result.networkOutputNode, result.stabilityNode, result.normalizedStabilityNode)
+        if any(node.GetScene() is None for node in nodes):
+            raise InputError("the result's volumes were removed from the scene, so there is nothing to re-blend; "
+                             "run the denoising again")
         denoised = slicer.util.arrayFromVolume(result.denoisedNode)
         stability_norm = slicer.util.arrayFromVolume(result.normalizedStabilityNode)
         blend(result.petArray, slicer.util.arrayFromVolume(result.networkOutputNode),

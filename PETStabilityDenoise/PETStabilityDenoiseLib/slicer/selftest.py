@@ -19,14 +19,18 @@ def denoise_the_sample(test, logic, resources: Path) -> None:
     import vtk
 
     from .application import SAMPLE_NAME, register_sample_data
+    from .install import missing_packages
 
+    missing = missing_packages(resources / "requirements.txt")
+    if missing:
+        # A test never installs anything: where torch or the others are absent (Slicer's build machines), skip.
+        test.skipTest(f"PETStabilityDenoise's self-test needs {', '.join(missing)}, which are not installed; "
+                      "install them with the module's Apply button (it asks first), then run the test again")
     test.delayDisplay("Starting the test")
     register_sample_data(resources)
     petNode, mrNode = SampleData.downloadSamples(SAMPLE_NAME)
     test.delayDisplay("Loaded the sample PET/MR case")
 
-    # In testing mode this installs nothing: it fails with the commands that install what is missing.
-    logic.ensureDependencies(askConfirmation=False)
     result = logic.process(petNode, mrNode, preset="tiny", wait=True)
     test.delayDisplay("Denoising finished")
 

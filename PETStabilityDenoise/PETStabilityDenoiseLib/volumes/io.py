@@ -14,7 +14,7 @@ from typing import Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..settings import OUTPUT_FORMATS
 from .nifti import check_nifti_payload
 from .validation import MAX_VOXELS
@@ -138,9 +138,10 @@ def _check_announced_size(path: Path, files: Sequence[str]) -> None:
 
 
 def write_volume(image: sitk.Image, path: PathLike) -> Path:
-    """Write ``image`` to ``path`` (compressed where the format allows); return the path.
+    """Write ``image`` to ``path`` (compressed where the format allows) and read it back; return the path.
 
-    Parent folders are created as needed.
+    Parent folders are created as needed. OutputError when the file cannot be
+    written or does not read back as written (a full disk, a read-only folder).
     """
     path = Path(path)
     if _volume_suffix(path) is None:
@@ -148,8 +149,16 @@ def write_volume(image: sitk.Image, path: PathLike) -> Path:
             f"Cannot write {path.name}: give the output file one of the suffixes "
             f"{', '.join(READABLE_SUFFIXES)}."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(path), useCompression=True)
+        written = sitk.ReadImage(str(path))  # kept in a name: a view must not outlive its image
+        intact = np.array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image))
+    except (OSError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise OutputError(f"could not write {path.name}: {reason}") from None
+    if not intact:
+        raise OutputError(f"{path.name} reads back differently from what was written")
     logger.debug("Wrote %s", path)
     return path
 

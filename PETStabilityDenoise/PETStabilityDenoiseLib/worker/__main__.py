@@ -6,7 +6,7 @@ inside Slicer, ``sys.executable`` elsewhere), so that a long DIP fit or DDPM
 sampling never blocks the application and a cancel can kill it outright. It
 reports in the protocol of ``worker/protocol.py``.
 
-Exit status: 0 done, 2 bad input, 3 out of (GPU or CPU) memory, 1 anything else.
+Exit status: 0 done, 2 bad input, 3 out of (GPU or CPU) memory, 4 outputs not written, 1 anything else.
 The output folder is the one ``petstab denoise`` writes (``volumes/run_folder.py``).
 """
 
@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..settings import DEFAULT_ALPHA, DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESET_NAMES, engine_config
 from .protocol import (
     CPU_MEMORY_ADVICE,
@@ -28,6 +28,7 @@ from .protocol import (
     EXIT_INPUT_ERROR,
     EXIT_INTERNAL_ERROR,
     EXIT_OUT_OF_MEMORY,
+    EXIT_OUTPUT_ERROR,
     GPU_MEMORY_ADVICE,
     WORKER_FORMAT,
     emit,
@@ -87,6 +88,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (InputError, ValueError, FileNotFoundError) as error:
         emit("error", kind="input", message=str(error))
         return EXIT_INPUT_ERROR
+    except OutputError as error:  # the logic's temporary folder: a full disk, most likely
+        emit("error", kind="output", message=str(error))
+        return EXIT_OUTPUT_ERROR
     except Exception as error:  # noqa: BLE001 - the caller needs every failure as a protocol line
         traceback.print_exc(file=sys.stderr)
         advice = _memory_advice(error)

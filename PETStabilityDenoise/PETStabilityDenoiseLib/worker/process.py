@@ -50,7 +50,15 @@ class WorkerProcess:
         return self._process.pid
 
     def _read(self) -> None:
-        for line in self._process.stdout or ():  # the launchers always give a pipe
+        stdout = self._process.stdout
+        if stdout is None:  # the launchers always give a pipe
+            return
+        # Slicer's launchConsoleProcess decodes strictly, and a byte that is not UTF-8 would end the reading
+        # (and lose the rest of its chunk): nothing would drain the pipe any more. Read the bytes underneath
+        # and decode each line leniently instead.
+        raw = getattr(stdout, "buffer", None)
+        lines = (line.decode("utf-8", errors="replace") for line in raw) if raw is not None else stdout
+        for line in lines:
             line = line.rstrip("\r\n")
             event = parse_event(line)
             if event is None:
