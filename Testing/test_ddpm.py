@@ -26,11 +26,11 @@ from PETStabilityDenoiseLib.engine.ddpm.sampling import (
 from PETStabilityDenoiseLib.engine.ddpm.weights import (
     MODEL_CARD_FILE,
     WEIGHTS_FILE,
-    WeightsChecksumError,
     bundled_model_dir,
     load_model,
     save_model,
 )
+from PETStabilityDenoiseLib.errors import ModelError
 from PETStabilityDenoiseLib.training.dataset import random_patches
 from PETStabilityDenoiseLib.training.trainer import LOSS_LOG, TrainingSettings, train
 
@@ -121,7 +121,7 @@ def test_weights_round_trip_and_checksum_mismatch(tiny_model, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(WeightsChecksumError, match="damaged or was replaced"):
+    with pytest.raises(ModelError, match="damaged or was replaced"):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="no DDPM model"):
         load_model(tmp_path / "missing")

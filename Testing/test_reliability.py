@@ -304,3 +304,48 @@ def test_blend_rewrites_the_run_as_a_whole(quick_engine, inputs, tmp_path, capsy
 def test_the_same_volume_as_pet_and_mr_is_warned_about(quick_engine, inputs, tmp_path, capsys, caplog):
     code, text = run_cli(denoise(inputs["pet"], inputs["pet"], tmp_path / "out"), capsys, caplog)
     assert code == 0 and "is the same image as the PET" in text
+
+
+# --- the diffusion model's files --------------------------------------------------------------------------
+
+
+def damaged_model(source: Path, folder: Path, how: str) -> Path:
+    """A copy of a model folder with a flipped byte in its weights, or truncated weights with a re-hashed manifest."""
+    import shutil
+
+    from PETStabilityDenoiseLib.engine.ddpm.weights import MANIFEST_FILE, WEIGHTS_FILE, sha256_of
+
+    shutil.copytree(source, folder)
+    weights = folder / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    if how == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+        weights.write_bytes(bytes(data))
+    else:
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        manifest["sha256"] = sha256_of(weights)
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize("how, message", [("flipped byte", "do not match their recorded checksum"),
+                                          ("truncated, re-hashed", "cannot be loaded")])
+def test_damaged_weights_are_refused(tiny_ddpm_model_dir, inputs, tmp_path, capsys, caplog, how, message):
+    model = damaged_model(tiny_ddpm_model_dir, tmp_path / "model", how)
+    out = tmp_path / "out"
+    argv = ["denoise", "--method", "ddpm", "--pet", inputs["pet"], "--mr", inputs["mr"], "--out", out,
+            "--ddpm-model", model, "--samples", "2", "--device", "cpu", "--progress", "none"]
+    refused(argv, [inputs["pet"], inputs["mr"], model / "weights.pt"], out, capsys, caplog, message)
+
+
+def test_damaged_weights_are_an_error_event_of_the_worker(tiny_ddpm_model_dir, inputs, tmp_path, capsys):
+    from PETStabilityDenoiseLib.worker import __main__ as worker
+
+    model = damaged_model(tiny_ddpm_model_dir, tmp_path / "model", "flipped byte")
+    code = worker.main(["--pet", str(inputs["pet"]), "--mr", str(inputs["mr"]), "--out", str(tmp_path / "out"),
+                        "--method", "ddpm", "--parameters", json.dumps({"model_dir": str(model), "device": "cpu"})])
+    printed = capsys.readouterr()
+    assert code == worker.EXIT_INPUT_ERROR and "Traceback" not in printed.err
+    event = json.loads(printed.out.strip().splitlines()[-1])
+    assert event["event"] == "error" and event["kind"] == "input" and "recorded checksum" in event["message"]

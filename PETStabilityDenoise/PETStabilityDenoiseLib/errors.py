@@ -9,6 +9,10 @@ class InputError(ValueError):
     """Bad user input (a file, volume, geometry or setting); the message says how to fix it."""
 
 
+class ModelError(InputError):
+    """A diffusion model's files are damaged, replaced or cannot be loaded; the message says how to restore them."""
+
+
 class OutputError(RuntimeError):
     """The results could not be written (a full disk, a read-only folder, ...); the destination was left as it was."""
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from ...errors import ModelError
 from .model import DDPMConfig, build_model, count_parameters
 
 WEIGHTS_FILE = "weights.pt"
@@ -26,10 +27,6 @@ MODEL_CARD_FILE = "MODEL_CARD.md"
 def bundled_model_dir() -> Path:
     """The model shipped in the module's ``Resources/DDPM`` (beside this package, in Slicer and in the repo)."""
     return Path(__file__).resolve().parents[3] / "Resources" / "DDPM"
-
-
-class WeightsChecksumError(RuntimeError):
-    """The weights file does not match the checksum recorded beside it."""
 
 
 def sha256_of(path: Path) -> str:
@@ -61,15 +58,24 @@ def load_model(directory: Path, device: torch.device = torch.device("cpu")) -> T
                                 "The bundled model ships in the module's Resources/DDPM folder; reinstall "
                                 "PETStabilityDenoise (for the command line: pip install -e . from a clone of "
                                 "the repository), or give a model folder written by 'petstab train-ddpm'.")
-    manifest = json.loads(manifest_path.read_text())
+    restore = ("Reinstall PETStabilityDenoise to restore the bundled model, or train a model again with "
+               "'petstab train-ddpm'.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = manifest["sha256"]
+        fields: Dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
+        config = DDPMConfig(**fields)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelError(f"the model description {manifest_path} cannot be read ({type(error).__name__}: {error}). "
+                         f"{restore}") from None
     actual = sha256_of(weights)
-    if actual != manifest["sha256"]:
-        raise WeightsChecksumError(
-            f"the DDPM weights {weights} do not match their recorded checksum (SHA-256 {actual[:12]}..., "
-            f"expected {manifest['sha256'][:12]}...): the file is damaged or was replaced. "
-            "Reinstall PETStabilityDenoise to restore the bundled model.")
-    fields: Dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
-    config = DDPMConfig(**fields)
+    if actual != expected:
+        raise ModelError(f"the DDPM weights {weights} do not match their recorded checksum (SHA-256 {actual[:12]}..., "
+                         f"expected {str(expected)[:12]}...): the file is damaged or was replaced. {restore}")
     model = build_model(config)
-    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    try:
+        model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file; all mean the same
+        raise ModelError(f"the DDPM weights {weights} cannot be loaded ({type(error).__name__}: {error}). "
+                         f"{restore}") from None
     return model.to(device).eval(), config, manifest
