@@ -37,8 +37,6 @@ class PETStabilityDenoise(ScriptedLoadableModule):
         # Untranslated for now: the texts live in the library, where Slicer's string extraction does not look.
         self.parent.helpText = panel.HELP_TEXT.format(readme=README_URL)
         self.parent.acknowledgementText = panel.ACKNOWLEDGEMENT_TEXT
-
-        # Additional initialization step after application startup is complete
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -123,9 +121,8 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        # The widgets stay bound to the node (see setParameterNode); only stop reacting to its changes.
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
@@ -148,13 +145,17 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self._parameterNode.inputPET = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode: Optional[PETStabilityDenoiseParameterNode]) -> None:
-        """Set and observe the parameter node; the .ui's SlicerParameterName properties bind its widgets."""
+        """Set and observe the parameter node; the .ui's SlicerParameterName properties bind its widgets, once per
+        node: Slicer 5.8's connectGui returns no tag, so disconnectGui cannot undo a binding made on each enter()."""
+        current = self._parameterNode
+        if current:
+            self.removeObserver(current, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        if not (inputParameterNode and current and inputParameterNode.parameterNode is current.parameterNode):
+            if current:
+                current.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNode = inputParameterNode
+            self._parameterNodeGuiTag = inputParameterNode.connectGui(self.ui) if inputParameterNode else None
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
@@ -326,10 +327,7 @@ class PETStabilityDenoiseLogic(ScriptedLoadableModuleLogic):
             self._engine.cancel()
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Makes torch and Resources/requirements.txt importable; False when the user declined.
-
-        In batch or testing mode nothing is installed: RuntimeError names what is missing and how to install it.
-        """
+        """Makes torch and requirements.txt importable (asks first); False if declined; in batch mode, raises."""
         steps = install.InstallSteps(batch_mode=application.is_batch_mode, confirm=confirmInstall,
                                      install_torch=application.torch_installer(), pip_install=application.pip_install,
                                      constraints_path=application.constraints_path())

@@ -349,3 +349,34 @@ def test_damaged_weights_are_an_error_event_of_the_worker(tiny_ddpm_model_dir, i
     assert code == worker.EXIT_INPUT_ERROR and "Traceback" not in printed.err
     event = json.loads(printed.out.strip().splitlines()[-1])
     assert event["event"] == "error" and event["kind"] == "input" and "recorded checksum" in event["message"]
+
+
+def test_an_internal_error_keeps_its_traceback(inputs, tmp_path, capsys, caplog, monkeypatch):
+    # A bug is not the user's input: exit code 1, and the traceback stays in the log for the report.
+    from PETStabilityDenoiseLib.engine import run as engine_run
+
+    def broken(*args, **kwargs):
+        raise ValueError("an engine bug")
+
+    monkeypatch.setattr(engine_run, "denoise", broken)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        code = main([str(a) for a in denoise(inputs["pet"], inputs["mr"], out)])
+    assert code == 1
+    assert "internal error" in caplog.text and "Traceback" in caplog.text and "an engine bug" in caplog.text
+    assert not out.exists() and no_leftovers(out)
+
+
+def test_the_worker_sends_an_internal_error_with_its_traceback(inputs, tmp_path, capsys, monkeypatch):
+    from PETStabilityDenoiseLib.engine import run as engine_run
+    from PETStabilityDenoiseLib.worker import __main__ as worker
+
+    def broken(*args, **kwargs):
+        raise ValueError("an engine bug")
+
+    monkeypatch.setattr(engine_run, "denoise", broken)
+    code = worker.main(["--pet", str(inputs["pet"]), "--mr", str(inputs["mr"]), "--out", str(tmp_path / "out"),
+                        "--preset", "tiny", "--parameters", json.dumps({"device": "cpu"})])
+    event = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == worker.EXIT_INTERNAL_ERROR
+    assert event["kind"] == "internal" and "an engine bug" in event["message"] and "Traceback" in event["traceback"]

@@ -2,9 +2,9 @@
 
 Writes, relative to the repository root:
 
-- ``PETStabilityDenoise/Resources/SampleData/PETStabilitySample_PET.nrrd``: simulated 1/10 dose FDG OSEM
+- ``PETStabilityDenoise/PETStabilityDenoiseLib/data/sample/PETStabilitySample_PET.nrrd``: simulated 1/10 dose FDG OSEM
   of BrainWeb subject 04, 2 mm voxels, float32, SUV-like units (grey matter about 8).
-- ``PETStabilityDenoise/Resources/SampleData/PETStabilitySample_MR.nrrd``: the subject's T1-like MR,
+- ``PETStabilityDenoise/PETStabilityDenoiseLib/data/sample/PETStabilitySample_MR.nrrd``: the subject's T1-like MR,
   resampled to 2 mm on its own grid (0.5 mm off the PET grid on each axis, larger field of view), uint16
   (intensity x 10).
 - ``PETStabilityDenoise/Resources/Icons/PETStabilitySample.png``: a 128x128 thumbnail, MR and PET axial slices.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "PETStabilityDenoise"))
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case  # noqa: E402
 from PETStabilityDenoiseLib.simulation.phantom import Label  # noqa: E402
 
-SAMPLE_DIR = ROOT / "PETStabilityDenoise" / "Resources" / "SampleData"
+SAMPLE_DIR = ROOT / "PETStabilityDenoise" / "PETStabilityDenoiseLib" / "data" / "sample"
 ICON_PATH = ROOT / "PETStabilityDenoise" / "Resources" / "Icons" / "PETStabilitySample.png"
 PET_NAME = "PETStabilitySample_PET.nrrd"
 MR_NAME = "PETStabilitySample_MR.nrrd"

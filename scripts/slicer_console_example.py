@@ -14,7 +14,7 @@ from PETStabilityDenoise import PETStabilityDenoiseLogic
 
 PET_NAME = "PETStabilitySample_PET"  # set to your own volumes' names
 MR_NAME = "PETStabilitySample_MR"
-SAMPLE_DIR = os.path.join(os.path.dirname(slicer.modules.petstabilitydenoise.path), "Resources", "SampleData")
+SAMPLE_DIR = os.path.join(os.path.dirname(slicer.modules.petstabilitydenoise.path), "PETStabilityDenoiseLib", "data", "sample")
 
 
 def getOrLoadVolume(name):

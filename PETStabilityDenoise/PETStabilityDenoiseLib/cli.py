@@ -438,7 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "evaluate": run_evaluate, "train-ddpm": run_train_ddpm}
     try:
         return command[args.command](args)
-    except (InputError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (InputError, FileNotFoundError, FileExistsError) as error:
         log.error("%s", error)
         return 2
     except OutputError as error:
@@ -447,6 +447,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception:  # noqa: BLE001 - a bug, not the user's input: keep its traceback for the report
+        log.exception("internal error; please report it with the lines above")
+        return 1
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import SimpleITK as sitk
 from ..engine.blend import blend
 from ..engine.filters import gaussian_fwhm
 from ..engine.pipeline import denoise, denoise_ddpm
+from ..errors import InputError
 from ..settings import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
 from ..simulation import SimulationConfig, simulate_case, simulation_config
 from .scoring import Scorer
@@ -123,16 +124,16 @@ class StudySettings:
 
     def __post_init__(self) -> None:
         if not self.doses or any(not 0 < d <= 1 for d in self.doses):
-            raise ValueError(f"doses must be fractions in (0, 1]; got {self.doses}")
+            raise InputError(f"doses must be fractions in (0, 1]; got {self.doses}")
         if self.realisations < 1 or self.ddpm_realisations < 0:
-            raise ValueError(f"realisations must be >= 1 and ddpm_realisations >= 0; got {self.realisations}, "
+            raise InputError(f"realisations must be >= 1 and ddpm_realisations >= 0; got {self.realisations}, "
                              f"{self.ddpm_realisations}")
         if 0.0 not in self.gaussian_fwhms:
-            raise ValueError(f"the Gaussian FWHMs must include 0 (OSEM itself, the reference); "
+            raise InputError(f"the Gaussian FWHMs must include 0 (OSEM itself, the reference); "
                              f"got {self.gaussian_fwhms}")
         epochs = [e for e in self.dip_epochs or default_dip_epochs(self.dip) if e <= self.dip.epochs]
         if not epochs:
-            raise ValueError(f"none of the DIP epochs {self.dip_epochs} is reached in {self.dip.epochs} epochs")
+            raise InputError(f"none of the DIP epochs {self.dip_epochs} is reached in {self.dip.epochs} epochs")
         object.__setattr__(self, "dip_epochs", tuple(epochs))
         self.simulation(0)  # refuses an unknown scanner or regime, or a bad count scale, now rather than later
 
@@ -329,7 +330,7 @@ def cached_record(cache_dir: Path, settings: StudySettings, subject: Subject, re
                                 "run without --replot first")
     record = read_record(cache_dir, settings, subject, realisation)
     if record is None:
-        raise ValueError(f"the cached results for {where} were made with other settings: "
+        raise InputError(f"the cached results for {where} were made with other settings: "
                          "run without --replot to recompute them")
     return record
 

@@ -19,7 +19,7 @@ from .choices import DEFAULT_DEVICE, DEVICES, INPUT_MODES, NETWORKS, OPTIMIZERS
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     """Raises ValueError unless ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def check_alpha(alpha: object) -> None:
@@ -32,9 +32,9 @@ def check_runtime(device: object, threads: object, seed: object) -> None:
     """The settings both engines share: a known device, a thread count >= 1 or None, a seed >= 0."""
     check_choice("device", device, DEVICES)
     if threads is not None and not (isinstance(threads, int) and threads >= 1):
-        raise ValueError(f"threads must be a whole number >= 1, or None for torch's choice; got {threads!r}")
+        raise InputError(f"threads must be a whole number >= 1, or None for torch's choice; got {threads!r}")
     if not (isinstance(seed, int) and seed >= 0):
-        raise ValueError(f"seed must be a whole number >= 0; got {seed!r}")
+        raise InputError(f"seed must be a whole number >= 0; got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -70,20 +70,20 @@ class DIPConfig:
     def __post_init__(self) -> None:
         sample_epochs(self.epochs, self.interval, self.start)  # validates the schedule
         if self.start > self.epochs:
-            raise ValueError(f"start ({self.start}) is after the last epoch ({self.epochs}): S would have no samples")
+            raise InputError(f"start ({self.start}) is after the last epoch ({self.epochs}): S would have no samples")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("input_mode", self.input_mode, INPUT_MODES)
         check_choice("network", self.network, NETWORKS)
         check_runtime(self.device, self.threads, self.seed)
         if not (len(self.channels) >= 2 and all(isinstance(c, int) and c >= 1 for c in self.channels)):
-            raise ValueError(f"channels must be at least 2 whole numbers >= 1, one per U-Net level; "
+            raise InputError(f"channels must be at least 2 whole numbers >= 1, one per U-Net level; "
                              f"got {self.channels!r}")
         if self.num_res_units < 0:
-            raise ValueError(f"num_res_units must be >= 0; got {self.num_res_units}")
+            raise InputError(f"num_res_units must be >= 0; got {self.num_res_units}")
         if self.learning_rate <= 0 or self.inner_iterations < 1 or self.history_size < 1:
-            raise ValueError("learning_rate must be > 0, inner_iterations and history_size >= 1")
+            raise InputError("learning_rate must be > 0, inner_iterations and history_size >= 1")
         if not self.loss_jump_factor > 1 or self.max_loss_jump_retries < 0:
-            raise ValueError(f"loss_jump_factor must be > 1 and max_loss_jump_retries >= 0; "
+            raise InputError(f"loss_jump_factor must be > 1 and max_loss_jump_retries >= 0; "
                              f"got {self.loss_jump_factor}, {self.max_loss_jump_retries}")
 
     def replace(self, **changes) -> "DIPConfig":
@@ -115,13 +115,13 @@ class DDPMSamplingConfig:
 
     def __post_init__(self) -> None:
         if self.samples < 2:
-            raise ValueError(f"samples must be >= 2 for a std map; got {self.samples}")
+            raise InputError(f"samples must be >= 2 for a std map; got {self.samples}")
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1; got {self.steps}")
+            raise InputError(f"steps must be >= 1; got {self.steps}")
         if not 0 < self.start_fraction <= 1:
-            raise ValueError(f"start_fraction must be in (0, 1]; got {self.start_fraction}")
+            raise InputError(f"start_fraction must be in (0, 1]; got {self.start_fraction}")
         if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
+            raise InputError(f"overlap must be in [0, 1); got {self.overlap}")
         check_runtime(self.device, self.threads, self.seed)
 
     def replace(self, **changes) -> "DDPMSamplingConfig":
@@ -162,7 +162,7 @@ def sample_epochs(epochs: int, interval: int, start: int) -> list[int]:
     weights). The paper's 200 / 5 / 100 gives 21 samples: 100, 105, ..., 200.
     """
     if epochs < 1 or interval < 1 or start < 0:
-        raise ValueError(f"need epochs >= 1, interval >= 1, start >= 0; got {epochs}, {interval}, {start}")
+        raise InputError(f"need epochs >= 1, interval >= 1, start >= 0; got {epochs}, {interval}, {start}")
     first = -(-start // interval) * interval
     return list(range(first, epochs + 1, interval))
 

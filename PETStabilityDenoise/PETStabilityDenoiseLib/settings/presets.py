@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+from ..errors import InputError
 from .config import DIPConfig
 
 PRESETS: Dict[str, DIPConfig] = {
@@ -21,5 +22,5 @@ DEFAULT_PRESET = "full"
 def get_preset(name: str, **overrides) -> DIPConfig:
     """The preset's config with any non-None overrides applied."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name].replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -15,6 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
 
+from ..errors import InputError
+
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
@@ -119,7 +121,7 @@ def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray
 def thin_counts(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Lower-dose counts by keeping each count with probability ``fraction`` (as list-mode thinning does)."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"dose fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"dose fraction must be in (0, 1], got {fraction}")
     return rng.binomial(counts, fraction).astype(np.int32)
 
 

@@ -18,6 +18,8 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .. import DATA_DIR
+from ..errors import InputError
 from . import acquisition as acq
 from . import phantom as ph
 from .scanners import REGIMES, SCANNERS
@@ -29,7 +31,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 def bundled_labels_path() -> Path:
     """BrainWeb subject 04 labels (1 mm) shipped with the package for the demo."""
-    return Path(__file__).resolve().parents[1] / "data" / BRAINWEB_LABELS.format(BUNDLED_SUBJECT)
+    return DATA_DIR / BRAINWEB_LABELS.format(BUNDLED_SUBJECT)
 
 
 def labels_path(subject: str, labels_dir: Optional[Path] = None) -> Path:
@@ -100,12 +102,12 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         for name in ("texture_amplitude", "hypo_depth", "misregistration_mm", "misregistration_deg"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 0; got {getattr(self, name)}")
         if not self.hypo_depth < 1:
-            raise ValueError(f"hypo_depth must be below 1; got {self.hypo_depth}")
+            raise InputError(f"hypo_depth must be below 1; got {self.hypo_depth}")
         unknown = sorted({name for name, _ in self.gm_uptake} - set(ph.UPTAKE_REGIONS))
         if unknown:
-            raise ValueError(f"unknown uptake regions {unknown}; choose from {sorted(ph.UPTAKE_REGIONS)}")
+            raise InputError(f"unknown uptake regions {unknown}; choose from {sorted(ph.UPTAKE_REGIONS)}")
 
     @classmethod
     def for_scanner(cls, name: str, **changes) -> "SimulationConfig":
@@ -132,9 +134,9 @@ def simulation_config(scanner: str = "brain", regime: str = "realistic", count_s
                       **fields) -> SimulationConfig:
     """The case of a scanner preset and a regime (see ``scanners``), its full-dose counts times ``count_scale``."""
     if regime not in REGIMES:
-        raise ValueError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
+        raise InputError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
     if not count_scale > 0:
-        raise ValueError(f"count_scale must be > 0; got {count_scale}")
+        raise InputError(f"count_scale must be > 0; got {count_scale}")
     settings = scanner_settings(scanner)
     settings["full_dose_counts"] *= count_scale
     return (SimulationConfig.legacy if regime == "legacy" else SimulationConfig)(**{**settings, **fields})
@@ -143,7 +145,7 @@ def simulation_config(scanner: str = "brain", regime: str = "realistic", count_s
 def scanner_settings(name: str) -> dict:
     """The SimulationConfig fields that scanner preset ``name`` sets."""
     if name not in SCANNERS:
-        raise ValueError(f"unknown scanner {name!r}; choose one of {', '.join(SCANNERS)}")
+        raise InputError(f"unknown scanner {name!r}; choose one of {', '.join(SCANNERS)}")
     return asdict(SCANNERS[name])
 
 

@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Sequence
 
 from packaging.requirements import Requirement
 
+from .. import DATA_DIR
 from .install import TORCH_VERSION_REQUIREMENT, pip_arguments, requirement_text
 
 SAMPLE_NAME = "PETStabilitySample"
@@ -80,13 +81,13 @@ def pip_install(missing: Sequence[Requirement], constraints: Path) -> None:
                    constraints=constraints, prompt_install=False, requester="PETStabilityDenoise")
 
 
-def sample_files(resources: Path) -> List[Path]:
-    """The bundled simulated PET/MR case (1/10 dose): PET first, then MR."""
-    return [resources / "SampleData" / f"{SAMPLE_NAME}_{kind}.nrrd" for kind in ("PET", "MR")]
+def sample_files() -> List[Path]:
+    """The bundled simulated PET/MR case (1/10 dose), in the library's data: PET first, then MR."""
+    return [DATA_DIR / "sample" / f"{SAMPLE_NAME}_{kind}.nrrd" for kind in ("PET", "MR")]
 
 
 def register_sample_data(resources: Path) -> None:
-    """Adds the bundled simulated PET/MR case to the Sample Data module.
+    """Adds the bundled simulated PET/MR case to the Sample Data module; its thumbnail is in ``resources``.
 
     The files ship with the module, so the "download" is a local copy. The
     checksums are computed from the bundled files, because Sample Data reuses a
@@ -95,7 +96,7 @@ def register_sample_data(resources: Path) -> None:
     """
     import SampleData
 
-    files = sample_files(resources)
+    files = sample_files()
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="PETStabilityDenoise",
         sampleName=SAMPLE_NAME,

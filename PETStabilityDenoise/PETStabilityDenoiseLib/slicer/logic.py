@@ -170,7 +170,8 @@ class RunHandle:
                 return InputError(message)
             if kind in ("out_of_memory", "output"):
                 return WorkerFailed(message, tail, kind)
-            return WorkerFailed(f"The denoising worker failed: {message}", tail, kind)
+            details = self._error_event.get("traceback", "").splitlines()
+            return WorkerFailed(f"The denoising worker failed: {message}", [*tail, *details], kind)
         last_lines = "\n".join(tail) or "(no output)"
         return WorkerFailed(f"The denoising worker stopped (exit code {self._worker.returncode}) without a result. "
                             f"Its last output:\n{last_lines}", tail)

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine.ddpm.model import to_model_space
+from ..errors import InputError
 from ..simulation import SimulationConfig, simulate_case
 from ..volumes.geometry import apply_crop_pad, head_mask, plan_crop_pad, resample_to_reference
 
@@ -129,7 +130,7 @@ def random_patches(pairs: Sequence[TrainingPair], count: int, size: int, rng: np
     """
     too_small = [p.subject for p in pairs if min(p.head.shape) < size]
     if too_small:
-        raise ValueError(f"the head crops of subjects {sorted(set(too_small))} are smaller than a {size}-voxel patch")
+        raise InputError(f"the head crops of subjects {sorted(set(too_small))} are smaller than a {size}-voxel patch")
     conditions, targets = [], []
     for _ in range(count):
         pair = pairs[cast(int, rng.integers(len(pairs)))]  # a numpy int, which indexes like one

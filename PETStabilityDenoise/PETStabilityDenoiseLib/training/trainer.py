@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..engine.ddpm.model import DDPMConfig, build_model, count_parameters, training_scheduler
 from ..engine.ddpm.weights import save_model
+from ..errors import InputError
 from .dataset import TrainingPair, random_patches
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -139,7 +140,7 @@ def train(
     if resume:
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["config"] != dataclasses.asdict(config):
-            raise ValueError(f"the checkpoint in {out_dir} was made with another network: {state['config']}")
+            raise InputError(f"the checkpoint in {out_dir} was made with another network: {state['config']}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])

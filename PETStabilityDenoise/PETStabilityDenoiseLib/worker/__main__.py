@@ -85,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run(args)
         return EXIT_DONE
-    except (InputError, ValueError, FileNotFoundError) as error:
+    except (InputError, FileNotFoundError) as error:
         emit("error", kind="input", message=str(error))
         return EXIT_INPUT_ERROR
     except OutputError as error:  # the logic's temporary folder: a full disk, most likely
@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if advice:
             emit("error", kind="out_of_memory", message=f"{advice} ({type(error).__name__}: {error})")
             return EXIT_OUT_OF_MEMORY
-        emit("error", kind="internal", message=f"{type(error).__name__}: {error}")
+        emit("error", kind="internal", message=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         return EXIT_INTERNAL_ERROR
 
 

@@ -6,7 +6,8 @@ kept by the caller as log text::
     {"event": "progress", "epoch": 3, "epochs": 100, "loss": 0.01, "elapsed": 2.1, "eta": 68.0, "samples": 0}
     {"event": "progress", "epoch": 12, "epochs": 80, "loss": null, "elapsed": 30.5, "eta": 173.0, "samples": 8}
     {"event": "done", "outputs": {"network_output": "network_output.nrrd", ...}, "run": "run.json"}
-    {"event": "error", "kind": "input" | "out_of_memory" | "output" | "internal", "message": "..."}
+    {"event": "error", "kind": "input" | "out_of_memory" | "output" | "internal", "message": "...",
+     "traceback": "..." (internal errors only)}
 
 For DDPM "epoch" counts sliding windows and "loss" is null. The progress
 fields are :meth:`EpochReport.as_dict`.

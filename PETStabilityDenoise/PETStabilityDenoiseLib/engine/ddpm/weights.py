@@ -16,6 +16,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from ... import DATA_DIR
 from ...errors import ModelError
 from .model import DDPMConfig, build_model, count_parameters
 
@@ -25,8 +26,8 @@ MODEL_CARD_FILE = "MODEL_CARD.md"
 
 
 def bundled_model_dir() -> Path:
-    """The model shipped in the module's ``Resources/DDPM`` (beside this package, in Slicer and in the repo)."""
-    return Path(__file__).resolve().parents[3] / "Resources" / "DDPM"
+    """The model shipped with the library, in ``data/ddpm`` (in Slicer, in the repository and in the wheel)."""
+    return DATA_DIR / "ddpm"
 
 
 def sha256_of(path: Path) -> str:
@@ -55,9 +56,8 @@ def load_model(directory: Path, device: torch.device = torch.device("cpu")) -> T
     manifest_path, weights = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
     if not manifest_path.is_file() or not weights.is_file():
         raise FileNotFoundError(f"no DDPM model in {directory}: expected {MANIFEST_FILE} and {WEIGHTS_FILE}. "
-                                "The bundled model ships in the module's Resources/DDPM folder; reinstall "
-                                "PETStabilityDenoise (for the command line: pip install -e . from a clone of "
-                                "the repository), or give a model folder written by 'petstab train-ddpm'.")
+                                "The bundled model ships in PETStabilityDenoiseLib/data/ddpm; reinstall "
+                                "PETStabilityDenoise, or give a model folder written by 'petstab train-ddpm'.")
     restore = ("Reinstall PETStabilityDenoise to restore the bundled model, or train a model again with "
                "'petstab train-ddpm'.")
     try:
