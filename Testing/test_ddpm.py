@@ -61,7 +61,6 @@ def test_timesteps_descend_from_the_truncated_start():
         sampling_timesteps(scheduler, 0, 1.0)
 
 
-@pytest.mark.slow
 def test_sampling_shapes_and_determinism(tiny_model):
     condition = torch.rand(1, 2, 16, 16, 16) * 2 - 1
 
@@ -93,7 +92,6 @@ def test_window_blending_has_no_seams_on_a_constant_input():
     assert window_count((50, 45, 40), 16, 0.25) == 4 * 4 * 3
 
 
-@pytest.mark.slow
 def test_volume_output_scales_with_the_input_units(tiny_ddpm_model_dir):
     model, config, _ = load_model(tiny_ddpm_model_dir)
     rng = np.random.default_rng(0)
@@ -127,7 +125,6 @@ def test_weights_round_trip_and_checksum_mismatch(tiny_model, tmp_path):
         load_model(tmp_path / "missing")
 
 
-@pytest.mark.slow
 def test_training_resumes_exactly_and_the_saved_model_denoises(tmp_path):
     pairs = synthetic_training_pairs()
     config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16)

@@ -55,7 +55,6 @@ def test_alpha_limits(low_dose_case, denoised):
     np.testing.assert_allclose(x[s > 0], x0[s > 0], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_demo_writes_figure_metrics_and_outputs(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--preset", "tiny", "--progress", "none"]) == 0
     printed = capsys.readouterr().out

@@ -105,7 +105,6 @@ def test_stability_map_equals_std_of_stored_snapshots():
     assert expected.max() > 0
 
 
-@pytest.mark.slow
 def test_same_seed_same_output_on_cpu():
     pet, mr = _blob()
     a = fit_dip(pet, mr, TINY.replace(seed=5))

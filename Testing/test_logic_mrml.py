@@ -88,7 +88,6 @@ def test_node_to_image_keeps_geometry_and_applies_parent_transform(scene, small_
     np.testing.assert_array_equal(ijk_to_ras(node), before)
 
 
-@pytest.mark.slow
 def test_process_outputs_carry_the_pet_geometry_and_set_alpha_follows_the_blend(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
@@ -132,7 +131,6 @@ def test_process_outputs_carry_the_pet_geometry_and_set_alpha_follows_the_blend(
         logic.setAlpha(result, -1.0)
 
 
-@pytest.mark.slow
 def test_process_runs_the_diffusion_model(scene, pet_mr_nodes, tiny_ddpm_model_dir, tmp_path, monkeypatch):
     pet, mr = pet_mr_nodes
     reports = []
@@ -154,7 +152,6 @@ def test_process_runs_the_diffusion_model(scene, pet_mr_nodes, tiny_ddpm_model_d
     assert result.stabilityMean > 0
 
 
-@pytest.mark.slow
 def test_show_result_sets_colours_and_overlay(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     composites = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
@@ -180,7 +177,6 @@ def nested_launcher(args, cwd):
                             stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
 def test_cancel_mid_run_kills_the_process_tree_and_adds_nothing(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     nodes_before = volume_node_ids(scene)

@@ -9,13 +9,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_the_wheel_alone_runs_the_bundled_diffusion_model(small_pet_mr, tmp_path):
     # Build from a copy, so that the checkout gets no build/ folder; unpack the wheel and run from it alone
     # (PYTHONPATH comes before the editable install of this checkout), with the dependencies already here.

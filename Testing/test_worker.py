@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 
@@ -21,7 +20,6 @@ def protocol_lines(text: str) -> list:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.slow
 def test_worker_writes_the_run_folder_and_reports_json_lines(small_pet_mr, tmp_path):
     pet, mr, _ = small_pet_mr
     sitk.WriteImage(pet, str(tmp_path / "pet.nrrd"))
@@ -43,7 +41,6 @@ def test_worker_writes_the_run_folder_and_reports_json_lines(small_pet_mr, tmp_p
     assert json.loads((tmp_path / "out" / "run.json").read_text())["config"]["epochs"] == 4
 
 
-@pytest.mark.slow
 def test_worker_runs_the_diffusion_model(small_pet_mr, tiny_ddpm_model_dir, tmp_path):
     pet, mr, _ = small_pet_mr
     sitk.WriteImage(pet, str(tmp_path / "pet.nrrd"))
