@@ -15,11 +15,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..settings import DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
+from ..settings import OUTPUT_FORMATS, DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
+from ..settings.config import check_choice
 from ..volumes.geometry import grids_match
 from ..volumes.io import output_path, read_volume, write_volume
 from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, staged_folder, write_record
@@ -101,7 +103,7 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
         name -> path of the four volumes, and ``run`` -> run.json, in ``out_dir``.
     """
     check_alpha(alpha)
-    output_path(out_dir, VOLUME_NAMES[0], fmt)  # refuses an unknown format before any work
+    check_choice("format", fmt, OUTPUT_FORMATS)
     resolve_device(config.device)  # refuses 'cuda' without a GPU before any work
     with staged_folder(out_dir, overwrite=overwrite) as stage:
         pet = read_volume(pet_path)
@@ -121,7 +123,10 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
 def warn_if_same_volume(pet: sitk.Image, mr: sitk.Image, pet_path: Path, mr_path: Optional[Path]) -> bool:
     """Logs a warning when the MR is the PET itself (the same file, or the same voxels on the same grid)."""
     same_file = mr_path is not None and Path(pet_path).resolve() == Path(mr_path).resolve()
-    if same_file or image_sha256(pet) == image_sha256(mr):
+    # Compared directly: run.json's hashes are taken once, when the run is written.
+    same_voxels = grids_match(pet, mr, tol=0.0) and np.array_equal(sitk.GetArrayViewFromImage(pet),
+                                                                    sitk.GetArrayViewFromImage(mr))
+    if same_file or same_voxels:
         log.warning("The MR (%s) is the same image as the PET (%s): the DIP would be guided by the noisy PET itself. "
                     "Give the subject's MR, or leave it out to run the plain DIP", mr_path, pet_path)
         return True
