@@ -208,13 +208,17 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if not dependenciesReady:
             self.ui.statusLabel.text = _("Not started: the required Python packages are not installed.")
             return
+        handle = None
         with slicer.util.tryWithErrorDisplay(_("Failed to start denoising."), waitCursor=True):
             parameters = self._parameterNode
-            self.logic.process(parameters.inputPET, parameters.inputMR, method=parameters.method.value,
-                               alpha=parameters.alpha, preset=parameters.preset.value, wait=False,
-                               progress=self.onProgress, finished=self.onFinished, **panel.engine_settings(parameters))
+            handle = self.logic.process(parameters.inputPET, parameters.inputMR, method=parameters.method.value,
+                                        alpha=parameters.alpha, preset=parameters.preset.value, wait=False,
+                                        progress=self.onProgress, finished=self.onFinished,
+                                        **panel.engine_settings(parameters))
             self._setRunning(True)
             self.ui.statusLabel.text = _("Starting the worker...")
+        for warning in handle.warnings if handle is not None else ():  # after the block: no wait cursor on the dialog
+            slicer.util.warningDisplay(warning, windowTitle=_("PET Stability Denoise"))
 
     def onProgress(self, report) -> None:
         """Shows one progress report and the time left: the epoch and loss (DIP), or the window (DDPM, no loss)."""

@@ -221,6 +221,22 @@ def test_worker_crash_raises_with_its_last_log_lines(scene, pet_mr_nodes, tmp_pa
     assert volume_node_ids(scene) == nodes_before and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("mr_is", ["the PET node", "a copy of the PET", "the MR"])
+def test_the_pet_selected_as_the_mr_is_warned_about_before_the_run(scene, pet_mr_nodes, small_pet_mr, tmp_path,
+                                                                   caplog, mr_is):
+    pet, mr = pet_mr_nodes
+    mr = {"the PET node": pet, "a copy of the PET": add_node_from_image(scene, small_pet_mr[0], "PET copy"),
+          "the MR": mr}[mr_is]
+    finished = threading.Event()
+    logic = PETStabilityDenoiseLogic(launcher=scripted_launcher("import sys; sys.exit(3)"), temp_root=str(tmp_path))
+    handle = logic.process(pet, mr, wait=False, finished=lambda h: finished.set(), **TINY)
+    assert finished.wait(30)
+    warned = mr_is != "the MR"
+    assert len(handle.warnings) == int(warned)
+    assert all("is the same image as the PET" in warning for warning in handle.warnings)
+    assert ("is the same image as the PET" in caplog.text) == warned
+
+
 def test_worker_out_of_memory_suggests_cpu_or_smaller_preset(scene, pet_mr_nodes, tmp_path):
     pet, mr = pet_mr_nodes
     from PETStabilityDenoiseLib.worker.protocol import GPU_MEMORY_ADVICE

@@ -127,6 +127,30 @@ def test_the_checks_apply_to_the_mr_too(inputs, tmp_path, capsys, caplog):
     refused(denoise(inputs["pet"], path, out), [inputs["pet"], path], out, capsys, caplog, "is truncated")
 
 
+@pytest.mark.parametrize("labels, args, message", [
+    ("bundled", ["--lesions", "-2"], "n_lesions must be >= 0"),
+    ("bundled", ["--lesions", "1000"], "ask for fewer or smaller lesions"),
+    ("bundled", ["--seed", "-1"], "seed must be >= 0"),
+    ("bundled", ["--noise-seed", "-3"], "noise_seed must be >= 0"),
+    ("an image", [], "not BrainWeb tissue labels"),
+    ("no grey matter", [], "no GM voxels"),
+])
+def test_simulate_refuses_bad_labels_and_settings(small_pet_mr, tmp_path, capsys, caplog, labels, args, message):
+    from PETStabilityDenoiseLib.simulation import bundled_labels_path
+
+    if labels == "bundled":
+        path = bundled_labels_path()
+    else:
+        pet = small_pet_mr[0]
+        array = sitk.GetArrayFromImage(pet) if labels == "an image" else np.full(pet.GetSize()[::-1], 3, np.uint8)
+        path = tmp_path / "labels.nii.gz"
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(pet)
+        sitk.WriteImage(image, str(path))
+    out = tmp_path / "out"
+    refused(["simulate", "--labels", path, "--out", out, *args], [path], out, capsys, caplog, message)
+
+
 # --- outputs: complete or absent, and the settings checked before any work ---------------------------------
 
 

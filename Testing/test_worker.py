@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,16 @@ def test_worker_reports_bad_parameters_as_input_error(small_pet_mr, tmp_path, ca
     event = protocol_lines(capsys.readouterr().out)[-1]
     assert event["event"] == "error" and event["kind"] == "input" and "not valid JSON" in event["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_worker_refuses_a_fifo_as_input_without_waiting(tmp_path, capsys):
+    fifo = tmp_path / "pet.nii.gz"
+    os.mkfifo(fifo)  # opening it for reading would block until someone writes
+    code = worker.main(["--pet", str(fifo), "--out", str(tmp_path / "out"), "--preset", "tiny"])
+    assert code == worker.EXIT_INPUT_ERROR
+    event = protocol_lines(capsys.readouterr().out)[-1]
+    assert event["event"] == "error" and event["kind"] == "input" and "is not a regular file" in event["message"]
+    assert "traceback" not in event and not (tmp_path / "out").exists()
 
 
 def test_worker_turns_gpu_out_of_memory_into_advice(small_pet_mr, tmp_path, capsys, monkeypatch):

@@ -270,11 +270,10 @@ def run_blend(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
     from .simulation import bundled_labels_path, simulate_case
+    from .volumes.io import read_volume
 
-    labels = sitk.ReadImage(str(args.labels or bundled_labels_path()))
+    labels = read_volume(args.labels or bundled_labels_path())
     case = simulate_case(labels, _simulation_config(args, doses=tuple(args.doses), n_lesions=args.lesions,
                                                     seed=args.seed, noise_seed=args.noise_seed))
     paths = case.write(args.out, fmt=args.format)
@@ -360,13 +359,13 @@ def _brainweb_subjects(labels_dir: Path) -> list:
 
 
 def run_train_ddpm(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
     import torch
 
     from .engine.ddpm.model import DDPMConfig, build_model, count_parameters
     from .engine.device import resolve_device
     from .training.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
     from .training.trainer import TrainingSettings, check_training_folder, train
+    from .volumes.io import read_volume
 
     check_training_folder(args.out, args.resume)
     profile = TRAINING_PROFILES[args.profile]
@@ -405,9 +404,9 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
         log.info("Reusing the simulated pairs in %s", args.out)
         train_pairs, validation_pairs = load_pairs(cache["train"]), load_pairs(cache["validation"])
     else:
-        train_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in zip(subjects, train_paths)),
+        train_pairs = simulate_pairs(((n, read_volume(p)) for n, p in zip(subjects, train_paths)),
                                      doses, variants, args.seed, progress=log.info)
-        validation_pairs = simulate_pairs(((n, sitk.ReadImage(str(p))) for n, p in
+        validation_pairs = simulate_pairs(((n, read_volume(p)) for n, p in
                                            zip(validation_subjects, validation_paths)),
                                           doses, 1, args.seed + 1, progress=log.info)
         args.out.mkdir(parents=True, exist_ok=True)

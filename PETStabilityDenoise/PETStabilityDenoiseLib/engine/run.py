@@ -15,7 +15,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
@@ -25,6 +24,7 @@ from ..settings.config import check_choice
 from ..volumes.geometry import grids_match
 from ..volumes.io import output_path, read_volume, write_volume
 from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, staged_folder, write_record
+from ..volumes.validation import same_volume_warning
 from .device import resolve_device
 from .pipeline import DenoiseResult, blend_images, denoise, denoise_ddpm
 
@@ -109,7 +109,10 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
         pet = read_volume(pet_path)
         mr = read_volume(mr_path) if mr_path else None
         if mr is not None:
-            warn_if_same_volume(pet, mr, pet_path, mr_path)
+            same_file = mr_path is not None and Path(pet_path).resolve() == Path(mr_path).resolve()
+            warning = same_volume_warning(pet, mr, same_source=same_file)
+            if warning:
+                log.warning("%s (PET %s, MR %s)", warning, pet_path, mr_path)
         if isinstance(config, DDPMSamplingConfig):
             result = denoise_ddpm(pet, mr, config, alpha=alpha, progress=progress)
         else:
@@ -118,19 +121,6 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
             result = denoise(pet, mr, config, alpha=alpha, progress=progress)
         staged = write_run(result, stage, fmt, config=config, pet_path=pet_path, mr_path=mr_path, mr=mr)
     return {name: Path(out_dir) / path.name for name, path in staged.items()}
-
-
-def warn_if_same_volume(pet: sitk.Image, mr: sitk.Image, pet_path: Path, mr_path: Optional[Path]) -> bool:
-    """Logs a warning when the MR is the PET itself (the same file, or the same voxels on the same grid)."""
-    same_file = mr_path is not None and Path(pet_path).resolve() == Path(mr_path).resolve()
-    # Compared directly: run.json's hashes are taken once, when the run is written.
-    same_voxels = grids_match(pet, mr, tol=0.0) and np.array_equal(sitk.GetArrayViewFromImage(pet),
-                                                                    sitk.GetArrayViewFromImage(mr))
-    if same_file or same_voxels:
-        log.warning("The MR (%s) is the same image as the PET (%s): the DIP would be guided by the noisy PET itself. "
-                    "Give the subject's MR, or leave it out to run the plain DIP", mr_path, pet_path)
-        return True
-    return False
 
 
 def reblend_run(run_dir: Path, alpha: float) -> Dict[str, Path]:

@@ -26,6 +26,7 @@ from ..engine.run import write_run
 from ..settings import DEFAULT_ALPHA, DIPConfig
 from ..simulation import SimulationConfig, bundled_labels_path, dose_label, simulate_case
 from ..volumes.geometry import resample_to_reference
+from ..volumes.io import read_volume
 from ..volumes.run_folder import staged_folder
 from .scoring import Scorer
 
@@ -90,7 +91,7 @@ def run_demo(out_dir: Path, *, dose: float, config: DIPConfig, alpha: float = DE
     """Simulates, denoises, plots and scores one case; returns the metrics table."""
     out_dir = Path(out_dir)
     log.info("Simulating a 1/%g-dose FDG case from BrainWeb subject 04", 1 / dose)
-    case = simulate_case(sitk.ReadImage(str(bundled_labels_path())), SimulationConfig(doses=(1.0, dose), seed=0))
+    case = simulate_case(read_volume(bundled_labels_path()), SimulationConfig(doses=(1.0, dose), seed=0))
     case_paths = case.write(out_dir / "case")
     pet = case.osem[dose]
     log.info("Denoising with %d epochs (interval %d, start %d)", config.epochs, config.interval, config.start)

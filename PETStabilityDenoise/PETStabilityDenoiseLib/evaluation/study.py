@@ -44,6 +44,7 @@ from ..engine.pipeline import denoise, denoise_ddpm
 from ..errors import InputError
 from ..settings import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
 from ..simulation import SimulationConfig, simulate_case, simulation_config
+from ..volumes.io import read_volume
 from .scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -421,7 +422,7 @@ def compute_case(subject: Subject, settings: StudySettings, realisation: int,
     """Simulates one case and runs every method: its cache record and its panel slices."""
     t_start = time.perf_counter()
     simulation = settings.simulation(realisation)
-    simulated = simulate_case(sitk.ReadImage(str(subject.labels_path)), simulation)
+    simulated = simulate_case(read_volume(subject.labels_path), simulation)
     full_dose = array(simulated.osem[FULL_DOSE])
     score = Scorer(simulated, full_dose)
     z = panel_slice_index(simulated)

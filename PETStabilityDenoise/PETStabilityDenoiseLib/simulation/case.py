@@ -100,9 +100,12 @@ class SimulationConfig:
     osem_subsets: int = BRAIN.osem_subsets
 
     def __post_init__(self) -> None:
-        for name in ("texture_amplitude", "hypo_depth", "misregistration_mm", "misregistration_deg"):
+        for name in ("seed", "n_lesions", "texture_amplitude", "hypo_depth", "misregistration_mm",
+                     "misregistration_deg"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.noise_seed is not None and self.noise_seed < 0:
+            raise InputError(f"noise_seed must be >= 0; got {self.noise_seed}")
         if not self.hypo_depth < 1:
             raise InputError(f"hypo_depth must be below 1; got {self.hypo_depth}")
         unknown = sorted({name for name, _ in self.gm_uptake} - set(ph.UPTAKE_REGIONS))
@@ -227,6 +230,25 @@ def _image(array: np.ndarray, spacing, origin, direction) -> sitk.Image:
     return image
 
 
+def brainweb_labels(labels_image: sitk.Image) -> np.ndarray:
+    """The label image's voxels as uint8, once they are checked to be BrainWeb tissue labels.
+
+    Raises:
+        InputError: values that are not whole numbers in BrainWeb's label range, or no grey or white matter.
+    """
+    values = sitk.GetArrayViewFromImage(labels_image)
+    valid = np.isfinite(values) & (values == np.round(values)) & (values >= 0) & (values <= max(ph.Label))
+    if not valid.all():
+        raise InputError(f"the label image has {int((~valid).sum())} voxels that are not BrainWeb tissue labels "
+                         f"(whole numbers 0 to {int(max(ph.Label))}); give a BrainWeb label volume, not an image")
+    labels = values.astype(np.uint8)
+    for tissue in (ph.Label.GM, ph.Label.WM):
+        if not (labels == tissue).any():
+            raise InputError(f"the label image has no {tissue.name} voxels (label {int(tissue)}); "
+                             "give a BrainWeb label volume")
+    return labels
+
+
 def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = None) -> SimulatedCase:
     """Simulate truth, MR and OSEM reconstructions at ``cfg.doses`` from a BrainWeb label image."""
     cfg = cfg or SimulationConfig()
@@ -240,11 +262,11 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
     rng_texture, rng_misregistration = (np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(k,)))
                                         for k in (100, 101))
 
-    labels = sitk.GetArrayFromImage(labels_image).astype(np.uint8)
+    labels = brainweb_labels(labels_image)
     spacing_zyx = np.array(labels_image.GetSpacing()[::-1])
     factor = tuple(int(round(cfg.pet_spacing_mm / s)) for s in spacing_zyx)
     if not np.allclose(np.array(factor) * spacing_zyx, cfg.pet_spacing_mm, rtol=1e-3) or factor[1] != factor[2]:
-        raise ValueError(
+        raise InputError(
             f"PET spacing {cfg.pet_spacing_mm} mm must be an integer multiple of the isotropic in-plane label spacing "
             f"{tuple(spacing_zyx[::-1])} mm"
         )

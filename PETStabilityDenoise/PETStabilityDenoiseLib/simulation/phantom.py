@@ -16,6 +16,8 @@ from typing import Mapping, Optional, Sequence, Union, cast
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputError
+
 Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
 Point = tuple[float, float, float]
 VoxelSize = Union[Sequence[float], np.ndarray]  # (z, y, x) mm
@@ -284,7 +286,8 @@ def place_lesions(
             ok &= d2 >= (r + s.radii_mm[0] + 2 * shell_mm) ** 2
         candidates = np.flatnonzero(ok)
         if candidates.size == 0:
-            raise ValueError(f"no room for lesion {len(spheres) + 1} of {n} (radius {r:.1f} mm) in white matter")
+            raise InputError(f"no room for lesion {len(spheres) + 1} of {n} (radius {r:.1f} mm) in white matter: "
+                             "ask for fewer or smaller lesions")
         flat = candidates[rng.integers(candidates.size)]
         centre = cast(Point, tuple(float(c.ravel()[flat]) for c in coords))
         spheres.append(sphere(centre, r))

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, List, Optional, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,7 +56,7 @@ from ..settings import (
     engine_parameters,
 )
 from ..volumes.run_folder import RUN_FILE, VOLUME_NAMES
-from ..volumes.validation import validate_volume
+from ..volumes.validation import same_volume_warning, validate_volume
 from ..worker.process import Launcher, WorkerProcess
 from .display import set_slice_layers, show_as_pet, show_as_stability
 from .mrml_volumes import add_volume_like, node_to_image, volume_array
@@ -101,13 +101,15 @@ def thread_scheduler(poll: Callable[[], bool]) -> None:
 class RunHandle:
     """One run of the worker: its state, and its result or error once it ends.
 
-    ``state`` is ``"running"``, then ``"succeeded"``, ``"failed"`` or ``"cancelled"``.
+    ``state`` is ``"running"``, then ``"succeeded"``, ``"failed"`` or ``"cancelled"``. ``warnings``
+    holds what the user should know about the inputs before the run ends (they are also logged).
     """
 
     def __init__(self, worker: WorkerProcess, temp_dir: Path, import_result: Callable[[Path], ProcessResult],
                  progress: Optional[Callable[[EpochReport], None]],
                  finished: Optional[Callable[["RunHandle"], None]]) -> None:
         self.state = "running"
+        self.warnings: List[str] = []
         self.result: Optional[ProcessResult] = None
         self.error: Optional[BaseException] = None
         self._worker = worker
@@ -282,10 +284,14 @@ class PETStabilityDenoiseLogic:
 
         pet_image = node_to_image(petNode, "PET")
         validate_volume(pet_image, "PET")
-        mr_image = None
+        mr_image, warnings = None, []
         if mrNode is not None:
             mr_image = node_to_image(mrNode, "MR")
             validate_volume(mr_image, "MR", activity=False)
+            same_volume = same_volume_warning(pet_image, mr_image, same_source=mrNode is petNode)
+            if same_volume:
+                log.warning(same_volume)
+                warnings.append(same_volume)
         pet_array = np.array(volume_array(petNode, "PET"), dtype=np.float32)
 
         temp_dir = Path(tempfile.mkdtemp(prefix="PETStabilityDenoise-", dir=self.temp_root))
@@ -303,6 +309,7 @@ class PETStabilityDenoiseLogic:
             return self._import_result(output_dir, petNode, pet_array)
 
         handle = RunHandle(worker, temp_dir, import_result, progress, finished)
+        handle.warnings = warnings
         self._handle = handle
         if wait:
             return handle.wait()

@@ -8,12 +8,13 @@ researcher who handed us a file export, not a developer reading a traceback.
 from __future__ import annotations
 
 import logging
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .geometry import grids_match
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,26 @@ def validate_volume(
             "export the volume as integer or floating-point activity values."
         )
     _check_values(array, name, activity)
+
+
+def same_volume_warning(pet: sitk.Image, mr: sitk.Image, same_source: bool = False) -> Optional[str]:
+    """The warning to give when the MR is the PET itself; None when it is not.
+
+    Args:
+        pet: the PET as read.
+        mr: the MR as read.
+        same_source: True when both came from one file or one scene node.
+
+    Returns:
+        The message, or None. The same voxels on the same grid count as the same image, since a
+        copy of the PET selected as the MR guides the network by the noisy PET just the same.
+    """
+    same_voxels = grids_match(pet, mr, tol=0.0) and np.array_equal(sitk.GetArrayViewFromImage(pet),
+                                                                    sitk.GetArrayViewFromImage(mr))
+    if not (same_source or same_voxels):
+        return None
+    return ("The MR is the same image as the PET: the network would be guided by the noisy PET itself. "
+            "Select the subject's MR, registered to the PET (or, for the DIP, no MR: the plain DIP runs from noise).")
 
 
 def _check_image_header(image: sitk.Image, name: str, max_spacing_mm: float) -> None:
