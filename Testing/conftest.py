@@ -91,3 +91,20 @@ def tiny_ddpm_model_dir(tmp_path_factory):
                                 validation_patches=2)
     pairs = synthetic_training_pairs()
     return train(config, settings, pairs[:1], pairs[1:], tmp_path_factory.mktemp("tiny_ddpm"))
+
+
+@pytest.fixture()
+def quick_engine(monkeypatch):
+    """Replaces the DIP fit by a Gaussian smoothing, so that a run takes a second; the rest of the path is real."""
+    from PETStabilityDenoiseLib.engine import run as engine_run
+    from PETStabilityDenoiseLib.engine.pipeline import DenoiseResult, blend_images
+
+    def denoise(pet, mr, config, *, alpha, progress=None):
+        network_output = sitk.SmoothingRecursiveGaussian(pet, 2.0)
+        stability = sitk.Abs(pet - network_output)
+        stability_mean = float(np.mean(sitk.GetArrayViewFromImage(stability)))
+        denoised, stability_norm = blend_images(pet, network_output, stability, alpha, stability_mean)
+        return DenoiseResult(pet, denoised, network_output, stability, stability_norm, alpha, stability_mean, 3,
+                             "dip", {"device": "cpu"}, {"timings": {}, "fit_shape": [1, 1, 1], "mr_resampled": False})
+
+    monkeypatch.setattr(engine_run, "denoise", denoise)

@@ -163,23 +163,6 @@ def no_leftovers(out: Path) -> bool:
     return not [path for path in out.parent.iterdir() if path.name.startswith(f".{out.name}.")]
 
 
-@pytest.fixture()
-def quick_engine(monkeypatch):
-    """Replaces the DIP fit by a Gaussian smoothing, so that a run takes a second; the rest of the path is real."""
-    from PETStabilityDenoiseLib.engine import run as engine_run
-    from PETStabilityDenoiseLib.engine.pipeline import DenoiseResult, blend_images
-
-    def denoise(pet, mr, config, *, alpha, progress=None):
-        network_output = sitk.SmoothingRecursiveGaussian(pet, 2.0)
-        stability = sitk.Abs(pet - network_output)
-        stability_mean = float(np.mean(sitk.GetArrayViewFromImage(stability)))
-        denoised, stability_norm = blend_images(pet, network_output, stability, alpha, stability_mean)
-        return DenoiseResult(pet, denoised, network_output, stability, stability_norm, alpha, stability_mean, 3,
-                             "dip", {"device": "cpu"}, {"timings": {}, "fit_shape": [1, 1, 1], "mr_resampled": False})
-
-    monkeypatch.setattr(engine_run, "denoise", denoise)
-
-
 def run_cli(argv, capsys, caplog):
     with caplog.at_level(logging.INFO):
         code = main([str(a) for a in argv])

@@ -4,6 +4,7 @@
     petstab denoise --method ddpm --pet P --mr M --out DIR
                                                 sample the diffusion model instead; the same files
     petstab blend --run DIR --alpha A           re-blend a finished run, no new fit
+    petstab batch --cohort C.csv --out DIR      denoise a cohort (resumable; local or cluster Ray, or serial)
     petstab simulate --out DIR                  write a simulated brain PET/MR case
     petstab demo                                simulate, denoise and plot a low-dose case
     petstab evaluate --labels-dir D --subjects 04 05 --out DIR
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,8 @@ from .simulation.case import BRAINWEB_LABELS
 from .simulation.scanners import REGIMES, SCANNERS
 
 log = logging.getLogger("petstab")
+#: ``petstab batch`` finished, but some subjects failed (see summary.csv).
+EXIT_SUBJECTS_FAILED = 3
 
 
 def _add_dip_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dip_arguments(p)
     _add_ddpm_arguments(p)
 
+    p = commands.add_parser("batch", help="denoise every subject of a cohort file into DIR/<subject>/, with "
+                                          "DIR/summary.csv; a re-run skips the complete subjects")
+    p.add_argument("--cohort", required=True, type=Path,
+                   help="CSV with columns subject, pet and optionally mr; other columns (method, preset, alpha, "
+                        "epochs, samples, ...) override the options below for their row")
+    p.add_argument("--out", required=True, type=Path, help="cohort folder")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS), help=f"default: {DEFAULT_METHOD}")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"blend strength (default {DEFAULT_ALPHA})")
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS, help="output file format")
+    group = p.add_argument_group("Scheduling (Ray: pip install \".[cohort]\")")
+    group.add_argument("--workers", type=int,
+                       help="subjects at once on a local Ray runtime (default: sized to this machine's CPUs and "
+                            "memory, or its GPUs with --device cuda); 1 runs them one after another, without Ray")
+    group.add_argument("--ray-address", help="run on an existing Ray cluster (e.g. ray://head:10001); the "
+                                             "cohort's files and --out must be on storage every node sees")
+    group.add_argument("--cpus-per-task", type=int,
+                       help="CPUs (and torch threads) each subject reserves (default: CPUs / workers locally, 1 "
+                            "on a cluster)")
+    group.add_argument("--gpus-per-task", type=float, default=1.0,
+                       help="GPUs each subject reserves with --device cuda (default 1)")
+    _add_dip_arguments(p)
+    _add_ddpm_arguments(p)
+
     p = commands.add_parser("blend", help="re-blend a finished run at a new alpha, with no new fit")
     p.add_argument("--run", required=True, type=Path, help="a folder written by 'petstab denoise'")
     p.add_argument("--alpha", required=True, type=float)
@@ -259,6 +286,47 @@ def run_denoise(args: argparse.Namespace) -> int:
                                     progress=report, overwrite=not args.no_overwrite)
     log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from .cohort.batch import run_cohort
+    from .cohort.schedulers import RaySettings, local_workers, run_on_ray, run_serially
+    from .cohort.table import read_cohort
+
+    parameters = {**_shared_settings(args), **{name: getattr(args, name) for name in DIP_ONLY_SETTINGS},
+                  "samples": args.samples, "steps": args.steps, "start_fraction": args.start_fraction,
+                  "model_dir": str(args.ddpm_model.resolve()) if args.ddpm_model else None}
+    rows = read_cohort(args.cohort, method=args.method, preset=args.preset, alpha=args.alpha, parameters=parameters)
+    for name in ("workers", "cpus_per_task"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
+    if args.gpus_per_task < 0:
+        raise InputError(f"--gpus-per-task must be >= 0; got {args.gpus_per_task}")
+    if args.ray_address:
+        ray = RaySettings(address=args.ray_address, cpus_per_task=args.cpus_per_task or 1,
+                          gpus_per_task=args.gpus_per_task)
+    else:
+        if any(row.config.device == "cuda" for row in rows):
+            from .engine.device import resolve_device
+
+            resolve_device("cuda")  # refuses CUDA on a machine without it before any work
+        workers = args.workers or local_workers(any(row.config.device == "cuda" for row in rows))
+        ray = RaySettings(workers=workers, cpus_per_task=args.cpus_per_task or max(1, (os.cpu_count() or 1) // workers),
+                          gpus_per_task=args.gpus_per_task)
+    if ray.address is None and ray.workers == 1:
+        log.info("Running %d subject(s) one after another in this process", len(rows))
+        scheduler = run_serially
+    else:
+        log.info("Running %d subject(s) on Ray: %s", len(rows), f"the cluster at {ray.address}" if ray.address else
+                 f"{ray.workers} local workers, {ray.cpus_per_task} CPU(s) each")
+
+        def scheduler(tasks, on_outcome):
+            run_on_ray(tasks, on_outcome, ray)
+    outcomes = run_cohort(rows, args.out, args.format, scheduler)
+    counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("done", "skipped", "failed")}
+    log.info("%d done, %d skipped (complete earlier), %d failed; summary: %s", counts["done"], counts["skipped"],
+             counts["failed"], args.out / "summary.csv")
+    return EXIT_SUBJECTS_FAILED if counts["failed"] else 0
 
 
 def run_blend(args: argparse.Namespace) -> int:
@@ -433,7 +501,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.command_line = " ".join(["petstab", *argv])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    command = {"denoise": run_denoise, "blend": run_blend, "simulate": run_simulate, "demo": run_demo,
+    command = {"denoise": run_denoise, "batch": run_batch, "blend": run_blend, "simulate": run_simulate, "demo": run_demo,
                "evaluate": run_evaluate, "train-ddpm": run_train_ddpm}
     try:
         return command[args.command](args)

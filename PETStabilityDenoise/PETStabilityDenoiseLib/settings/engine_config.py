@@ -8,7 +8,7 @@ way, and before any work starts, wherever it comes from.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..errors import InputError
 from .choices import METHODS
@@ -69,3 +69,29 @@ def _checked_values(method: str, parameters: Mapping[str, object]) -> Dict[str, 
     if isinstance(values.get("channels"), list):  # JSON has no tuples
         values["channels"] = tuple(values["channels"])
     return values
+
+
+def parse_parameter(method: str, name: str, text: str) -> Optional[object]:
+    """The value of setting ``name`` of ``method`` written as text (a CSV cell); an empty text is None.
+
+    Numbers are parsed by the field's type; ``channels`` is whole numbers separated by spaces or
+    semicolons. Raises InputError for an unknown setting or text that is not of the field's type.
+    """
+    text = text.strip()
+    fields = {f.name: str(f.type) for f in dataclasses.fields(config_class(method))}
+    if name not in fields:
+        raise InputError(f"unknown engine parameter {name} for method {method!r}; it accepts {', '.join(fields)}")
+    if not text:
+        return None
+    kind = fields[name]
+    parsers: Dict[str, Tuple[Callable[[str], object], str]] = {"Tuple[int, ...]": (lambda t: tuple(int(part) for part in t.replace(";", " ").split()),
+                                   "whole numbers separated by spaces"),
+               "int": (int, "a whole number"), "Optional[int]": (int, "a whole number"),
+               "float": (float, "a number"), "Optional[float]": (float, "a number")}
+    if kind not in parsers:
+        return text
+    parse, expected = parsers[kind]
+    try:
+        return parse(text)
+    except ValueError:
+        raise InputError(f"{name} must be {expected}; got {text!r}") from None

@@ -156,3 +156,19 @@ def _move_into_place(stage: Path, out: Path) -> None:
         os.rename(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_up_interrupted(out_dir: Path) -> None:
+    """Leaves ``out_dir`` as a killed run found it: removes its staging folders, and puts back a set-aside old run.
+
+    For runs whose process was killed (a cancelled cohort task), so that the clean-up of :func:`staged_folder`
+    never ran. Call it only when no process is writing ``out_dir`` any more.
+    """
+    out = Path(out_dir)
+    for leftover in sorted(out.parent.glob(f".{out.name}.partial-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, out)  # killed between the two renames of _move_into_place: the old run is whole
