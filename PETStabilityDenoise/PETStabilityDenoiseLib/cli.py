@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -290,38 +289,16 @@ def run_denoise(args: argparse.Namespace) -> int:
 
 def run_batch(args: argparse.Namespace) -> int:
     from .cohort.batch import run_cohort
-    from .cohort.schedulers import RaySettings, local_workers, run_on_ray, run_serially
+    from .cohort.schedulers import choose_scheduler
     from .cohort.table import read_cohort
 
     parameters = {**_shared_settings(args), **{name: getattr(args, name) for name in DIP_ONLY_SETTINGS},
                   "samples": args.samples, "steps": args.steps, "start_fraction": args.start_fraction,
                   "model_dir": str(args.ddpm_model.resolve()) if args.ddpm_model else None}
     rows = read_cohort(args.cohort, method=args.method, preset=args.preset, alpha=args.alpha, parameters=parameters)
-    for name in ("workers", "cpus_per_task"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
-    if args.gpus_per_task < 0:
-        raise InputError(f"--gpus-per-task must be >= 0; got {args.gpus_per_task}")
-    if args.ray_address:
-        ray = RaySettings(address=args.ray_address, cpus_per_task=args.cpus_per_task or 1,
-                          gpus_per_task=args.gpus_per_task)
-    else:
-        if any(row.config.device == "cuda" for row in rows):
-            from .engine.device import resolve_device
-
-            resolve_device("cuda")  # refuses CUDA on a machine without it before any work
-        workers = args.workers or local_workers(any(row.config.device == "cuda" for row in rows))
-        ray = RaySettings(workers=workers, cpus_per_task=args.cpus_per_task or max(1, (os.cpu_count() or 1) // workers),
-                          gpus_per_task=args.gpus_per_task)
-    if ray.address is None and ray.workers == 1:
-        log.info("Running %d subject(s) one after another in this process", len(rows))
-        scheduler = run_serially
-    else:
-        log.info("Running %d subject(s) on Ray: %s", len(rows), f"the cluster at {ray.address}" if ray.address else
-                 f"{ray.workers} local workers, {ray.cpus_per_task} CPU(s) each")
-
-        def scheduler(tasks, on_outcome):
-            run_on_ray(tasks, on_outcome, ray)
+    scheduler, description = choose_scheduler(rows, workers=args.workers, address=args.ray_address,
+                                              cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)
+    log.info("Running %d subject(s) %s", len(rows), description)
     outcomes = run_cohort(rows, args.out, args.format, scheduler)
     counts = {status: sum(outcome.status == status for outcome in outcomes) for status in ("done", "skipped", "failed")}
     log.info("%d done, %d skipped (complete earlier), %d failed; summary: %s", counts["done"], counts["skipped"],

@@ -16,19 +16,17 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
 from tqdm import tqdm
 
 from ..errors import InputError, OutputError
 from ..volumes.run_folder import clean_up_interrupted
+from .schedulers import Scheduler
 from .table import SUMMARY_FILE, CohortRow
 from .tasks import SUMMARY_COLUMNS, SubjectOutcome, SubjectTask, earlier_outcome, not_run
 
 log = logging.getLogger(__name__)
-
-Scheduler = Callable[[Sequence[SubjectTask], Callable[[SubjectOutcome], None]], None]
-
 
 def run_cohort(rows: Sequence[CohortRow], out_dir: Path, fmt: str, scheduler: Scheduler, *,
                show_progress: bool = True) -> List[SubjectOutcome]:

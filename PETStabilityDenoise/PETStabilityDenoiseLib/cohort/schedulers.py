@@ -12,15 +12,18 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 from ..errors import InputError
+from .table import CohortRow
 from .tasks import SubjectOutcome, SubjectTask, failed, run_subject
 
 log = logging.getLogger(__name__)
 
 OutcomeCallback = Callable[[SubjectOutcome], None]
+Scheduler = Callable[[Sequence[SubjectTask], OutcomeCallback], None]
 RAY_INSTALL_HINT = ('Ray is not installed: install it with pip install "petstabilitydenoise[cohort]" '
                     '(or pip install ".[cohort]" in a checkout), or run the subjects one after another with '
                     "--workers 1")
@@ -46,6 +49,44 @@ class RaySettings:
     address: Optional[str] = None
     cpus_per_task: int = 1
     gpus_per_task: float = 1.0
+
+
+def choose_scheduler(rows: Sequence[CohortRow], *, workers: Optional[int] = None, address: Optional[str] = None,
+                     cpus_per_task: Optional[int] = None, gpus_per_task: float = 1.0) -> Tuple[Scheduler, str]:
+    """The scheduler for a cohort, and how it will run, for the log.
+
+    Args:
+        rows: the cohort (their devices decide the GPU needs).
+        workers: subjects at once on this machine; None sizes it (:func:`local_workers`); 1 without
+            ``address`` runs them one after another in this process, without Ray.
+        address: an existing Ray cluster; None starts a local runtime when ``workers`` > 1.
+        cpus_per_task: CPUs (and torch threads) per subject; None: the cores divided among the workers
+            locally, 1 on a cluster.
+        gpus_per_task: GPUs per subject that asks for CUDA.
+
+    Raises:
+        InputError: a count below 1 (or negative GPUs), or CUDA asked for on a machine without it.
+    """
+    for name, value in (("workers", workers), ("cpus-per-task", cpus_per_task)):
+        if value is not None and value < 1:
+            raise InputError(f"--{name} must be at least 1; got {value}")
+    if gpus_per_task < 0:
+        raise InputError(f"--gpus-per-task must be >= 0; got {gpus_per_task}")
+    cuda = any(row.config.device == "cuda" for row in rows)
+    if address:
+        settings = RaySettings(address=address, cpus_per_task=cpus_per_task or 1, gpus_per_task=gpus_per_task)
+        return partial(run_on_ray, settings=settings), f"on the Ray cluster at {address}"
+    if cuda:
+        from ..engine.device import resolve_device
+
+        resolve_device("cuda")  # refuses CUDA on a machine without it before any work
+    workers = workers or local_workers(cuda)
+    if workers == 1:
+        return run_serially, "one after another in this process"
+    settings = RaySettings(workers=workers, cpus_per_task=cpus_per_task or max(1, (os.cpu_count() or 1) // workers),
+                           gpus_per_task=gpus_per_task)
+    return (partial(run_on_ray, settings=settings),
+            f"on a local Ray runtime: {workers} workers, {settings.cpus_per_task} CPU(s) each")
 
 
 def local_workers(cuda: bool) -> int:
