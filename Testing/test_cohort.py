@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -262,3 +263,27 @@ def test_ray_settings_reserve_a_gpu_only_for_cuda_subjects(monkeypatch, tmp_path
     run_on_ray(tasks, seen.append, RaySettings(address="ray://head:10001", cpus_per_task=4, gpus_per_task=0.5))
     assert requested == [{"num_cpus": 4, "num_gpus": 0.5}, {"num_cpus": 4, "num_gpus": 0}]
     assert [outcome.subject for outcome in seen] == ["a", "b"]
+
+
+def test_the_scheduler_is_serial_for_one_worker_and_ray_otherwise(tmp_path, cohort_inputs):
+    from PETStabilityDenoiseLib.cohort.schedulers import choose_scheduler
+
+    cohort = three_subjects(tmp_path, cohort_inputs)
+    rows = read_cohort(cohort, **DEFAULTS)
+    assert choose_scheduler(rows, workers=1)[0] is run_serially
+    local, description = choose_scheduler(rows, workers=2)
+    assert local.func is run_on_ray and local.keywords["settings"] == RaySettings(
+        workers=2, cpus_per_task=max(1, (os.cpu_count() or 1) // 2))
+    cluster, description = choose_scheduler(rows, address="ray://head:10001", gpus_per_task=0.25)
+    assert cluster.keywords["settings"] == RaySettings(address="ray://head:10001", cpus_per_task=1, gpus_per_task=0.25)
+    assert "ray://head:10001" in description
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_refused_unless_the_cohort_runs_on_a_cluster(tmp_path, cohort_inputs):
+    from PETStabilityDenoiseLib.cohort.schedulers import choose_scheduler
+
+    rows = read_cohort(three_subjects(tmp_path, cohort_inputs), **dict(DEFAULTS, parameters={"device": "cuda"}))
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        choose_scheduler(rows, workers=2)
+    assert choose_scheduler(rows, address="ray://head:10001")[0].func is run_on_ray
