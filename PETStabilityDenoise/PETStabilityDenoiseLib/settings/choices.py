@@ -20,6 +20,9 @@ DEFAULT_DEVICE = "auto"
 OUTPUT_FORMATS: Tuple[str, ...] = ("nii.gz", "nrrd", "mha")
 DEFAULT_OUTPUT_FORMAT = "nii.gz"
 
+# SUV normalisations a PET DICOM series can be converted to before denoising: "bw", body weight (QIBA).
+SUV_TYPES: Tuple[str, ...] = ("bw",)
+
 # How long work reports progress: a terminal bar, JSON lines on stdout, or nothing.
 PROGRESS_STYLES: Tuple[str, ...] = ("bar", "jsonl", "none")
 
@@ -41,4 +44,5 @@ DEFAULT_ALPHA = 0.3
 
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT",
-           "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY", "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "DEFAULT_ALPHA"]
+           "SUV_TYPES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY", "NETWORKS", "OPTIMIZERS", "INPUT_MODES",
+           "DEFAULT_ALPHA"]
