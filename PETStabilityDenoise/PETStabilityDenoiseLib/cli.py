@@ -1,8 +1,8 @@
 """``petstab``: the command line of PETStabilityDenoise.
 
     petstab denoise --pet P --mr M --out DIR    fit DIP, write the four volumes and run.json
-    petstab denoise --pet DICOMDIR --suv bw ...
-                                                denoise a PET DICOM series in SUV
+    petstab denoise --pet DICOMDIR --suv bw --format dicom ...
+                                                denoise a PET DICOM series in SUV; write DICOM series
     petstab denoise --method ddpm --pet P --mr M --out DIR
                                                 sample the diffusion model instead; the same files
     petstab blend --run DIR --alpha A           re-blend a finished run, no new fit
@@ -30,6 +30,8 @@ from .settings import (
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_PRESET,
     DEVICES,
+    DICOM_FORMAT,
+    FILE_FORMATS,
     INPUT_MODES,
     METHODS,
     NETWORKS,
@@ -149,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS, help="output file format")
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS,
+                   help=f"output format (default {DEFAULT_OUTPUT_FORMAT}); {DICOM_FORMAT}: a DICOM series folder per "
+                        "volume, derived from the PET's DICOM series (--pet must be one)")
     p.add_argument("--suv", choices=SUV_TYPES,
                    help="denoise a PET DICOM series in SUV: bw, body weight, from the headers' dose, weight and times "
                         "(QIBA); run.json records the factor")
@@ -173,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the phantom (lesions, texture, misregistration) and noise")
     p.add_argument("--noise-seed", type=int, help="another noise realisation of the same phantom")
     _add_simulation_arguments(p)
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS)
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
 
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")

@@ -19,8 +19,9 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..settings import OUTPUT_FORMATS, DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
+from ..settings import DICOM_FORMAT, OUTPUT_FORMATS, DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
 from ..settings.config import check_choice
+from ..volumes.dicom import write_derived_series
 from ..volumes.geometry import grids_match
 from ..volumes.io import output_path, read_volume, write_volume
 from ..volumes.pet_input import PetInput, check_pet_options, read_pet
@@ -47,18 +48,49 @@ def package_versions() -> dict:
             "numba": numba_version, "cuda": torch.version.cuda}
 
 
+# How each output's DICOM series is described; the alpha is named where the output depends on it.
+SERIES_LABELS = {"denoised": "denoised", "network_output": "network output", "stability": "stability S",
+                 "stability_norm": "S_norm"}
+BLENDED = ("denoised", "stability_norm")
+
+
+def write_output(image: sitk.Image, folder: Path, name: str, fmt: str, *, alpha: float,
+                 pet: Optional[PetInput]) -> Path:
+    """Writes one output volume of a run into ``folder`` and reads it back: a file, or a DICOM series folder.
+
+    Args:
+        image: the volume, on the PET's grid.
+        folder: the (staged) run folder.
+        name: one of ``run_folder.VOLUME_NAMES``.
+        fmt: one of ``settings.OUTPUT_FORMATS``.
+        alpha: the run's blend strength, named in the DICOM SeriesDescription of the blended outputs.
+        pet: the PET as read; DICOM outputs are derived from its series, in its SUV units.
+    """
+    path = output_path(folder, name, fmt)
+    if fmt != DICOM_FORMAT:
+        return write_volume(image, path)
+    if pet is None:
+        raise InputError(f"--format {DICOM_FORMAT} needs the PET as a DICOM series folder")
+    description = SERIES_LABELS[name] + (f" alpha {alpha:g}" if name in BLENDED else "")
+    # S_norm is a fraction; the other outputs share the PET's units.
+    units = "NONE" if name == "stability_norm" else "GML" if pet.suv else None
+    return write_derived_series(image, path, pet.dicom_source(), description=description, units=units,
+                                suv_type="BW" if units == "GML" else None)
+
+
 def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: EngineConfig, pet_path: Path,
               mr_path: Optional[Path], mr: Optional[sitk.Image] = None,
               pet: Optional[PetInput] = None) -> Dict[str, Path]:
     """Writes the four volumes and run.json into ``folder``, each read back; returns name -> path (``run``: run.json).
 
     ``mr`` (the MR as read) gives run.json its SHA-256; the PET's comes from ``result.pet``. ``pet`` (the PET as
-    read by :func:`read_pet`) gives run.json its SUV conversion.
+    read by :func:`read_pet`) gives run.json its SUV conversion and DICOM outputs their source series.
     """
     folder = Path(folder)
     volumes = {"denoised": result.denoised, "network_output": result.network_output,
                "stability": result.stability, "stability_norm": result.stability_norm}
-    paths = {name: write_volume(volumes[name], output_path(folder, name, fmt)) for name in VOLUME_NAMES}
+    paths = {name: write_output(volumes[name], folder, name, fmt, alpha=result.alpha, pet=pet)
+             for name in VOLUME_NAMES}
     record = {
         "pet": str(Path(pet_path).resolve()),
         "pet_sha256": image_sha256(result.pet),
@@ -90,8 +122,8 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
 
     The folder appears complete or not at all: the run is written beside ``out_dir``
     and takes its place only when every file has been read back (``volumes/run_folder.py``).
-    ``out_dir``, ``alpha`` and ``suv`` are checked before the inputs are read, and the PET's DICOM tags
-    before the fit.
+    ``out_dir``, ``alpha``, ``fmt`` and ``suv`` are checked before the inputs are read, and the PET's DICOM
+    tags before the fit.
 
     Args:
         pet_path: the noisy PET (NIfTI, NRRD, MHA or a DICOM series folder).
@@ -100,7 +132,7 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
             holding anything else is refused.
         config: a DIPConfig fits the DIP; a DDPMSamplingConfig samples the diffusion model.
         alpha: blend strength (0: the network output).
-        fmt: one of ``settings.OUTPUT_FORMATS``.
+        fmt: one of ``settings.OUTPUT_FORMATS``; ``dicom`` needs a DICOM series as the PET.
         progress: called once per epoch (DIP) or sliding window (DDPM).
         overwrite: False refuses an ``out_dir`` that already holds a run.
         suv: None, or ``"bw"`` to denoise a DICOM series in body-weight SUV (``volumes/suv.py``).
@@ -110,10 +142,12 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
     """
     check_alpha(alpha)
     check_choice("format", fmt, OUTPUT_FORMATS)
-    check_pet_options(pet_path, suv=suv)
+    check_pet_options(pet_path, suv=suv, fmt=fmt)
     resolve_device(config.device)  # refuses 'cuda' without a GPU before any work
     with staged_folder(out_dir, overwrite=overwrite) as stage:
         pet = read_pet(pet_path, suv)
+        if fmt == DICOM_FORMAT:
+            pet.dicom_source()  # refuses a multi-frame series before the fit
         mr = read_volume(mr_path) if mr_path else None
         if mr is not None:
             same_file = mr_path is not None and Path(pet_path).resolve() == Path(mr_path).resolve()
@@ -151,8 +185,12 @@ def reblend_run(run_dir: Path, alpha: float) -> Dict[str, Path]:
     denoised, stability_norm = blend_images(pet.image, network_output, stability, alpha, record["stability_mean"])
     with staged_folder(run_dir) as stage:
         for name in ("network_output", "stability"):
-            shutil.copy2(output_path(run_dir, name, fmt), output_path(stage, name, fmt))
-        paths = {"denoised": write_volume(denoised, output_path(stage, "denoised", fmt)),
-                 "stability_norm": write_volume(stability_norm, output_path(stage, "stability_norm", fmt))}
+            source, target = output_path(run_dir, name, fmt), output_path(stage, name, fmt)
+            if source.is_dir():  # a DICOM series
+                shutil.copytree(source, target)
+            else:
+                shutil.copy2(source, target)
+        paths = {name: write_output(image, stage, name, fmt, alpha=alpha, pet=pet)
+                 for name, image in (("denoised", denoised), ("stability_norm", stability_norm))}
         write_record(stage, {**record, "alpha": alpha})
     return {name: run_dir / path.name for name, path in paths.items()}

@@ -1,7 +1,8 @@
 """Reading and writing PET/MR volumes with their geometry, via SimpleITK.
 
 Inputs may be NIfTI, NRRD, MetaImage or a DICOM series folder; outputs are
-written in one of :data:`OUTPUT_FORMATS`. Input files are only ever read.
+written in one of the single-file formats here, and as DICOM series by
+``dicom.py``. Input files are only ever read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, OutputError
-from ..settings import OUTPUT_FORMATS
+from ..settings import DICOM_FORMAT, OUTPUT_FORMATS
 from .nifti import check_nifti_payload
 from .validation import MAX_VOXELS
 
@@ -175,10 +176,10 @@ def write_volume(image: sitk.Image, path: PathLike) -> Path:
 
 
 def output_path(out_dir: PathLike, stem: str, fmt: str = "nii.gz") -> Path:
-    """Build ``out_dir/stem.fmt`` for an output volume, checking ``fmt``."""
+    """Build ``out_dir/stem.fmt`` for an output volume, or the series folder ``out_dir/stem`` for DICOM; checks ``fmt``."""
     fmt = fmt.lstrip(".").lower()
     if fmt not in OUTPUT_FORMATS:
         raise InputError(
             f"Unsupported output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}."
         )
-    return Path(out_dir) / f"{stem}.{fmt}"
+    return Path(out_dir) / (stem if fmt == DICOM_FORMAT else f"{stem}.{fmt}")

@@ -1,6 +1,7 @@
 """The PET as a run processes it, read in one place: a denoise and a later re-blend must see the same image.
 
-A PET DICOM series may be converted to SUV here (``suv.py``); its files are kept, in slice order.
+A PET DICOM series may be converted to SUV here (``suv.py``), and its files are kept, in slice order, for the
+DICOM outputs derived from it (``dicom.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional, Tuple, Union
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..settings import SUV_TYPES
+from ..settings import DICOM_FORMAT, FILE_FORMATS, SUV_TYPES
 from ..settings.config import check_choice
 from .dicom import read_headers
 from .io import dicom_series_files, read_volume
@@ -36,13 +37,24 @@ class PetInput:
     suv: Optional[SUVFactor] = None
     series_files: Tuple[str, ...] = ()
 
+    def dicom_source(self) -> Tuple[str, ...]:
+        """The files DICOM outputs are derived from, one per slice; InputError when there are none such."""
+        if not self.series_files:
+            raise InputError(f"--format {DICOM_FORMAT} needs the PET as a DICOM series folder")
+        if len(self.series_files) != self.image.GetDepth():
+            raise InputError(f"--format {DICOM_FORMAT} needs a PET series of one file per slice; this one has "
+                             f"{len(self.series_files)} file(s) for {self.image.GetDepth()} slices (multi-frame?): "
+                             f"choose another --format ({', '.join(FILE_FORMATS)})")
+        return self.series_files
 
-def check_pet_options(pet_path: Union[str, Path], *, suv: Optional[str]) -> None:
-    """Refuses SUV for a PET that is not a DICOM series folder, before anything is read.
+
+def check_pet_options(pet_path: Union[str, Path], *, suv: Optional[str], fmt: Optional[str] = None) -> None:
+    """Refuses SUV and DICOM outputs for a PET that is not a DICOM series folder, before anything is read.
 
     Args:
         pet_path: the PET as given (a path that does not exist is left to the reader to report).
         suv: the SUV type asked for (``settings.SUV_TYPES``), or None.
+        fmt: the output format, if there is one.
     """
     if suv is not None:
         check_choice("suv", suv, SUV_TYPES)
@@ -52,6 +64,9 @@ def check_pet_options(pet_path: Union[str, Path], *, suv: Optional[str]) -> None
     if suv is not None:
         raise InputError(f"--suv {suv} needs the PET as a DICOM series folder (SUV comes from its headers' dose, "
                          f"weight and times); {path} is a file")
+    if fmt == DICOM_FORMAT:
+        raise InputError(f"--format {DICOM_FORMAT} needs the PET as a DICOM series folder (each output series is "
+                         f"derived from it); {path} is a file: choose another --format ({', '.join(FILE_FORMATS)})")
 
 
 def read_pet(pet_path: Union[str, Path], suv: Optional[str] = None) -> PetInput:
