@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from PETStabilityDenoiseLib.errors import InputError
+from PETStabilityDenoiseLib.settings import FILE_FORMATS
 from PETStabilityDenoiseLib.volumes.geometry import (
     CropPad,
     apply_crop_pad,
@@ -22,7 +23,6 @@ from PETStabilityDenoiseLib.volumes.geometry import (
     undo_crop_pad,
 )
 from PETStabilityDenoiseLib.volumes.io import (
-    OUTPUT_FORMATS,
     output_path,
     read_volume,
     write_volume,
@@ -91,7 +91,7 @@ def pet_array() -> np.ndarray:
 # --------------------------------------------------------------------------- I/O
 
 
-@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+@pytest.mark.parametrize("fmt", FILE_FORMATS)  # DICOM series: test_dicom.py
 def test_round_trip_preserves_values_and_oblique_geometry(tmp_path, pet_array, fmt):
     image = make_image(pet_array, spacing=(2.0, 1.5, 3.0), origin=(-10.5, 20.0, 3.25), direction=ROTATED_FLIPPED)
     path = write_volume(image, output_path(tmp_path / "nested" / "out", "pet", fmt))

@@ -208,6 +208,7 @@ def test_an_unusable_out_is_refused_before_the_inputs_are_read(quick_engine, inp
     from PETStabilityDenoiseLib.engine import run as engine_run
 
     monkeypatch.setattr(engine_run, "read_volume", lambda path: pytest.fail("the inputs were read"))
+    monkeypatch.setattr(engine_run, "read_pet", lambda path, suv=None: pytest.fail("the PET was read"))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     # /proc takes no new folders, even for root (a read-only location that a permission bit cannot fake).
@@ -227,6 +228,7 @@ def test_bad_settings_are_refused_before_any_work(inputs, tmp_path, capsys, capl
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(engine_run, "read_volume", lambda path: pytest.fail("the inputs were read"))
+    monkeypatch.setattr(engine_run, "read_pet", lambda path, suv=None: pytest.fail("the PET was read"))
     out = tmp_path / "out"
     refused(denoise(inputs["pet"], inputs["mr"], out) + argv, [inputs["pet"], inputs["mr"]], out, capsys, caplog,
             message)

@@ -65,8 +65,9 @@ CONNECTABLE_CLASSES = {
 
 # What Slicer's own Python provides; everything else the module needs must be in requirements.txt,
 # except torch, which comes from the PyTorch extension.
-# SampleData is a module of Slicer's own (the self-test and the sample registration use it).
-SLICER_PROVIDED = {"numpy", "SimpleITK", "vtk", "slicer", "qt", "ctk", "packaging", "SampleData"}
+# SampleData is a module of Slicer's own (the self-test and the sample registration use it); pydicom is Slicer's
+# DICOM module's.
+SLICER_PROVIDED = {"numpy", "SimpleITK", "vtk", "slicer", "qt", "ctk", "packaging", "SampleData", "pydicom"}
 # Import names whose distribution on PyPI is called differently.
 DISTRIBUTION_NAMES = {"skimage": "scikit-image", "PIL": "pillow", "yaml": "pyyaml"}
 # Packages that a dependency imports lazily (MONAI's optional_import), so the import scan cannot see them:

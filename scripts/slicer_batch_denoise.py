@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"DIP schedule (default: {settings.DEFAULT_PRESET})")
     parser.add_argument("--alpha", default=settings.DEFAULT_ALPHA, type=_non_negative_float,
                         help=f"blend strength; 0 gives the network output (default: {settings.DEFAULT_ALPHA})")
-    parser.add_argument("--format", default=settings.DEFAULT_OUTPUT_FORMAT, choices=settings.OUTPUT_FORMATS,
+    # Files only: a DICOM output is derived from a PET DICOM series, and --pet here is a file.
+    parser.add_argument("--format", default=settings.DEFAULT_OUTPUT_FORMAT, choices=settings.FILE_FORMATS,
                         help=f"output file format (default: {settings.DEFAULT_OUTPUT_FORMAT})")
     advanced = parser.add_argument_group("DIP settings (override the preset)")
     advanced.add_argument("--epochs", type=_positive_int, help="epochs N")

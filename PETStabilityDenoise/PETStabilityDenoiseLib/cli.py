@@ -1,6 +1,8 @@
 """``petstab``: the command line of PETStabilityDenoise.
 
     petstab denoise --pet P --mr M --out DIR    fit DIP, write the four volumes and run.json
+    petstab denoise --pet DICOMDIR --suv bw --format dicom ...
+                                                denoise a PET DICOM series in SUV; write DICOM series
     petstab denoise --method ddpm --pet P --mr M --out DIR
                                                 sample the diffusion model instead; the same files
     petstab blend --run DIR --alpha A           re-blend a finished run, no new fit
@@ -29,6 +31,8 @@ from .settings import (
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_PRESET,
     DEVICES,
+    DICOM_FORMAT,
+    FILE_FORMATS,
     INPUT_MODES,
     METHODS,
     NETWORKS,
@@ -36,6 +40,7 @@ from .settings import (
     OUTPUT_FORMATS,
     PRESET_NAMES,
     PROGRESS_STYLES,
+    SUV_TYPES,
     DDPMSamplingConfig,
     DIPConfig,
     EngineConfig,
@@ -149,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS, help="output file format")
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS,
+                   help=f"output format (default {DEFAULT_OUTPUT_FORMAT}); {DICOM_FORMAT}: a DICOM series folder per "
+                        "volume, derived from the PET's DICOM series (--pet must be one)")
+    p.add_argument("--suv", choices=SUV_TYPES,
+                   help="denoise a PET DICOM series in SUV: bw, body weight, from the headers' dose, weight and times "
+                        "(QIBA); run.json records the factor")
     p.add_argument("--no-overwrite", action="store_true",
                    help="refuse an --out that already holds a run (by default it is replaced as a whole)")
     p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the phantom (lesions, texture, misregistration) and noise")
     p.add_argument("--noise-seed", type=int, help="another noise realisation of the same phantom")
     _add_simulation_arguments(p)
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS)
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
 
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
@@ -282,7 +292,7 @@ def run_denoise(args: argparse.Namespace) -> int:
     config: EngineConfig = _ddpm_config(args) if args.method == "ddpm" else _dip_config(args)
     with make_reporter(args.progress) as report:
         paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=args.alpha, fmt=args.format,
-                                    progress=report, overwrite=not args.no_overwrite)
+                                    progress=report, overwrite=not args.no_overwrite, suv=args.suv)
     log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 

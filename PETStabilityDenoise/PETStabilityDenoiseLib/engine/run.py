@@ -19,10 +19,12 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..settings import OUTPUT_FORMATS, DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
+from ..settings import DICOM_FORMAT, OUTPUT_FORMATS, DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
 from ..settings.config import check_choice
+from ..volumes.dicom import write_derived_series
 from ..volumes.geometry import grids_match
 from ..volumes.io import output_path, read_volume, write_volume
+from ..volumes.pet_input import PetInput, check_pet_options, read_pet
 from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, staged_folder, write_record
 from ..volumes.validation import same_volume_warning
 from .device import resolve_device
@@ -46,19 +48,53 @@ def package_versions() -> dict:
             "numba": numba_version, "cuda": torch.version.cuda}
 
 
+# How each output's DICOM series is described; the alpha is named where the output depends on it.
+SERIES_LABELS = {"denoised": "denoised", "network_output": "network output", "stability": "stability S",
+                 "stability_norm": "S_norm"}
+BLENDED = ("denoised", "stability_norm")
+
+
+def write_output(image: sitk.Image, folder: Path, name: str, fmt: str, *, alpha: float,
+                 pet: Optional[PetInput]) -> Path:
+    """Writes one output volume of a run into ``folder`` and reads it back: a file, or a DICOM series folder.
+
+    Args:
+        image: the volume, on the PET's grid.
+        folder: the (staged) run folder.
+        name: one of ``run_folder.VOLUME_NAMES``.
+        fmt: one of ``settings.OUTPUT_FORMATS``.
+        alpha: the run's blend strength, named in the DICOM SeriesDescription of the blended outputs.
+        pet: the PET as read; DICOM outputs are derived from its series, in its SUV units.
+    """
+    path = output_path(folder, name, fmt)
+    if fmt != DICOM_FORMAT:
+        return write_volume(image, path)
+    if pet is None:
+        raise InputError(f"--format {DICOM_FORMAT} needs the PET as a DICOM series folder")
+    description = SERIES_LABELS[name] + (f" alpha {alpha:g}" if name in BLENDED else "")
+    # S_norm is a fraction; the other outputs share the PET's units.
+    units = "NONE" if name == "stability_norm" else "GML" if pet.suv else None
+    return write_derived_series(image, path, pet.dicom_source(), description=description, units=units,
+                                suv_type="BW" if units == "GML" else None)
+
+
 def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: EngineConfig, pet_path: Path,
-              mr_path: Optional[Path], mr: Optional[sitk.Image] = None) -> Dict[str, Path]:
+              mr_path: Optional[Path], mr: Optional[sitk.Image] = None,
+              pet: Optional[PetInput] = None) -> Dict[str, Path]:
     """Writes the four volumes and run.json into ``folder``, each read back; returns name -> path (``run``: run.json).
 
-    ``mr`` (the MR as read) gives run.json its SHA-256; the PET's comes from ``result.pet``.
+    ``mr`` (the MR as read) gives run.json its SHA-256; the PET's comes from ``result.pet``. ``pet`` (the PET as
+    read by :func:`read_pet`) gives run.json its SUV conversion and DICOM outputs their source series.
     """
     folder = Path(folder)
     volumes = {"denoised": result.denoised, "network_output": result.network_output,
                "stability": result.stability, "stability_norm": result.stability_norm}
-    paths = {name: write_volume(volumes[name], output_path(folder, name, fmt)) for name in VOLUME_NAMES}
+    paths = {name: write_output(volumes[name], folder, name, fmt, alpha=result.alpha, pet=pet)
+             for name in VOLUME_NAMES}
     record = {
         "pet": str(Path(pet_path).resolve()),
         "pet_sha256": image_sha256(result.pet),
+        "suv": pet.suv.record() if pet is not None and pet.suv is not None else None,
         "mr": str(Path(mr_path).resolve()) if mr_path else None,
         "mr_sha256": image_sha256(mr) if mr is not None else None,
         "format": fmt,
@@ -81,12 +117,13 @@ def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: EngineCo
 
 def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, config: EngineConfig, *,
                         alpha: float, fmt: str, progress: Optional[Callable[[EpochReport], None]] = None,
-                        overwrite: bool = True) -> Dict[str, Path]:
+                        overwrite: bool = True, suv: Optional[str] = None) -> Dict[str, Path]:
     """Reads the PET (and MR), denoises with the engine ``config`` belongs to, and writes the run folder.
 
     The folder appears complete or not at all: the run is written beside ``out_dir``
     and takes its place only when every file has been read back (``volumes/run_folder.py``).
-    ``out_dir`` and ``alpha`` are checked before the inputs are read.
+    ``out_dir``, ``alpha``, ``fmt`` and ``suv`` are checked before the inputs are read, and the PET's DICOM
+    tags before the fit.
 
     Args:
         pet_path: the noisy PET (NIfTI, NRRD, MHA or a DICOM series folder).
@@ -95,57 +132,65 @@ def denoise_into_folder(pet_path: Path, mr_path: Optional[Path], out_dir: Path, 
             holding anything else is refused.
         config: a DIPConfig fits the DIP; a DDPMSamplingConfig samples the diffusion model.
         alpha: blend strength (0: the network output).
-        fmt: one of ``settings.OUTPUT_FORMATS``.
+        fmt: one of ``settings.OUTPUT_FORMATS``; ``dicom`` needs a DICOM series as the PET.
         progress: called once per epoch (DIP) or sliding window (DDPM).
         overwrite: False refuses an ``out_dir`` that already holds a run.
+        suv: None, or ``"bw"`` to denoise a DICOM series in body-weight SUV (``volumes/suv.py``).
 
     Returns:
         name -> path of the four volumes, and ``run`` -> run.json, in ``out_dir``.
     """
     check_alpha(alpha)
     check_choice("format", fmt, OUTPUT_FORMATS)
+    check_pet_options(pet_path, suv=suv, fmt=fmt)
     resolve_device(config.device)  # refuses 'cuda' without a GPU before any work
     with staged_folder(out_dir, overwrite=overwrite) as stage:
-        pet = read_volume(pet_path)
+        pet = read_pet(pet_path, suv)
+        if fmt == DICOM_FORMAT:
+            pet.dicom_source()  # refuses a multi-frame series before the fit
         mr = read_volume(mr_path) if mr_path else None
         if mr is not None:
             same_file = mr_path is not None and Path(pet_path).resolve() == Path(mr_path).resolve()
-            warning = same_volume_warning(pet, mr, same_source=same_file)
+            warning = same_volume_warning(pet.image, mr, same_source=same_file)
             if warning:
                 log.warning("%s (PET %s, MR %s)", warning, pet_path, mr_path)
         if isinstance(config, DDPMSamplingConfig):
-            result = denoise_ddpm(pet, mr, config, alpha=alpha, progress=progress)
+            result = denoise_ddpm(pet.image, mr, config, alpha=alpha, progress=progress)
         else:
             if mr is None:
                 log.warning("No MR given: running the original (unconditional) DIP from random noise")
-            result = denoise(pet, mr, config, alpha=alpha, progress=progress)
-        staged = write_run(result, stage, fmt, config=config, pet_path=pet_path, mr_path=mr_path, mr=mr)
+            result = denoise(pet.image, mr, config, alpha=alpha, progress=progress)
+        staged = write_run(result, stage, fmt, config=config, pet_path=pet_path, mr_path=mr_path, mr=mr, pet=pet)
     return {name: Path(out_dir) / path.name for name, path in staged.items()}
 
 
 def reblend_run(run_dir: Path, alpha: float) -> Dict[str, Path]:
     """Re-blends a finished run at ``alpha``: a new denoised and stability_norm, and run.json's alpha.
 
-    The original PET is read from the path that run.json records, and must be the
-    image the run processed (its SHA-256). The folder is replaced as a whole, as by a run.
+    The original PET is read from the path that run.json records, as the run read it (in SUV if it was), and
+    must be the image the run processed (its SHA-256). The folder is replaced as a whole, as by a run.
     """
     check_alpha(alpha)
     run_dir = Path(run_dir)
     record = read_record(run_dir, "format", "pet", "pet_sha256", "stability_mean", "outputs")
     fmt = record["format"]
-    pet = read_volume(record["pet"])
-    if image_sha256(pet) != record["pet_sha256"]:
+    pet = read_pet(record["pet"], (record.get("suv") or {}).get("type"))
+    if image_sha256(pet.image) != record["pet_sha256"]:
         raise InputError(f"the PET at {record['pet']} is not the image this run processed (its SHA-256 differs "
                          "from run.json's): it was changed since; re-run 'petstab denoise'")
     network_output = read_volume(output_path(run_dir, "network_output", fmt))
     stability = read_volume(output_path(run_dir, "stability", fmt))
-    if not grids_match(pet, network_output, tol=1e-4):
+    if not grids_match(pet.image, network_output, tol=1e-4):
         raise InputError(f"the PET at {record['pet']} does not match this run's grid: re-run 'petstab denoise'")
-    denoised, stability_norm = blend_images(pet, network_output, stability, alpha, record["stability_mean"])
+    denoised, stability_norm = blend_images(pet.image, network_output, stability, alpha, record["stability_mean"])
     with staged_folder(run_dir) as stage:
         for name in ("network_output", "stability"):
-            shutil.copy2(output_path(run_dir, name, fmt), output_path(stage, name, fmt))
-        paths = {"denoised": write_volume(denoised, output_path(stage, "denoised", fmt)),
-                 "stability_norm": write_volume(stability_norm, output_path(stage, "stability_norm", fmt))}
+            source, target = output_path(run_dir, name, fmt), output_path(stage, name, fmt)
+            if source.is_dir():  # a DICOM series
+                shutil.copytree(source, target)
+            else:
+                shutil.copy2(source, target)
+        paths = {name: write_output(image, stage, name, fmt, alpha=alpha, pet=pet)
+                 for name, image in (("denoised", denoised), ("stability_norm", stability_norm))}
         write_record(stage, {**record, "alpha": alpha})
     return {name: run_dir / path.name for name, path in paths.items()}

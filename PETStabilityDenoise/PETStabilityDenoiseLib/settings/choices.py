@@ -16,9 +16,15 @@ DEFAULT_METHOD = "dip"
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = "auto"
 
-# File formats of a run folder's volumes.
-OUTPUT_FORMATS: Tuple[str, ...] = ("nii.gz", "nrrd", "mha")
+# File formats of a run folder's volumes: one file each, or, with DICOM_FORMAT, one DICOM series folder each,
+# derived from the input PET's DICOM series (which it needs).
+FILE_FORMATS: Tuple[str, ...] = ("nii.gz", "nrrd", "mha")
+DICOM_FORMAT = "dicom"
+OUTPUT_FORMATS: Tuple[str, ...] = (*FILE_FORMATS, DICOM_FORMAT)
 DEFAULT_OUTPUT_FORMAT = "nii.gz"
+
+# SUV normalisations a PET DICOM series can be converted to before denoising: "bw", body weight (QIBA).
+SUV_TYPES: Tuple[str, ...] = ("bw",)
 
 # How long work reports progress: a terminal bar, JSON lines on stdout, or nothing.
 PROGRESS_STYLES: Tuple[str, ...] = ("bar", "jsonl", "none")
@@ -40,5 +46,6 @@ INPUT_MODES: Tuple[str, ...] = ("mr", "mr+pet", "noise")
 DEFAULT_ALPHA = 0.3
 
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT",
-           "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY", "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "DEFAULT_ALPHA"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "FILE_FORMATS", "DICOM_FORMAT",
+           "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT", "SUV_TYPES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY",
+           "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "DEFAULT_ALPHA"]

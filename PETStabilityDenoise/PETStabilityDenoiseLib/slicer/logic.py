@@ -55,6 +55,7 @@ from ..settings import (
     engine_config,
     engine_parameters,
 )
+from ..volumes.io import read_volume
 from ..volumes.run_folder import RUN_FILE, VOLUME_NAMES
 from ..volumes.validation import same_volume_warning, validate_volume
 from ..worker.process import Launcher, WorkerProcess
@@ -335,7 +336,8 @@ class PETStabilityDenoiseLogic:
         if petNode.GetScene() is not scene:
             raise InputError("the PET volume was removed from the scene during the run; its result was discarded")
         run_info = json.loads((output_dir / RUN_FILE).read_text())
-        arrays = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(output_dir / run_info["outputs"][name])))
+        # read_volume: an output may also be a DICOM series folder (the worker writes WORKER_FORMAT files).
+        arrays = {name: sitk.GetArrayFromImage(read_volume(output_dir / run_info["outputs"][name]))
                   for name in VOLUME_NAMES}
         for name, array in arrays.items():
             if array.shape != pet_array.shape:

@@ -1,7 +1,8 @@
 """Reading and writing PET/MR volumes with their geometry, via SimpleITK.
 
 Inputs may be NIfTI, NRRD, MetaImage or a DICOM series folder; outputs are
-written in one of :data:`OUTPUT_FORMATS`. Input files are only ever read.
+written in one of the single-file formats here, and as DICOM series by
+``dicom.py``. Input files are only ever read.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import logging
 import stat
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, OutputError
-from ..settings import OUTPUT_FORMATS
+from ..settings import DICOM_FORMAT, OUTPUT_FORMATS
 from .nifti import check_nifti_payload
 from .validation import MAX_VOXELS
 
@@ -87,25 +88,36 @@ def read_volume(path: PathLike) -> sitk.Image:
     return image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    """Read the DICOM series in ``folder``; with several, the one with the most files."""
-    reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+def dicom_series_files(folder: PathLike) -> Tuple[str, ...]:
+    """The files of the DICOM series in ``folder`` that :func:`read_volume` reads, in slice order."""
+    return _choose_series(Path(folder))[0]
+
+
+def _choose_series(folder: Path) -> Tuple[Tuple[str, ...], str, int]:
+    """The files of the series in ``folder`` with the most files, its ID, and the number of series there."""
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(
             f"No DICOM series found in folder {folder}; point to the folder that directly "
             "contains the PET (or MR) DICOM files, or give a NIfTI/NRRD/MetaImage file instead."
         )
-    files_per_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
+    files_per_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
     chosen = max(series_ids, key=lambda sid: len(files_per_series[sid]))
-    if len(series_ids) > 1:
+    return tuple(files_per_series[chosen]), chosen, len(series_ids)
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    """Read the DICOM series in ``folder``; with several, the one with the most files."""
+    files, chosen, n_series = _choose_series(folder)
+    if n_series > 1:
         logger.warning(
             "Folder %s holds %d DICOM series; using series %s (%d files), the one with the "
             "most files. Put each series in its own folder to choose explicitly.",
-            folder, len(series_ids), chosen, len(files_per_series[chosen]),
+            folder, n_series, chosen, len(files),
         )
-    _check_announced_size(folder, files_per_series[chosen])
-    reader.SetFileNames(files_per_series[chosen])
+    _check_announced_size(folder, files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
     # Float output so that per-slice rescale slopes (common in PET) are applied
     # before the slices are stacked, instead of truncating to the first slice's type.
     reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -164,10 +176,10 @@ def write_volume(image: sitk.Image, path: PathLike) -> Path:
 
 
 def output_path(out_dir: PathLike, stem: str, fmt: str = "nii.gz") -> Path:
-    """Build ``out_dir/stem.fmt`` for an output volume, checking ``fmt``."""
+    """Build ``out_dir/stem.fmt`` for an output volume, or the series folder ``out_dir/stem`` for DICOM; checks ``fmt``."""
     fmt = fmt.lstrip(".").lower()
     if fmt not in OUTPUT_FORMATS:
         raise InputError(
             f"Unsupported output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}."
         )
-    return Path(out_dir) / f"{stem}.{fmt}"
+    return Path(out_dir) / (stem if fmt == DICOM_FORMAT else f"{stem}.{fmt}")

@@ -2,7 +2,7 @@
 
 Scripts and the Slicer worker rely on these names:
 ``denoised``, ``network_output``, ``stability``, ``stability_norm`` (each
-``.<fmt>``) and ``run.json`` (parameters, versions, device, timings, loss per
+``.<fmt>``, or a DICOM series folder of that name) and ``run.json`` (parameters, versions, device, timings, loss per
 epoch, number of stability samples, the SHA-256 of the inputs).
 ``engine/run.py`` fills such a folder.
 
@@ -29,14 +29,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, OutputError
-from ..settings import OUTPUT_FORMATS
+from ..settings import FILE_FORMATS
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 VOLUME_NAMES = ("denoised", "network_output", "stability", "stability_norm")
-# Everything a run folder may hold: a folder with anything else is not replaced.
-RUN_FOLDER_FILES = frozenset({RUN_FILE} | {f"{name}.{fmt}" for name in VOLUME_NAMES for fmt in OUTPUT_FORMATS})
+# Everything a run folder may hold (a DICOM output is a series folder named after its volume): a folder with
+# anything else is not replaced.
+RUN_FOLDER_FILES = frozenset({RUN_FILE, *VOLUME_NAMES} | {f"{name}.{fmt}" for name in VOLUME_NAMES for fmt in FILE_FORMATS})
 
 
 def strict_json(value):
