@@ -309,3 +309,18 @@ def test_cli_refuses_dicom_output_or_suv_for_a_nifti_pet(pet_series, tmp_path, c
     assert main(["denoise", "--pet", str(pet), "--out", str(out), "--preset", "tiny", "--progress", "none", *argv]) == 2
     assert message in caplog.text and "Traceback" not in caplog.text
     assert not out.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["pet.nii.gz", "pet_dicom"]
+
+
+def test_a_cohort_row_in_suv_writes_dicom_and_resumes_only_with_the_same_conversion(pet_series, tmp_path, caplog):
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text(f"subject,pet,mr,suv\ns1,{pet_series.folder},,bw\n")
+    out = tmp_path / "cohort_out"
+    argv = ["batch", "--cohort", str(cohort), "--out", str(out), "--workers", "1", "--format", "dicom",
+            "--preset", "tiny", "--device", "cpu"]
+    assert main(argv) == 0, caplog.text
+    assert json.loads((out / "s1" / "run.json").read_text())["suv"]["factor"] == pytest.approx(HAND_FACTOR, rel=2e-6)
+    assert sorted(path.name for path in (out / "s1").iterdir()) == sorted([*VOLUMES, "run.json"])
+    assert main(argv) == 0 and "s1,skipped" in (out / "summary.csv").read_text()
+    cohort.write_text(f"subject,pet,mr,suv\ns1,{pet_series.folder},,\n")  # now in Bq/ml: run again
+    assert main(argv) == 0 and "s1,done" in (out / "summary.csv").read_text()
+    assert json.loads((out / "s1" / "run.json").read_text())["suv"] is None

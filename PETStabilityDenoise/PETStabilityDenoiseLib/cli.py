@@ -55,6 +55,20 @@ log = logging.getLogger("petstab")
 EXIT_SUBJECTS_FAILED = 3
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--method, --alpha, --format and --suv: what a run does with its PET, for denoise and batch."""
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS),
+                        help="dip: fit the conditional DIP (default); ddpm: sample the diffusion model")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
+    parser.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS,
+                        help=f"output format (default {DEFAULT_OUTPUT_FORMAT}); {DICOM_FORMAT}: a DICOM series "
+                             "folder per volume, derived from the PET's DICOM series (the PET must be one)")
+    parser.add_argument("--suv", choices=SUV_TYPES,
+                        help="denoise a PET DICOM series in SUV: bw, body weight, from the headers' dose, weight and "
+                             "times (QIBA); run.json records the factor")
+
+
 def _add_dip_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("DIP settings (override the preset)")
     group.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES,
@@ -149,17 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pet", required=True, type=Path, help="noisy PET: NIfTI, NRRD, MHA or a DICOM series folder")
     p.add_argument("--mr", type=Path, help="the subject's MR, registered to the PET (any grid); omit for plain DIP "
                                            "(the bundled diffusion model needs it)")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS),
-                   help="dip: fit the conditional DIP (default); ddpm: sample the diffusion model")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                   help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS,
-                   help=f"output format (default {DEFAULT_OUTPUT_FORMAT}); {DICOM_FORMAT}: a DICOM series folder per "
-                        "volume, derived from the PET's DICOM series (--pet must be one)")
-    p.add_argument("--suv", choices=SUV_TYPES,
-                   help="denoise a PET DICOM series in SUV: bw, body weight, from the headers' dose, weight and times "
-                        "(QIBA); run.json records the factor")
+    _add_run_arguments(p)
     p.add_argument("--no-overwrite", action="store_true",
                    help="refuse an --out that already holds a run (by default it is replaced as a whole)")
     p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
@@ -174,9 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV with columns subject, pet and optionally mr; other columns (method, preset, alpha, "
                         "epochs, samples, ...) override the options below for their row")
     p.add_argument("--out", required=True, type=Path, help="cohort folder")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS), help=f"default: {DEFAULT_METHOD}")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"blend strength (default {DEFAULT_ALPHA})")
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS, help="output file format")
+    _add_run_arguments(p)
     group = p.add_argument_group("Scheduling (Ray: pip install \".[cohort]\")")
     group.add_argument("--workers", type=int,
                        help="subjects at once on a local Ray runtime (default: sized to this machine's CPUs and "
@@ -305,7 +308,8 @@ def run_batch(args: argparse.Namespace) -> int:
     parameters = {**_shared_settings(args), **{name: getattr(args, name) for name in DIP_ONLY_SETTINGS},
                   "samples": args.samples, "steps": args.steps, "start_fraction": args.start_fraction,
                   "model_dir": str(args.ddpm_model.resolve()) if args.ddpm_model else None}
-    rows = read_cohort(args.cohort, method=args.method, preset=args.preset, alpha=args.alpha, parameters=parameters)
+    rows = read_cohort(args.cohort, method=args.method, preset=args.preset, alpha=args.alpha, parameters=parameters,
+                       suv=args.suv)
     scheduler, description = choose_scheduler(rows, workers=args.workers, address=args.ray_address,
                                               cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)
     log.info("Running %d subject(s) %s", len(rows), description)

@@ -1,7 +1,7 @@
 """The cohort file: one row per subject, read and checked before any subject runs.
 
 Columns: ``subject`` and ``pet`` (required), ``mr`` (optional: empty runs the plain DIP), and optionally
-``method``, ``preset``, ``alpha`` or any engine setting of the row's method (``epochs``, ``samples``, ...),
+``method``, ``preset``, ``alpha``, ``suv`` or any engine setting of the row's method (``epochs``, ``samples``, ...),
 which override the command line's for that row; an empty cell keeps the command line's. Relative paths are
 relative to the cohort file's folder.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import InputError
-from ..settings import METHODS, EngineConfig, check_alpha, engine_config, engine_parameters, parse_parameter
+from ..settings import METHODS, SUV_TYPES, EngineConfig, check_alpha, engine_config, engine_parameters, parse_parameter
 
 REQUIRED_COLUMNS = ("subject", "pet")
 # Per-row overrides that are not engine settings.
-RUN_COLUMNS = ("mr", "method", "preset", "alpha")
+RUN_COLUMNS = ("mr", "method", "preset", "alpha", "suv")
 # A subject names its run folder: no path separators, nothing hidden, no clash with the summary.
 SUBJECT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 SUMMARY_FILE = "summary.csv"
@@ -36,6 +36,7 @@ class CohortRow:
         method: a key of :data:`METHODS`.
         config: the engine's validated config.
         alpha: the blend strength.
+        suv: None, or a key of :data:`SUV_TYPES` to denoise a DICOM PET in SUV.
     """
 
     subject: str
@@ -44,10 +45,11 @@ class CohortRow:
     method: str
     config: EngineConfig
     alpha: float
+    suv: Optional[str] = None
 
 
-def read_cohort(path: Path, *, method: str, preset: str, alpha: float,
-                parameters: Dict[str, object]) -> List[CohortRow]:
+def read_cohort(path: Path, *, method: str, preset: str, alpha: float, parameters: Dict[str, object],
+                suv: Optional[str] = None) -> List[CohortRow]:
     """The rows of the cohort file ``path``, each with the command line's settings and its own overrides.
 
     Args:
@@ -55,6 +57,7 @@ def read_cohort(path: Path, *, method: str, preset: str, alpha: float,
         method: the command line's method, for rows that give none.
         preset: the command line's DIP preset, for rows that give none.
         alpha: the command line's blend strength.
+        suv: the command line's SUV conversion (None: none), for rows that give none.
         parameters: the command line's engine settings (None keeps the default), for both methods:
             a row keeps those its method accepts.
 
@@ -79,7 +82,7 @@ def read_cohort(path: Path, *, method: str, preset: str, alpha: float,
     rows, seen = [], set()
     for number, cells in lines:
         try:
-            row = _row(cells, path.parent, method, preset, alpha, parameters)
+            row = _row(cells, path.parent, method, preset, alpha, parameters, suv)
         except InputError as error:
             raise InputError(f"{path}, line {number}: {error}") from None
         if row.subject in seen:
@@ -90,7 +93,7 @@ def read_cohort(path: Path, *, method: str, preset: str, alpha: float,
 
 
 def _row(cells: Dict[str, str], folder: Path, method: str, preset: str, alpha: float,
-         parameters: Dict[str, object]) -> CohortRow:
+         parameters: Dict[str, object], suv: Optional[str]) -> CohortRow:
     subject = cells["subject"]
     if not SUBJECT_NAME.fullmatch(subject) or subject == SUMMARY_FILE:
         raise InputError(f"subject {subject!r} cannot name a folder: use letters, digits, '.', '_' and '-', "
@@ -105,6 +108,9 @@ def _row(cells: Dict[str, str], folder: Path, method: str, preset: str, alpha: f
     except ValueError:
         raise InputError(f"alpha must be a number; got {cells['alpha']!r}") from None
     check_alpha(row_alpha)
+    suv = cells.get("suv") or suv
+    if suv is not None and suv not in SUV_TYPES:
+        raise InputError(f"unknown suv {suv!r}; choose one of {', '.join(SUV_TYPES)}, or leave it empty")
     overrides = {name: parse_parameter(method, name, text) for name, text in cells.items()
                  if name not in REQUIRED_COLUMNS + RUN_COLUMNS}
     # The command line's settings of the other method do not apply to this row.
@@ -114,7 +120,7 @@ def _row(cells: Dict[str, str], folder: Path, method: str, preset: str, alpha: f
     mr = _path(cells.get("mr", ""), folder)
     if method == "ddpm" and mr is None:
         raise InputError(f"subject {subject} has no MR, which the diffusion model needs")
-    return CohortRow(subject, _path(cells["pet"], folder) or Path(), mr, method, config, row_alpha)
+    return CohortRow(subject, _path(cells["pet"], folder) or Path(), mr, method, config, row_alpha, suv)
 
 
 def _path(text: str, folder: Path) -> Optional[Path]:

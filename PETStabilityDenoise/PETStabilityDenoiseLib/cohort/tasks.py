@@ -67,7 +67,7 @@ def run_subject(task: SubjectTask) -> SubjectOutcome:
     started = time.perf_counter()
     try:
         denoise_into_folder(row.pet, row.mr, task.out_dir, row.config, alpha=row.alpha, fmt=task.fmt,
-                            progress=None, overwrite=True)
+                            progress=None, overwrite=True, suv=row.suv)
         record = read_record(task.out_dir, "device", "stability_mean")
     except (InputError, OutputError, FileNotFoundError) as error:
         return failed(task, str(error))
@@ -92,19 +92,20 @@ def earlier_outcome(task: SubjectTask) -> Optional[SubjectOutcome]:
 
     Complete: run.json is there and names every output, which the atomic run folder guarantees exist.
     Of this task: the same PET, MR, method, settings (but the thread count, which is the scheduler's),
-    alpha and format. A folder with other settings is run again and replaced as a whole.
+    alpha, format and SUV conversion. A folder with other settings is run again and replaced as a whole.
     """
     try:
-        record = read_record(task.out_dir, "pet", "mr", "method", "config", "alpha", "format", "device",
+        record = read_record(task.out_dir, "pet", "mr", "method", "config", "alpha", "format", "suv", "device",
                              "stability_mean", "outputs")
     except (InputError, OSError):
         return None
     row = task.row
     wanted = {"pet": str(Path(row.pet).resolve()), "mr": str(Path(row.mr).resolve()) if row.mr else None,
               "method": row.method, "config": _comparable(dataclasses.asdict(row.config)), "alpha": row.alpha,
-              "format": task.fmt}
+              "format": task.fmt, "suv": row.suv}
     found = {name: record[name] for name in wanted}
     found["config"] = _comparable(record["config"])
+    found["suv"] = (record["suv"] or {}).get("type")
     if found != wanted or not all((task.out_dir / name).exists() for name in record["outputs"].values()):
         return None
     return SubjectOutcome(row.subject, "skipped", method=row.method, device=record["device"],
