@@ -156,7 +156,9 @@ def test_an_internal_error_in_one_subject_keeps_its_traceback_in_the_log(quick_e
     assert "Traceback" in caplog.text and "ZeroDivisionError" in caplog.text
 
 
-def test_an_interrupt_leaves_finished_folders_whole_and_no_partial_folder(quick_engine, tmp_path, cohort_inputs):
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupt_leaves_finished_folders_whole_and_no_partial_folder(quick_engine, tmp_path, cohort_inputs,
+                                                                          stop):
     rows = read_cohort(three_subjects(tmp_path, cohort_inputs), **DEFAULTS)
     out = tmp_path / "out"
 
@@ -165,9 +167,9 @@ def test_an_interrupt_leaves_finished_folders_whole_and_no_partial_folder(quick_
         # A killed task's half-written run folder, as a cancelled Ray task leaves it.
         (out / f".{tasks[2].row.subject}.partial-0000").mkdir()
         (out / f".{tasks[2].row.subject}.partial-0000" / "denoised.nii.gz").write_bytes(b"half")
-        raise KeyboardInterrupt
+        raise stop
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(stop):
         run_cohort(rows, out, "nii.gz", interrupted, show_progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["s1", "summary.csv"]
     assert [row["status"] for row in summary(out).values()] == ["done", "not run", "not run"]

@@ -4,12 +4,14 @@
   (new, failed before, or with other settings) run.
 - A failing subject is a ``failed`` row of the summary; the others go on.
 - summary.csv is rewritten (atomically) after each subject, so it is complete at every moment.
-- Ctrl+C stops the tasks, removes what they had half-written, writes the summary with the subjects left
-  ``not run``, and re-raises: finished run folders stay whole and no partial folder remains.
+- Ctrl+C (or a failure of the scheduler itself) stops the tasks, removes what they had half-written, writes
+  the summary with the subjects left ``not run``, and re-raises: finished run folders stay whole and no
+  partial folder remains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -41,7 +43,8 @@ def run_cohort(rows: Sequence[CohortRow], out_dir: Path, fmt: str, scheduler: Sc
 
     Raises:
         InputError: ``out_dir`` is a file, or cannot be created.
-        KeyboardInterrupt: after the clean-up and the summary, when the user interrupted the run.
+        KeyboardInterrupt: after the clean-up and the summary, when the user interrupted the run (and so
+            for any error of the scheduler).
     """
     out_dir = Path(out_dir).resolve()  # the summary's output paths hold from any folder
     if out_dir.exists() and not out_dir.is_dir():
@@ -85,11 +88,12 @@ def run_cohort(rows: Sequence[CohortRow], out_dir: Path, fmt: str, scheduler: Sc
 
     try:
         scheduler(to_run, on_outcome)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl+C, or a failure of the scheduler itself: the stopped subjects leave nothing
         for task in to_run:
             if task.row.subject not in outcomes:
                 clean_up_interrupted(task.out_dir)
-        write_summary(summary, summary_rows())
+        with contextlib.suppress(OutputError):  # the error being raised says more than a second one
+            write_summary(summary, summary_rows())
         raise
     finally:
         bar.close()

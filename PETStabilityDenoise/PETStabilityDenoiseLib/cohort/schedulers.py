@@ -120,7 +120,8 @@ def run_on_ray(tasks: Sequence[SubjectTask], on_outcome: OutcomeCallback, settin
 
     Raises:
         InputError: Ray is not installed, or the cluster cannot be reached.
-        KeyboardInterrupt: after the running tasks were cancelled and have ended (or ``CANCEL_WAIT_S`` passed).
+        KeyboardInterrupt: after the running tasks were cancelled and have ended (or ``CANCEL_WAIT_S`` passed);
+            any other error while the tasks run is handled the same way.
     """
     if not ray_available():
         raise InputError(RAY_INSTALL_HINT)
@@ -147,10 +148,11 @@ def run_on_ray(tasks: Sequence[SubjectTask], on_outcome: OutcomeCallback, settin
                     except ray.exceptions.RayError as error:  # the worker died: killed, out of memory, ...
                         outcome = failed(task, f"the Ray task failed: {error}")
                     on_outcome(outcome)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl+C, or a failure while reporting: no task may go on writing
             for ref in pending:
                 ray.cancel(ref, force=True)
-            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
+            if pending:
+                ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
             raise
     finally:
         ray.shutdown()
