@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -257,7 +258,7 @@ def test_ray_settings_reserve_a_gpu_only_for_cuda_subjects(monkeypatch, tmp_path
     fake_ray = types.SimpleNamespace(remote=lambda function: Remote(), init=lambda **kw: None,
                                      shutdown=lambda: None, wait=lambda refs, num_returns: (refs[:1], refs[1:]),
                                      get=lambda ref: not_run(tasks[ref - 1]), exceptions=None)
-    monkeypatch.setitem(__import__("sys").modules, "ray", fake_ray)
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
     cohort = write_cohort(tmp_path / "cohort.csv", [["a", cohort_inputs["pet"], "", "cuda"],
                                                     ["b", cohort_inputs["pet"], "", "cpu"]], extra_columns=("device",))
     tasks = [SubjectTask(row, tmp_path / row.subject, "nii.gz") for row in read_cohort(cohort, **DEFAULTS)]

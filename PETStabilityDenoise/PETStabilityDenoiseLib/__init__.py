@@ -11,3 +11,5 @@ __version__ = "0.1.0"
 # What the product loads at run time and ships in the wheel: the bundled BrainWeb subject, the diffusion model
 # (ddpm/) and the sample PET/MR case (sample/).
 DATA_DIR = Path(__file__).resolve().parent / "data"
+# The folder that holds this package: a worker process started there, or with it on PYTHONPATH, imports it.
+LIBRARY_PARENT = Path(__file__).resolve().parent.parent

@@ -95,16 +95,27 @@ def _shared_settings(args: argparse.Namespace) -> Dict[str, object]:
     return {"device": args.device, "seed": args.seed, "threads": args.threads}
 
 
+def _dip_settings(args: argparse.Namespace) -> Dict[str, object]:
+    """The DIP settings of the command line (None keeps the preset's), as DIPConfig fields."""
+    return {**_shared_settings(args), **{name: getattr(args, name) for name in DIP_ONLY_SETTINGS}}
+
+
+def _ddpm_settings(args: argparse.Namespace) -> Dict[str, object]:
+    """The DDPM sampling settings of the command line (None keeps the default), as DDPMSamplingConfig fields."""
+    return {**_shared_settings(args), "samples": args.samples, "steps": args.steps,
+            "start_fraction": args.start_fraction,
+            # Absolute: a cohort's subjects may run in other folders.
+            "model_dir": str(args.ddpm_model.resolve()) if args.ddpm_model else None}
+
+
 def _dip_config(args: argparse.Namespace) -> DIPConfig:
     """The validated DIP config of the command line: --preset with the DIP settings given applied."""
-    return dip_config(args.preset, {**_shared_settings(args), **{name: getattr(args, name) for name in DIP_ONLY_SETTINGS}})
+    return dip_config(args.preset, _dip_settings(args))
 
 
 def _ddpm_config(args: argparse.Namespace) -> DDPMSamplingConfig:
     """The validated DDPM sampling config of the command line."""
-    return ddpm_config({**_shared_settings(args), "samples": args.samples, "steps": args.steps,
-                        "start_fraction": args.start_fraction,
-                        "model_dir": str(args.ddpm_model) if args.ddpm_model else None})
+    return ddpm_config(_ddpm_settings(args))
 
 
 DDPM_DEFAULTS = DDPMSamplingConfig()
@@ -305,9 +316,7 @@ def run_batch(args: argparse.Namespace) -> int:
     from .cohort.schedulers import choose_scheduler
     from .cohort.table import read_cohort
 
-    parameters = {**_shared_settings(args), **{name: getattr(args, name) for name in DIP_ONLY_SETTINGS},
-                  "samples": args.samples, "steps": args.steps, "start_fraction": args.start_fraction,
-                  "model_dir": str(args.ddpm_model.resolve()) if args.ddpm_model else None}
+    parameters = {**_dip_settings(args), **_ddpm_settings(args)}
     rows = read_cohort(args.cohort, method=args.method, preset=args.preset, alpha=args.alpha, parameters=parameters,
                        suv=args.suv)
     scheduler, description = choose_scheduler(rows, workers=args.workers, address=args.ray_address,

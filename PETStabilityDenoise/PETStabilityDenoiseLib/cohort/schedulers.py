@@ -13,9 +13,9 @@ import logging
 import os
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
+from .. import LIBRARY_PARENT
 from ..errors import InputError
 from .table import CohortRow
 from .tasks import SubjectOutcome, SubjectTask, failed, run_subject
@@ -31,7 +31,6 @@ RAY_INSTALL_HINT = ('Ray is not installed: install it with pip install "petstabi
 CANCEL_WAIT_S = 30.0
 # A DIP fit of a brain with the full preset peaked at 2.2 GB (README); with a margin.
 MEMORY_PER_SUBJECT_GIB = 3.0
-LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ def _start_ray(ray, settings: RaySettings) -> None:
             # Local workers import this library from where the driver does, installed or not. They inherit the
             # environment of the runtime started here, which is cheaper than a Ray runtime_env for each worker.
             saved = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY_PARENT, saved]))
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBRARY_PARENT), saved]))
             try:
                 ray.init(num_cpus=settings.workers * settings.cpus_per_task, **options)
             finally:

@@ -65,7 +65,7 @@ def read_cohort(path: Path, *, method: str, preset: str, alpha: float, parameter
         InputError: a missing file or column, a duplicate or unusable subject name, or a bad setting,
             naming the line of the file.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # the rows' paths become absolute: a Ray worker may run in another folder
     if not path.is_file():
         raise InputError(f"the cohort file {path} does not exist; give a CSV with columns subject, pet and mr")
     with path.open(newline="", encoding="utf-8-sig") as handle:

@@ -41,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from .. import LIBRARY_PARENT
 from ..engine.blend import blend
 from ..errors import InputError, RunCancelled, WorkerFailed
 from ..settings import (
@@ -70,8 +71,6 @@ METHOD_PARAMETERS = {method: engine_parameters(method) for method in METHODS}
 NODE_NAME_SUFFIXES = {"denoised": "denoised", "network_output": "network output",
                       "stability": "stability", "stability_norm": "normalized stability"}
 POLL_INTERVAL_S = 0.1
-# The worker is started with ``-m`` from the folder that holds the package.
-LIBRARY_PARENT = Path(__file__).resolve().parents[2]
 
 Scheduler = Callable[[Callable[[], bool]], None]
 
