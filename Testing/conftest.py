@@ -76,7 +76,7 @@ def synthetic_training_pairs(count: int = 2, shape=(28, 30, 26)):
     clean = (2.0 * head + 2.0 * (head & (x > shape[2] / 2))).astype(np.float32)
     mr = (100.0 * head).astype(np.float32)
     return [make_pair(clean + rng.normal(0, 0.8, shape).astype(np.float32) * head,
-                      clean + rng.normal(0, 0.2, shape).astype(np.float32) * head, mr, f"s{i}", 0.1, margin=2)
+                      clean + rng.normal(0, 0.2, shape).astype(np.float32) * head, clean, mr, f"s{i}", 0.1, margin=2)
             for i in range(count)]
 
 

@@ -121,7 +121,7 @@ def test_weights_round_trip_and_checksum_mismatch(tiny_model, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="damaged or was replaced"):
         load_model(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no DDPM model"):
+    with pytest.raises(FileNotFoundError, match="no trained model"):
         load_model(tmp_path / "missing")
 
 

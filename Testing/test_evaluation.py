@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,17 +60,31 @@ def stand_in_ddpm(calls: list):
     return denoise_ddpm
 
 
+def stand_in_baseline(folder, calls: list):
+    """A regression baseline's model folder (its manifest only) and a stand-in for ``pipeline.predict_regression``."""
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"kind": "regression", "sha256": "0" * 64,
+                                                   "info": {"training": {"steps": 7}}}))
+
+    def predict_regression(pet, mr, model_dir, **settings):
+        calls.append((model_dir, settings))
+        return array_to_image(gaussian_fwhm(sitk.GetArrayFromImage(pet).astype(np.float32), 1.0), pet)
+    return predict_regression
+
+
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
-    """1/10 dose only, one realisation, the count sweep at x2, the stress condition and a stand-in DDPM."""
+    """1/10 dose only, one realisation, the count sweep at x2, the stress condition, a stand-in DDPM and baseline."""
     out = tmp_path_factory.mktemp("evaluation_sweep")
-    calls = []
+    calls, baseline_calls = [], []
+    baseline = out.parent / "baseline_model"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(study, "denoise_ddpm", stand_in_ddpm(calls))
+        patch.setattr(study, "predict_regression", stand_in_baseline(baseline, baseline_calls))
         started = time.perf_counter()
-        assert main([*SWEEP, "--out", str(out)]) == 0
+        assert main([*SWEEP, "--baseline-model", str(baseline), "--out", str(out)]) == 0
         print(f"sweep run: {time.perf_counter() - started:.0f} s")
-    return SimpleNamespace(out=out, ddpm_calls=calls)
+    return SimpleNamespace(out=out, ddpm_calls=calls, baseline_calls=baseline_calls, baseline=baseline)
 
 
 @pytest.mark.slow
@@ -196,13 +211,18 @@ def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
             if r["method"].startswith("ddpm")]
     assert sorted(ddpm) == [("main", "0.1", "ddpm", "samples", "8"),
                             ("main", "0.1", "ddpm_blend", "alpha", str(DEFAULT_ALPHA))]
+    # The baseline runs wherever the DDPM does, with its windows and threads; its setting is its training steps.
+    assert [(Path(d), s["threads"]) for d, s in sweep_run.baseline_calls] == [(sweep_run.baseline.resolve(), 2)]
+    baseline = [(r["condition"], r["dose"], r["setting_name"], r["setting"]) for r in rows if r["method"] == "unet"]
+    assert baseline == [("main", "0.1", "training_steps", "7")]
     fits = [f for f in read_rows(sweep_run.out, "fits.csv") if f["method"] == "ddpm"]
     assert len(fits) == 1 and math.isfinite(float(fits[0]["s_peaks_over_wm"]))
     text = (sweep_run.out / "report.md").read_text()
     assert "DDPM mean (8) − OSEM + Gaussian" in text and "| DDPM mean | 1/10 dose |" in text
+    assert "U-Net baseline (7) − OSEM + Gaussian" in text
 
 
-def test_cache_key_covers_what_changes_the_numbers():
+def test_cache_key_covers_what_changes_the_numbers(tmp_path):
     def settings(dip_threads=None, **changes):
         fields = dict(doses=(0.1,), dip=get_preset("tiny", threads=dip_threads), dip_epochs=(2, 4, 6), realisations=2,
                       ddpm_realisations=1)
@@ -211,6 +231,8 @@ def test_cache_key_covers_what_changes_the_numbers():
     base, other_ddpm = settings(), settings(ddpm=DDPMSamplingConfig(steps=4))
     assert base.key(0) != other_ddpm.key(0)
     assert base.key(1) == other_ddpm.key(1)  # realisation 1 runs no DDPM
+    with_baseline = settings(baseline_model=str(tmp_path))  # a folder without a model: checksum "missing"
+    assert with_baseline.key(0) != base.key(0) and with_baseline.key(1) == base.key(1)
     assert base.key(0) != base.key(1)
     # Threads and the number of realisations change no number.
     assert settings(dip_threads=1, realisations=5, ddpm=DDPMSamplingConfig(threads=1)).key(0) == base.key(0)

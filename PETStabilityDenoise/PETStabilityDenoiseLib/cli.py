@@ -30,6 +30,7 @@ from .settings import (
     DEFAULT_METHOD,
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_PRESET,
+    DEFAULT_TRAINING_TARGET,
     DEVICES,
     DICOM_FORMAT,
     FILE_FORMATS,
@@ -41,13 +42,15 @@ from .settings import (
     PRESET_NAMES,
     PROGRESS_STYLES,
     SUV_TYPES,
+    TRAINING_OBJECTIVES,
+    TRAINING_TARGETS,
     DDPMSamplingConfig,
     DIPConfig,
     EngineConfig,
     ddpm_config,
     dip_config,
 )
-from .simulation.case import BRAINWEB_LABELS
+from .simulation.case import BRAINWEB_LABELS, brainweb_subjects
 from .simulation.scanners import REGIMES, SCANNERS
 
 log = logging.getLogger("petstab")
@@ -253,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 1; 0: never)")
     p.add_argument("--ddpm-doses", type=float, nargs="+", default=[0.1, 0.2],
                    help="doses at which the diffusion model runs (default 0.1 0.2)")
+    p.add_argument("--ddpm-model", type=Path,
+                   help="the diffusion model's folder (petstab train-ddpm); default: the bundled model")
+    p.add_argument("--baseline-model", type=Path,
+                   help="also score a regression baseline (petstab train-ddpm --objective regression) from this "
+                        "folder, wherever the diffusion model runs")
     p.add_argument("--count-sweep", type=float, nargs="+", metavar="SCALE",
                    help="also evaluate these full-dose count scales, e.g. 0.25 0.5 2 4 8, at --count-sweep-dose, "
                         "realisation 0, Gaussian, DIP and the blend only (the main condition gives its own scale)")
@@ -278,13 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="cpu",
                    help="training budget: cpu (minutes on 2 cores) or gpu (longer, more variants); default cpu")
     p.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2, 0.5], help="low-dose fractions to train on")
-    p.add_argument("--variants", type=int, help="simulated variants per subject (GM:WM ratio, lesions, noise)")
+    p.add_argument("--variants", type=int, help="simulated variants per subject (uptake pattern, texture, lesions, "
+                                                "hypometabolism, scanner, counts, misregistration, noise)")
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="patches per step")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--patch-size", type=int, help="patch edge in voxels (default 32)")
     p.add_argument("--channels", type=int, nargs="+", help="U-Net channels per level (default 16 32 64)")
     p.add_argument("--no-mr", action="store_true", help="train without the MR condition")
+    p.add_argument("--objective", choices=TRAINING_OBJECTIVES, default=TRAINING_OBJECTIVES[0],
+                   help="diffusion: the DDPM (default); regression: its supervised baseline, the same U-Net "
+                        "mapping the conditions straight to the target")
+    p.add_argument("--target", choices=TRAINING_TARGETS, default=DEFAULT_TRAINING_TARGET,
+                   help="what the network learns to output: the full-dose OSEM, or the PSF-blurred truth "
+                        f"(default {DEFAULT_TRAINING_TARGET})")
     p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
@@ -386,13 +401,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     _simulation_config(args, seed=args.sim_seed)  # refuses a bad --scanner/--regime/--count-scale before any work
     dip = _dip_config(args)
-    ddpm = ddpm_config(_shared_settings(args))  # as for 'petstab denoise', these apply to both methods
+    ddpm = ddpm_config({**_shared_settings(args),  # as for 'petstab denoise', these apply to both methods
+                        "model_dir": str(args.ddpm_model.resolve()) if args.ddpm_model else None})
     overrides: Dict[str, Any] = {name: tuple(value) for name, value in (("dip_epochs", args.dip_epochs), ("nlm_h_factors", args.nlm_h),
                                                         ("gaussian_fwhms", args.fwhms), ("alphas", args.alphas))
                  if value}
     main = StudySettings(doses=tuple(args.doses), dip=dip, scanner=args.scanner, regime=args.regime,
                          count_scale=args.count_scale, realisations=args.realisations, seed=args.sim_seed, ddpm=ddpm,
-                         ddpm_realisations=args.ddpm_realisations, ddpm_doses=tuple(args.ddpm_doses), **overrides)
+                         ddpm_realisations=args.ddpm_realisations, ddpm_doses=tuple(args.ddpm_doses),
+                         baseline_model=str(args.baseline_model.resolve()) if args.baseline_model else None, **overrides)
     subjects = evaluation_subjects(args)
     sweep_subjects = _sweep_subjects(args, subjects)
     conditions = study_conditions(main, args.count_sweep or (), args.count_sweep_dose, args.stress, sweep_subjects)
@@ -420,16 +437,12 @@ def _labels(labels_dir: Optional[Path], subjects: Sequence[str]) -> list:
     return paths
 
 
-def _brainweb_subjects(labels_dir: Path) -> list:
-    """The subject numbers of the BrainWeb label files in ``labels_dir``."""
-    prefix, suffix = BRAINWEB_LABELS.split("{}")
-    return sorted(p.name[len(prefix):-len(suffix)] for p in labels_dir.glob(BRAINWEB_LABELS.format("*")))
-
-
 def run_train_ddpm(args: argparse.Namespace) -> int:
     import torch
 
-    from .engine.ddpm.model import DDPMConfig, build_model, count_parameters
+    from .engine.ddpm.model import DDPMConfig, count_parameters
+    from .engine.ddpm.regression import RegressionConfig
+    from .engine.ddpm.weights import MODEL_KINDS, model_kind
     from .engine.device import resolve_device
     from .training.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
     from .training.trainer import TrainingSettings, check_training_folder, train
@@ -441,7 +454,7 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     if args.subjects:
         subjects = list(args.subjects)
     else:
-        found = _brainweb_subjects(args.labels_dir)
+        found = brainweb_subjects(args.labels_dir)
         subjects = [n for n in found if n not in validation_subjects]
     overlap = sorted(set(subjects) & set(validation_subjects))
     if overlap:
@@ -453,17 +466,20 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
 
     model_settings: Dict[str, Any] = {k: v for k, v in (("channels", tuple(args.channels) if args.channels else None),
                                                         ("patch_size", args.patch_size)) if v is not None}
-    config = DDPMConfig(**model_settings, use_mr=not args.no_mr)
-    settings = TrainingSettings(**{k: v for k, v in (("steps", args.steps or profile["steps"]),
-                                                     ("batch_size", args.batch_size or profile["batch_size"]),
-                                                     ("learning_rate", args.learning_rate),
-                                                     ("seed", args.seed)) if v is not None})
+    config_class = RegressionConfig if args.objective == "regression" else DDPMConfig
+    config = config_class(**model_settings, use_mr=not args.no_mr)
+    training: Dict[str, Any] = {k: v for k, v in (("steps", args.steps or profile["steps"]),
+                                                  ("batch_size", args.batch_size or profile["batch_size"]),
+                                                  ("learning_rate", args.learning_rate),
+                                                  ("seed", args.seed), ("target", args.target)) if v is not None}
+    settings = TrainingSettings(**training)
     variants = args.variants or profile["variants"]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    log.info("Network: %s, %d parameters; training on %s", config.channels, count_parameters(build_model(config)),
-             device)
+    network = MODEL_KINDS[model_kind(config)][1](config)
+    log.info("Network (%s): %s, %d parameters; target %s; training on %s", args.objective, config.channels,
+             count_parameters(network), settings.target, device)
 
     started = time.perf_counter()
     doses = tuple(args.doses)

@@ -230,3 +230,29 @@ def denoise_ddpm(
               "model_config": manifest["config"]}
     timings = {"prepare_s": t_prep - t0, "engine_s": time.perf_counter() - t_prep}
     return _finish(pet, mr, prepared, mean, std, alpha, "ddpm", config.samples, record, timings)
+
+
+def predict_regression(pet: sitk.Image, mr: Optional[sitk.Image], model_dir: Path, *, overlap: float = 0.25,
+                       device: str = "auto", threads: Optional[int] = None) -> sitk.Image:
+    """The regression baseline's prediction for ``pet`` on its grid (the evaluation's U-Net row; no stability map).
+
+    Args:
+        model_dir: a folder written by ``petstab train-ddpm --objective regression``.
+        overlap: of the sliding windows.
+    """
+    import torch
+
+    from .ddpm.regression import predict_volume
+    from .ddpm.weights import load_model
+    from .device import resolve_device
+
+    torch_device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    model, model_config, _ = load_model(Path(model_dir), torch_device, kind="regression")
+    if model_config.use_mr and mr is None:
+        raise InputError("the regression model was trained with the MR as a second condition: give the MR")
+    prepared = _prepare(pet, mr, 1)
+    predicted = predict_volume(model, model_config, prepared.cropped_pet, prepared.cropped_mr, prepared.cropped_mask,
+                               overlap=overlap, device=torch_device)
+    return array_to_image(prepared.to_pet_grid(predicted), pet)

@@ -19,10 +19,10 @@ import numpy as np  # noqa: E402
 from .study import METHOD_LABELS, write_atomically  # noqa: E402
 
 COLORS = {"gaussian": "tab:blue", "nlm": "tab:green", "dip": "tab:orange", "blend": "tab:red", "osem": "0.4",
-          "ddpm": "tab:purple", "ddpm_blend": "tab:brown"}
+          "ddpm": "tab:purple", "ddpm_blend": "tab:brown", "unet": "tab:olive"}
 SETTING_FORMATS = {"gaussian": "{:g}", "nlm": "{:g}", "dip": "{:d}", "blend": "{:.1f}", "ddpm": "{:d}",
-                   "ddpm_blend": "{:.1f}"}
-SINGLE_POINT_MARKERS = {"ddpm": "D", "ddpm_blend": "s"}  # methods with one setting are points, not curves
+                   "ddpm_blend": "{:.1f}", "unet": "{:d}"}
+SINGLE_POINT_MARKERS = {"ddpm": "D", "ddpm_blend": "s", "unet": "^"}  # methods with one setting are points, not curves
 STRESS_LABEL = "legacy regime (PET from MR, 4.5 mm)"
 
 

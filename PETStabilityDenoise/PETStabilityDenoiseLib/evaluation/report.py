@@ -111,6 +111,8 @@ def settings_text(main: StudySettings) -> List[str]:
         ddpm = main.ddpm
         lines[-2] += (f" DDPM: {ddpm.samples} samples, {ddpm.steps} DDIM steps from {ddpm.start_fraction:g} T, "
                       f"{'the bundled model' if not ddpm.model_dir else 'model ' + ddpm.model_dir}.")
+        if main.baseline_model:
+            lines[-2] += f" U-Net baseline: model {main.baseline_model}, windows as the DDPM's."
     return lines
 
 
@@ -207,7 +209,7 @@ def matched_noise(results: Results, settings: StudySettings) -> List[str]:
     """Every method at its operating point against the Gaussian and DIP sweeps at its own WM CoV."""
     condition, op = settings.condition, settings.operating_points()
     comparisons = [("blend", "gaussian"), ("blend", "dip"), ("dip", "gaussian"), ("ddpm", "gaussian"),
-                   ("ddpm_blend", "gaussian")]
+                   ("ddpm_blend", "gaussian"), ("unet", "gaussian")]
     body = []
     for dose in settings.doses:
         present = results.methods(condition, dose)

@@ -12,7 +12,9 @@ Then, at each dose:
   default 160 / 5 / 80 schedule);
 - the stability blend at alpha 0, 0.1, ..., 1.0, from the same fit;
 - the bundled diffusion model (its mean, and its blend at the default alpha), for the first ``ddpm_realisations``
-  realisations at ``ddpm_doses`` only, since it takes minutes per case on a CPU.
+  realisations at ``ddpm_doses`` only, since it takes minutes per case on a CPU;
+- where one is given, the diffusion model's regression baseline (``petstab train-ddpm --objective regression``),
+  wherever the diffusion model runs.
 
 Every image is scored by :class:`~.scoring.Scorer`. Each DIP fit and DDPM run also records how much higher its
 stability map is in peaks, lesions, hypometabolism and cortex than in white matter. One (condition, subject,
@@ -40,7 +42,7 @@ import SimpleITK as sitk
 
 from ..engine.blend import blend
 from ..engine.filters import gaussian_fwhm
-from ..engine.pipeline import denoise, denoise_ddpm
+from ..engine.pipeline import denoise, denoise_ddpm, predict_regression
 from ..errors import InputError
 from ..settings import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
 from ..simulation import SimulationConfig, simulate_case, simulation_config
@@ -65,9 +67,10 @@ DDPM_ALPHA = DEFAULT_ALPHA
 # DIP's is its last scored epoch, the DDPM's its number of samples (StudySettings.operating_points).
 OPERATING_POINTS = {"gaussian": 1.5, "nlm": 1.0, "blend": DEFAULT_ALPHA}
 METHOD_LABELS = {"gaussian": "OSEM + Gaussian", "nlm": "Non-local means", "dip": "Conditional DIP",
-                 "blend": "Stability blend", "ddpm": "DDPM mean", "ddpm_blend": "DDPM blend"}
+                 "blend": "Stability blend", "ddpm": "DDPM mean", "ddpm_blend": "DDPM blend",
+                 "unet": "U-Net baseline"}
 SETTING_NAMES = {"gaussian": "fwhm_voxels", "nlm": "h_factor", "dip": "epochs", "blend": "alpha",
-                 "ddpm": "samples", "ddpm_blend": "alpha"}
+                 "ddpm": "samples", "ddpm_blend": "alpha", "unet": "training_steps"}
 # The columns that say where a row comes from, before its scores.
 ID_COLUMNS = ("condition", "scanner", "regime", "count_scale", "realisation", "subject", "dose", "method",
               "setting_name", "setting")
@@ -100,6 +103,7 @@ class StudySettings:
         nlm_h_factors: non-local means h factors; empty leaves NLM out.
         ddpm: the diffusion model's sampling settings; it runs for realisations below ``ddpm_realisations``
             (0: never) at the doses that are also in ``ddpm_doses``.
+        baseline_model: the folder of a regression baseline model, scored where the DDPM runs; None: not scored.
         keep_panels: store the image slices of realisation 0 for the figure panels.
         subjects: the names of the subjects this condition runs on; empty: every subject of the study.
     """
@@ -120,6 +124,7 @@ class StudySettings:
     ddpm_realisations: int = 1
     ddpm_doses: tuple = DDPM_DOSES
     ddpm_alpha: float = DDPM_ALPHA
+    baseline_model: Optional[str] = None
     keep_panels: bool = True
     subjects: tuple = ()
 
@@ -161,13 +166,18 @@ class StudySettings:
         return tuple(d for d in self.doses if d in self.ddpm_doses)
 
     def operating_points(self) -> Dict[str, float]:
-        return {**OPERATING_POINTS, "dip": self.dip_epochs[-1], "ddpm": self.ddpm.samples,
-                "ddpm_blend": self.ddpm_alpha}
+        points = {**OPERATING_POINTS, "dip": self.dip_epochs[-1], "ddpm": self.ddpm.samples,
+                  "ddpm_blend": self.ddpm_alpha}
+        if self.baseline_model:
+            points["unet"] = baseline_training_steps(self.baseline_model)
+        return points
 
     def methods(self) -> List[str]:
-        """The methods this condition runs (DDPM if any realisation has it)."""
+        """The methods this condition runs (DDPM, and the baseline if given, if any realisation has it)."""
         names = ["gaussian"] + (["nlm"] if self.nlm_h_factors else []) + ["dip", "blend"]
-        return names + (["ddpm", "ddpm_blend"] if self.ddpm_doses_for(0) else [])
+        if self.ddpm_doses_for(0):
+            names += ["ddpm", "ddpm_blend"] + (["unet"] if self.baseline_model else [])
+        return names
 
     def key(self, realisation: int) -> str:
         """A hash of everything that changes realisation ``realisation``'s numbers in this condition.
@@ -178,7 +188,7 @@ class StudySettings:
         """
         fields = dataclasses.asdict(self)
         for name in ("condition", "realisations", "keep_panels", "subjects", "ddpm", "ddpm_realisations",
-                     "ddpm_doses", "ddpm_alpha"):
+                     "ddpm_doses", "ddpm_alpha", "baseline_model"):
             fields.pop(name)
         fields["dip"].pop("threads")
         fields["realisation"] = realisation
@@ -189,6 +199,8 @@ class StudySettings:
             config.pop("threads")
             fields["ddpm"] = {"doses": ddpm_doses, "alpha": self.ddpm_alpha, "config": config,
                               "model_sha256": ddpm_model_checksum(self.ddpm)}
+            if self.baseline_model:  # only then, so that the keys of studies without a baseline stay as they were
+                fields["baseline_sha256"] = model_manifest(Path(self.baseline_model)).get("sha256", "missing")
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -200,15 +212,26 @@ def default_dip_epochs(config: DIPConfig) -> tuple:
                         - {config.start}))
 
 
+def model_manifest(model_dir: Path) -> dict:
+    """A model folder's manifest; empty when it cannot be read (the run itself then says what is wrong)."""
+    from ..engine.ddpm.weights import MANIFEST_FILE
+
+    try:
+        return json.loads((model_dir / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def ddpm_model_checksum(config: DDPMSamplingConfig) -> str:
     """The weights' checksum from the model's manifest, so that a new model never reads old results."""
-    from ..engine.ddpm.weights import MANIFEST_FILE, bundled_model_dir
+    from ..engine.ddpm.weights import bundled_model_dir
 
-    model_dir = Path(config.model_dir) if config.model_dir else bundled_model_dir()
-    try:
-        return json.loads((model_dir / MANIFEST_FILE).read_text())["sha256"]
-    except (OSError, ValueError, KeyError):
-        return "missing"  # the DDPM run itself then says what is wrong with the folder
+    return model_manifest(Path(config.model_dir) if config.model_dir else bundled_model_dir()).get("sha256", "missing")
+
+
+def baseline_training_steps(model_dir: str) -> int:
+    """The regression baseline's training steps (its row's setting); 0 when its manifest does not say."""
+    return int(model_manifest(Path(model_dir)).get("info", {}).get("training", {}).get("steps", 0))
 
 
 def study_conditions(main: StudySettings, count_scales: Sequence[float] = (), sweep_dose: float = 0.1,
@@ -415,6 +438,14 @@ def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_
         case.add(dose, "ddpm", settings.ddpm.samples, array(result.network_output))
         case.add(dose, "ddpm_blend", settings.ddpm_alpha, array(result.denoised))
         case.add_fit(dose, "ddpm", array(result.stability), result.stability_mean, seconds)
+        if settings.baseline_model:
+            say(f"{where}: running the regression baseline")
+            t = time.perf_counter()
+            predicted = predict_regression(simulated.osem[dose], simulated.mr, Path(settings.baseline_model),
+                                           overlap=settings.ddpm.overlap, device=settings.ddpm.device,
+                                           threads=settings.ddpm.threads)
+            timings[f"unet_s_dose{dose}"] = time.perf_counter() - t
+            case.add(dose, "unet", baseline_training_steps(settings.baseline_model), array(predicted))
 
 
 def compute_case(subject: Subject, settings: StudySettings, realisation: int,

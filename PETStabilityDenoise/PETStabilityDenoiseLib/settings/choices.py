@@ -41,11 +41,18 @@ OPTIMIZERS: Tuple[str, ...] = ("lbfgs", "adam")
 # The DIP network's input: the MR, the MR and the PET as two channels, or fixed noise.
 INPUT_MODES: Tuple[str, ...] = ("mr", "mr+pet", "noise")
 
+# What a trained network (the DDPM or its regression baseline) learns to output: the full-dose OSEM, which is
+# noisy itself, or the PSF-blurred truth, which only a simulator has. And the two training objectives.
+TRAINING_TARGETS: Tuple[str, ...] = ("full_dose", "truth_blurred")
+DEFAULT_TRAINING_TARGET = "full_dose"
+TRAINING_OBJECTIVES: Tuple[str, ...] = ("diffusion", "regression")
+
 # The blend's default strength, chosen by measurement in the realistic simulation
 # regime (docs/DEFAULTS.md); the paper's operating point is 0.6.
 DEFAULT_ALPHA = 0.3
 
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "FILE_FORMATS", "DICOM_FORMAT",
-           "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT", "SUV_TYPES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY",
+           "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT", "SUV_TYPES", "TRAINING_TARGETS", "DEFAULT_TRAINING_TARGET",
+           "TRAINING_OBJECTIVES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY",
            "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "DEFAULT_ALPHA"]

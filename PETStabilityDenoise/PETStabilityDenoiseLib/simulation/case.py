@@ -48,6 +48,12 @@ def labels_path(subject: str, labels_dir: Optional[Path] = None) -> Path:
     return Path(labels_dir) / BRAINWEB_LABELS.format(subject)
 
 
+def brainweb_subjects(labels_dir: Path) -> list:
+    """The subject numbers of the BrainWeb label files in ``labels_dir``, sorted."""
+    prefix, suffix = BRAINWEB_LABELS.split("{}")
+    return sorted(p.name[len(prefix):-len(suffix)] for p in Path(labels_dir).glob(BRAINWEB_LABELS.format("*")))
+
+
 BRAIN = SCANNERS["brain"]
 
 

@@ -1,11 +1,16 @@
-"""Training data for the DDPM: simulated low-dose/full-dose pairs and random patches from them.
+"""Training data for the DDPM and its U-Net baseline: simulated low-dose/target pairs and random patches.
 
-Each BrainWeb subject is simulated in several variants (grey/white matter
-ratio, number, size and contrast of lesions, noise seed). Every variant gives
-one pair per low dose: the low-dose OSEM (the condition), the full-dose OSEM
-(the target) and the MR on the PET grid.
+Each BrainWeb subject is simulated in several variants of the realistic
+simulator (docs/SIMULATOR.md). A variant draws what varies between patients
+and scanners: the grey/white matter ratio, the regional uptake pattern, the
+PET-only texture, hot lesions, a hypometabolic region in either hemisphere,
+the scanner preset and its count level, and the PET/MR misregistration.
+Every variant gives one pair per low dose: the low-dose OSEM (the
+condition), the MR on the PET grid, and two possible targets, the full-dose
+OSEM and the PSF-blurred truth (which only a simulator has, and which carries
+no noise of its own).
 
-Both images of a pair are divided by the *low-dose* image's head mean, the
+All images of a pair are divided by the *low-dose* image's head mean, the
 only scale known at inference. Patches then get two augmentations: a
 left-right flip, and a random intensity factor applied to the pair, which
 stands in for the head-mean shifts of real data (more or less scalp, neck or
@@ -16,63 +21,108 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..engine.ddpm.model import to_model_space
 from ..errors import InputError
+from ..settings import DEFAULT_TRAINING_TARGET, TRAINING_TARGETS
 from ..simulation import SimulationConfig, simulate_case
+from ..simulation.case import simulation_config
 from ..volumes.geometry import apply_crop_pad, head_mask, plan_crop_pad, resample_to_reference
 
 # Subjects never trained on: the evaluation study's and the model card's validation set.
 VALIDATION_SUBJECTS = ("50", "51", "52", "53", "54")
+PAIR_ARRAYS = ("low", "full", "clean", "mr", "head")
 
 
 @dataclass(frozen=True)
 class TrainingPair:
-    """One simulated case at one dose, cropped to the head, in units of the low-dose head mean."""
+    """One simulated case at one dose, cropped to the head, in units of the low-dose head mean.
+
+    ``full`` is the full-dose OSEM and ``clean`` the PSF-blurred truth, the two possible targets.
+    """
 
     low: np.ndarray
     full: np.ndarray
+    clean: np.ndarray
     mr: np.ndarray
     head: np.ndarray
     subject: str
     dose: float
 
+    def target(self, name: str) -> np.ndarray:
+        if name not in TRAINING_TARGETS:
+            raise InputError(f"unknown training target {name!r}; choose one of {', '.join(TRAINING_TARGETS)}")
+        return self.full if name == "full_dose" else self.clean
+
 
 @dataclass(frozen=True)
 class AugmentationRanges:
-    """What varies between simulated variants of a subject, and between patches."""
+    """What varies between simulated variants of a subject, and between patches.
+
+    Each range is drawn uniformly, except ``count_scale`` (log-uniform) and the scanner (``brain_fraction``).
+    The ranges are centred on the simulator's realistic defaults, which the evaluation uses.
+    """
 
     gm_wm_ratio: Tuple[float, float] = (3.0, 5.0)
-    n_lesions: Tuple[int, int] = (0, 6)
-    lesion_ratio: Tuple[float, float] = (1.5, 4.0)
+    uptake_jitter: float = 0.08  # each regional grey-matter multiplier is scaled by U(1 - j, 1 + j)
+    texture_amplitude: Tuple[float, float] = (0.05, 0.15)
+    texture_fwhm_mm: Tuple[float, float] = (3.0, 6.0)
+    n_lesions: Tuple[int, int] = (0, 5)
+    lesion_ratio: Tuple[float, float] = (2.0, 6.0)
     lesion_diameter_mm: Tuple[float, float] = (6.0, 16.0)
+    hypo_probability: float = 0.5  # a variant has a hypometabolic region this often ...
+    hypo_depth: Tuple[float, float] = (0.2, 0.45)
+    hypo_shift_mm: float = 10.0  # ... moved up to this far along each axis, in either hemisphere
+    brain_fraction: float = 0.75  # variants on the ``brain`` scanner; the rest on ``wholebody``
+    count_scale: Tuple[float, float] = (0.5, 2.0)  # full-dose counts times this (the preset's are estimates)
+    misregistration_mm: Tuple[float, float] = (0.0, 2.0)
+    misregistration_deg: Tuple[float, float] = (0.0, 2.0)
     intensity_scale: Tuple[float, float] = (0.8, 1.25)
 
 
-def make_pair(low: np.ndarray, full: np.ndarray, mr: np.ndarray, subject: str, dose: float,
+def make_pair(low: np.ndarray, full: np.ndarray, clean: np.ndarray, mr: np.ndarray, subject: str, dose: float,
               margin: int) -> TrainingPair:
-    """Normalises and crops one pair of (z, y, x) arrays on the PET grid."""
+    """Normalises and crops one case at one dose, (z, y, x) arrays on the PET grid."""
     head = head_mask(low, mr)
     scale, mr_scale = float(low[head].mean()), float(mr[head].mean())
     plan = plan_crop_pad(head, margin, 1)
-    crop = [apply_crop_pad(a, plan, mode="constant") for a in (low / scale, full / scale, mr / mr_scale, head)]
-    return TrainingPair(*(a.astype(np.float32) for a in crop[:3]),  # type: ignore[call-arg, arg-type]
-                        crop[3].astype(bool), subject, dose)  # mypy cannot count the three starred arrays
+    pet = {name: apply_crop_pad(a / scale, plan, mode="constant").astype(np.float32)
+           for name, a in (("low", low), ("full", full), ("clean", clean))}
+    return TrainingPair(**pet, mr=apply_crop_pad(mr / mr_scale, plan, mode="constant").astype(np.float32),
+                        head=apply_crop_pad(head, plan, mode="constant").astype(bool), subject=subject, dose=dose)
 
 
 def variant_config(rng: np.random.Generator, ranges: AugmentationRanges, doses: Sequence[float],
                    seed: int) -> SimulationConfig:
-    diameter = sorted(rng.uniform(*ranges.lesion_diameter_mm, size=2))
-    return SimulationConfig(
-        doses=(1.0, *doses), seed=seed, gm_wm_ratio=float(rng.uniform(*ranges.gm_wm_ratio)),
+    """One draw of the simulator's settings within ``ranges``; ``seed`` seeds the phantom and its noise."""
+    default = SimulationConfig()
+    uptake = tuple((region, float(value * rng.uniform(1 - ranges.uptake_jitter, 1 + ranges.uptake_jitter)))
+                   for region, value in default.gm_uptake)
+    hypo: Dict[str, Any] = {"hypo_depth": 0.0}
+    if rng.random() < ranges.hypo_probability:
+        side = rng.choice([-1.0, 1.0])
+        x, y, z = np.asarray(default.hypo_center_mm) + rng.uniform(-ranges.hypo_shift_mm, ranges.hypo_shift_mm, 3)
+        hypo = {"hypo_depth": float(rng.uniform(*ranges.hypo_depth)),
+                "hypo_center_mm": (float(side * abs(x)), float(y), float(z))}
+    low_scale, high_scale = (math.log(v) for v in ranges.count_scale)
+    return simulation_config(
+        scanner="brain" if rng.random() < ranges.brain_fraction else "wholebody",
+        count_scale=float(math.exp(rng.uniform(low_scale, high_scale))),
+        doses=(1.0, *doses), seed=seed, gm_wm_ratio=float(rng.uniform(*ranges.gm_wm_ratio)), gm_uptake=uptake,
+        texture_amplitude=float(rng.uniform(*ranges.texture_amplitude)),
+        texture_fwhm_mm=float(rng.uniform(*ranges.texture_fwhm_mm)),
         n_lesions=int(rng.integers(ranges.n_lesions[0], ranges.n_lesions[1] + 1)),
-        lesion_ratio=float(rng.uniform(*ranges.lesion_ratio)), lesion_diameter_mm=tuple(diameter))
+        lesion_ratio=float(rng.uniform(*ranges.lesion_ratio)),
+        lesion_diameter_mm=tuple(sorted(float(d) for d in rng.uniform(*ranges.lesion_diameter_mm, size=2))),
+        misregistration_mm=float(rng.uniform(*ranges.misregistration_mm)),
+        misregistration_deg=float(rng.uniform(*ranges.misregistration_deg)), **hypo)
 
 
 def _simulate_with_room_for_lesions(label_image: sitk.Image, config: SimulationConfig):
@@ -88,7 +138,7 @@ def _simulate_with_room_for_lesions(label_image: sitk.Image, config: SimulationC
 
 def save_pairs(pairs: Sequence[TrainingPair], path: Path) -> None:
     """Keeps a simulated training set, so that a resumed training does not simulate it again."""
-    arrays = {f"{i}_{name}": getattr(pair, name) for i, pair in enumerate(pairs) for name in ("low", "full", "mr", "head")}
+    arrays = {f"{i}_{name}": getattr(pair, name) for i, pair in enumerate(pairs) for name in PAIR_ARRAYS}
     meta = [{"subject": pair.subject, "dose": pair.dose} for pair in pairs]
     np.savez(path, meta=json.dumps(meta), **arrays)
 
@@ -96,9 +146,12 @@ def save_pairs(pairs: Sequence[TrainingPair], path: Path) -> None:
 def load_pairs(path: Path) -> List[TrainingPair]:
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
-        return [TrainingPair(  # type: ignore[call-arg]  # mypy cannot count the four starred arrays
-                    *(data[f"{i}_{name}"] for name in ("low", "full", "mr", "head")), m["subject"], m["dose"])
-                for i, m in enumerate(meta)]
+        missing = [name for name in PAIR_ARRAYS if f"0_{name}" not in data]
+        if meta and missing:
+            raise InputError(f"{path} holds training pairs of an older format (no {', '.join(missing)}): "
+                             "simulate them again in a new training folder")
+        return [TrainingPair(**{name: data[f"{i}_{name}"] for name in PAIR_ARRAYS}, subject=m["subject"],
+                             dose=m["dose"]) for i, m in enumerate(meta)]
 
 
 def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[float], variants: int, seed: int,
@@ -112,10 +165,11 @@ def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[flo
             config = variant_config(np.random.default_rng(variant_seed), ranges, doses, variant_seed)
             case = _simulate_with_room_for_lesions(label_image, config)
             full = sitk.GetArrayFromImage(case.osem[1.0]).astype(np.float32)
+            clean = sitk.GetArrayFromImage(case.truth_blurred).astype(np.float32)
             mr = sitk.GetArrayFromImage(resample_to_reference(case.mr, case.osem[1.0], name="MR")).astype(np.float32)
             for dose in doses:
                 low = sitk.GetArrayFromImage(case.osem[dose]).astype(np.float32)
-                pairs.append(make_pair(low, full, mr, subject, dose, margin))
+                pairs.append(make_pair(low, full, clean, mr, subject, dose, margin))
             if progress is not None:
                 progress(f"simulated subject {subject}, variant {variant + 1}/{variants}")
     return pairs
@@ -123,10 +177,11 @@ def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[flo
 
 def random_patches(pairs: Sequence[TrainingPair], count: int, size: int, rng: np.random.Generator,
                    intensity_scale: Tuple[float, float] = AugmentationRanges.intensity_scale,
-                   use_mr: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                   use_mr: bool = True, target: str = DEFAULT_TRAINING_TARGET) -> Tuple[np.ndarray, np.ndarray]:
     """``count`` augmented patches centred in the head: (conditions (N, C, s, s, s), targets (N, 1, s, s, s)).
 
     Both are in the network's range; the conditions are the low-dose PET, then the MR if ``use_mr``.
+    ``target`` is one of ``settings.TRAINING_TARGETS``.
     """
     too_small = [p.subject for p in pairs if min(p.head.shape) < size]
     if too_small:
@@ -139,7 +194,8 @@ def random_patches(pairs: Sequence[TrainingPair], count: int, size: int, rng: np
         corner = [int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, pair.head.shape)]
         window = tuple(slice(c, c + size) for c in corner)
         factor = rng.uniform(*intensity_scale)
-        channels = [to_model_space(pair.low[window] * factor, 1.0), to_model_space(pair.full[window] * factor, 1.0)]
+        channels = [to_model_space(pair.low[window] * factor, 1.0),
+                    to_model_space(pair.target(target)[window] * factor, 1.0)]
         if use_mr:
             channels.append(to_model_space(pair.mr[window], 1.0))
         stack = np.stack(channels)

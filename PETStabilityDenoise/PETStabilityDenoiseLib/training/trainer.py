@@ -1,4 +1,5 @@
-"""Training the conditional DDPM on simulated pairs: loss, EMA, checkpoints, resume and a loss log.
+"""Training the conditional DDPM, or its regression baseline, on simulated pairs: loss, EMA, checkpoints, resume
+and a loss log. Both see the same patches, drawn by the same generator, for the same budget.
 
 The training folder holds:
 - ``checkpoint.pt``: network, EMA, optimiser and random states, written every
@@ -15,15 +16,17 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..engine.ddpm.model import DDPMConfig, build_model, count_parameters, training_scheduler
-from ..engine.ddpm.weights import save_model
+from ..engine.ddpm.model import DDPMConfig, count_parameters, training_scheduler
+from ..engine.ddpm.sampling import matched_timesteps
+from ..engine.ddpm.weights import MODEL_KINDS, model_kind, save_model
 from ..errors import InputError
+from ..settings import DEFAULT_TRAINING_TARGET, TRAINING_TARGETS
 from .dataset import TrainingPair, random_patches
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -45,6 +48,11 @@ class TrainingSettings:
     log_every: int = 10
     validation_patches: int = 32
     seed: int = 0
+    target: str = DEFAULT_TRAINING_TARGET  # one of settings.TRAINING_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.target not in TRAINING_TARGETS:
+            raise InputError(f"unknown training target {self.target!r}; choose one of {', '.join(TRAINING_TARGETS)}")
 
 
 @dataclass
@@ -59,11 +67,20 @@ class TrainingReport:
 
 
 def diffusion_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
-                   prediction_type: str, generator: torch.Generator) -> torch.Tensor:
-    """Mean squared error of the network's prediction at uniformly drawn diffusion steps."""
+                   prediction_type: str, generator: torch.Generator, timestep_choices: Sequence[int] = ()) -> torch.Tensor:
+    """Mean squared error of the network's prediction at uniformly drawn diffusion steps.
+
+    Args:
+        timestep_choices: draw the steps among these only (a matched short schedule); empty: among all.
+    """
     noise = torch.randn(targets.shape, generator=generator, device=generator.device).to(targets.device)
-    timesteps = torch.randint(0, scheduler.num_train_timesteps, (targets.shape[0],), generator=generator,
-                              device=generator.device).to(targets.device)
+    if timestep_choices:
+        picks = torch.randint(0, len(timestep_choices), (targets.shape[0],), generator=generator,
+                              device=generator.device)
+        timesteps = torch.as_tensor(timestep_choices, device=generator.device)[picks].to(targets.device)
+    else:
+        timesteps = torch.randint(0, scheduler.num_train_timesteps, (targets.shape[0],), generator=generator,
+                                  device=generator.device).to(targets.device)
     noisy = scheduler.add_noise(targets, noise, timesteps)
     prediction = model(torch.cat([noisy, conditions], dim=1), timesteps=timesteps)
     goal = {"sample": targets, "epsilon": noise}.get(prediction_type)
@@ -72,13 +89,22 @@ def diffusion_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, 
     return torch.nn.functional.mse_loss(prediction, goal)
 
 
+def training_loss(model: torch.nn.Module, config: Any, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The diffusion loss for a DDPM (``config`` a DDPMConfig); the squared error of the prediction for the baseline."""
+    if isinstance(config, DDPMConfig):
+        return diffusion_loss(model, scheduler, conditions, targets, config.prediction_type, generator,
+                              matched_timesteps(config))
+    return torch.nn.functional.mse_loss(model(conditions), targets)
+
+
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
-                    prediction_type: str, seed: int, batch_size: int) -> float:
+def validation_loss(model: torch.nn.Module, config: Any, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
+                    seed: int, batch_size: int) -> float:
     """The loss on fixed held-out patches, with fixed noise and steps, so that rows are comparable."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    losses = [diffusion_loss(model, scheduler, c, t, prediction_type, generator).item()
+    losses = [training_loss(model, config, scheduler, c, t, generator).item()
               for c, t in zip(conditions.split(batch_size), targets.split(batch_size))]
     model.train()
     return float(np.mean(losses))
@@ -108,7 +134,7 @@ def check_training_folder(out_dir: Path, resume: bool) -> None:
 
 
 def train(
-    config: DDPMConfig,
+    config: Any,
     settings: TrainingSettings,
     train_pairs: Sequence[TrainingPair],
     validation_pairs: Sequence[TrainingPair],
@@ -121,7 +147,7 @@ def train(
 ) -> Path:
     """Trains (or resumes) a model in ``out_dir``; returns the folder of the saved EMA model.
 
-    ``info`` (training data, command line) is stored in the model manifest with the
+    ``config`` is a DDPMConfig (the diffusion model) or a RegressionConfig (its baseline). ``info`` (training data, command line) is stored in the model manifest with the
     settings, device and timings, for the model card.
     """
     out_dir = Path(out_dir)
@@ -130,17 +156,19 @@ def train(
     checkpoint_path, log_path = out_dir / CHECKPOINT_FILE, out_dir / LOSS_LOG
 
     torch.manual_seed(settings.seed)
-    model = build_model(config).to(device)
+    kind = model_kind(config)
+    model = MODEL_KINDS[kind][1](config).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
-    scheduler = training_scheduler(config)
+    scheduler = training_scheduler(config) if isinstance(config, DDPMConfig) else None
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     step, elapsed = 0, 0.0
     if resume:
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["config"] != dataclasses.asdict(config):
-            raise InputError(f"the checkpoint in {out_dir} was made with another network: {state['config']}")
+        if state.get("kind", "ddpm") != kind or state["config"] != dataclasses.asdict(config):
+            raise InputError(f"the checkpoint in {out_dir} was made with another network: "
+                             f"{state.get('kind', 'ddpm')} {state['config']}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
@@ -153,13 +181,13 @@ def train(
 
     validation = cast(Tuple[torch.Tensor, torch.Tensor], [torch.from_numpy(a).to(device) for a in random_patches(
         validation_pairs, settings.validation_patches, config.patch_size,
-        np.random.default_rng(settings.seed + 1), use_mr=config.use_mr)])  # the pair, so that mypy counts *validation
+        np.random.default_rng(settings.seed + 1), use_mr=config.use_mr, target=settings.target)])  # the pair, so that mypy counts *validation
     model.train()
     started, window_losses = time.perf_counter() - elapsed, []
     while step < settings.steps:
         conditions, targets = (torch.from_numpy(a).to(device) for a in random_patches(
-            train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr))
-        loss = diffusion_loss(model, scheduler, conditions, targets, config.prediction_type, generator)
+            train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr, target=settings.target))
+        loss = training_loss(model, config, scheduler, conditions, targets, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -172,8 +200,8 @@ def train(
             report = TrainingReport(step, settings.steps, float(np.mean(window_losses)), None,
                                     time.perf_counter() - started)
             if validate:
-                report.validation_loss = validation_loss(ema.module, scheduler, *validation, config.prediction_type,
-                                                         settings.seed, settings.batch_size)
+                report.validation_loss = validation_loss(ema.module, config, scheduler, *validation, settings.seed,
+                                                         settings.batch_size)
             window_losses = []
             log_rows.append({"step": step, "train_loss": f"{report.train_loss:.6f}",
                              "validation_loss": "" if report.validation_loss is None else f"{report.validation_loss:.6f}",
@@ -182,7 +210,7 @@ def train(
             if progress is not None:
                 progress(report)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
-            torch.save({"config": dataclasses.asdict(config), "settings": dataclasses.asdict(settings),
+            torch.save({"kind": kind, "config": dataclasses.asdict(config), "settings": dataclasses.asdict(settings),
                         "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
                         "numpy_rng": rng.bit_generator.state, "torch_rng": generator.get_state(), "step": step,
                         "elapsed_s": time.perf_counter() - started, "info": info or {}}, checkpoint_path)

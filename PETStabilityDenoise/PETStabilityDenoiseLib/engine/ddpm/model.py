@@ -44,6 +44,11 @@ class DDPMConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     patch_size: int = 32
+    # 0: trained at every step of the schedule, sampled with any DDIM steps. N: a short schedule matched in
+    # training and sampling (as Fast-DDPM): trained only at the N timesteps that N DDIM steps from
+    # ``matched_start_fraction`` x T visit, and sampled with exactly those.
+    matched_steps: int = 0
+    matched_start_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if any(c % self.norm_num_groups for c in self.channels):
@@ -52,6 +57,9 @@ class DDPMConfig:
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of {2 ** (len(self.channels) - 1)}")
         if self.prediction_type not in ("sample", "epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be sample, epsilon or v_prediction; got {self.prediction_type!r}")
+        if self.matched_steps < 0 or not 0 < self.matched_start_fraction <= 1:
+            raise ValueError(f"matched_steps must be >= 0 and matched_start_fraction in (0, 1]; got "
+                             f"{self.matched_steps}, {self.matched_start_fraction}")
 
     @property
     def condition_channels(self) -> int:

@@ -11,7 +11,10 @@ Full volumes go through overlapping cubic windows blended with Gaussian
 weights (MONAI's ``sliding_window_inference``). Each window returns the mean
 and the std of its own K samples, and those two maps are what is blended:
 blending the samples themselves would average independent draws in the
-overlaps and show the window grid as dips in the std map.
+overlaps and show the window grid as dips in the std map. Outside the head
+(dilated by ``HEAD_MARGIN_VOXELS``) the output is the input and the std 0, as
+outside DIP's crop: windows that see only air disagree slightly, and showed
+the window grid there.
 """
 
 from __future__ import annotations
@@ -22,12 +25,23 @@ from typing import Callable, List, Optional, Tuple, cast
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 
+from ...errors import InputError
 from ...settings import DDPMSamplingConfig
 from .model import DDPMConfig, from_model_space, sampling_scheduler, std_from_model_space, to_model_space
 
 # One place for the sampling defaults: the config's (settings/config.py).
 SAMPLING_DEFAULTS = DDPMSamplingConfig()
+# The network's output is kept this far beyond the head mask, so that the switch to the input lies in air.
+HEAD_MARGIN_VOXELS = 2
+
+
+def matched_timesteps(config: DDPMConfig) -> List[int]:
+    """The timesteps of a model trained on a matched short schedule (``config.matched_steps`` > 0), else []."""
+    if not config.matched_steps:
+        return []
+    return sampling_timesteps(sampling_scheduler(config), config.matched_steps, config.matched_start_fraction)
 
 
 def sampling_timesteps(scheduler, steps: int, start_fraction: float) -> List[int]:
@@ -84,6 +98,12 @@ def blend_windows(inputs: torch.Tensor, predictor: Callable[[torch.Tensor], torc
     return cast(torch.Tensor, blended)  # a tensor, as the predictor returns one
 
 
+def keep_input_outside_head(output: np.ndarray, low_dose: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """``output`` within ``HEAD_MARGIN_VOXELS`` of the head, ``low_dose`` beyond."""
+    near_head = ndimage.binary_dilation(head, iterations=HEAD_MARGIN_VOXELS)
+    return np.where(near_head, output, low_dose).astype(np.float32)
+
+
 def denoise_volume(
     model: torch.nn.Module,
     config: DDPMConfig,
@@ -101,6 +121,8 @@ def denoise_volume(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """The mean and the std of ``samples`` DDPM draws for a (z, y, x) volume, in the PET's units.
 
+    Outside the head the mean is the input and the std 0.
+
     Args:
         low_dose: the PET to denoise; ``head`` is its head mask, over which the
             normalisation scale (the mean) is taken.
@@ -109,6 +131,10 @@ def denoise_volume(
     """
     if samples < 2:
         raise ValueError(f"at least 2 samples are needed for a std map; got {samples}")
+    if config.matched_steps and (steps, start_fraction) != (config.matched_steps, config.matched_start_fraction):
+        raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
+                         f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
+                         f"--start-fraction {config.matched_start_fraction:g}")
     if config.use_mr and mr is None:
         raise ValueError("this model was trained with the MR as a condition: give the MR")
     scale = float(low_dose[head].mean())
@@ -136,4 +162,6 @@ def denoise_volume(
         return torch.cat(stats)
 
     blended = blend_windows(inputs, predictor, config.patch_size, overlap)[0].cpu().numpy()
-    return from_model_space(blended[0], scale), std_from_model_space(blended[1], scale)
+    mean = keep_input_outside_head(from_model_space(blended[0], scale), low_dose, head)
+    std = keep_input_outside_head(std_from_model_space(blended[1], scale), np.zeros_like(low_dose), head)
+    return mean, std

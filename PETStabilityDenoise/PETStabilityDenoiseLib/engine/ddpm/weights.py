@@ -1,9 +1,9 @@
-"""Saving and loading DDPM weights, with a SHA-256 checksum checked on every load.
+"""Saving and loading trained networks (the DDPM, its regression baseline), with a SHA-256 checksum checked on load.
 
 A model folder holds ``weights.pt`` (the state dict) and ``model.json`` (the
-network and schedule settings, the weights' checksum, and what the model
-card needs: training data, settings, timings). A damaged or swapped weights
-file must fail loudly, not denoise with the wrong network.
+kind of model, the network and schedule settings, the weights' checksum, and
+what the model card needs: training data, settings, timings). A damaged or
+swapped weights file must fail loudly, not denoise with the wrong network.
 """
 
 from __future__ import annotations
@@ -12,17 +12,30 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
 from ... import DATA_DIR
 from ...errors import ModelError
 from .model import DDPMConfig, build_model, count_parameters
+from .regression import RegressionConfig, build_regression_model
 
 WEIGHTS_FILE = "weights.pt"
 MANIFEST_FILE = "model.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
+# The kinds of model a folder can hold: their config class and network builder. Manifests without a kind
+# predate the baseline and hold a DDPM.
+MODEL_KINDS: Mapping[str, Tuple[type, Callable[[Any], torch.nn.Module]]] = {
+    "ddpm": (DDPMConfig, build_model),
+    "regression": (RegressionConfig, build_regression_model),
+}
+KIND_NAMES = {"ddpm": "a diffusion model", "regression": "a regression (U-Net baseline) model"}
+
+
+def model_kind(config: Any) -> str:
+    """The kind of model that ``config`` describes."""
+    return next(kind for kind, (config_class, _) in MODEL_KINDS.items() if isinstance(config, config_class))
 
 
 def bundled_model_dir() -> Path:
@@ -38,24 +51,37 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(model: torch.nn.Module, config: DDPMConfig, directory: Path, info: dict) -> Path:
-    """Writes the weights and their manifest into ``directory``; returns the weights path."""
+def save_model(model: torch.nn.Module, config: Any, directory: Path, info: dict) -> Path:
+    """Writes the weights and their manifest into ``directory``; returns the weights path.
+
+    Args:
+        config: the network's :class:`DDPMConfig` or :class:`RegressionConfig`.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     torch.save(model.state_dict(), weights)
-    manifest = {"config": dataclasses.asdict(config), "sha256": sha256_of(weights),
+    manifest = {"kind": model_kind(config), "config": dataclasses.asdict(config), "sha256": sha256_of(weights),
                 "parameters": count_parameters(model), "info": info}
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return weights
 
 
-def load_model(directory: Path, device: torch.device = torch.device("cpu")) -> Tuple[torch.nn.Module, DDPMConfig, dict]:
-    """The model of ``directory``, after checking its weights against the recorded SHA-256."""
+def load_model(directory: Path, device: torch.device = torch.device("cpu"),
+               kind: Optional[str] = "ddpm") -> Tuple[torch.nn.Module, Any, dict]:
+    """The model of ``directory``, its config and manifest, after checking its weights against the recorded SHA-256.
+
+    Args:
+        kind: the kind of model the caller needs (a key of ``MODEL_KINDS``); None accepts any.
+
+    Raises:
+        FileNotFoundError: the folder holds no model.
+        ModelError: the manifest or weights are damaged, or the model is of another kind.
+    """
     directory = Path(directory)
     manifest_path, weights = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
     if not manifest_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"no DDPM model in {directory}: expected {MANIFEST_FILE} and {WEIGHTS_FILE}. "
+        raise FileNotFoundError(f"no trained model in {directory}: expected {MANIFEST_FILE} and {WEIGHTS_FILE}. "
                                 "The bundled model ships in PETStabilityDenoiseLib/data/ddpm; reinstall "
                                 "PETStabilityDenoise, or give a model folder written by 'petstab train-ddpm'.")
     restore = ("Reinstall PETStabilityDenoise to restore the bundled model, or train a model again with "
@@ -63,19 +89,24 @@ def load_model(directory: Path, device: torch.device = torch.device("cpu")) -> T
     try:
         manifest = json.loads(manifest_path.read_text())
         expected = manifest["sha256"]
+        found = manifest.get("kind", "ddpm")
+        config_class, build = MODEL_KINDS[found]
         fields: Dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
-        config = DDPMConfig(**fields)
+        config = config_class(**fields)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ModelError(f"the model description {manifest_path} cannot be read ({type(error).__name__}: {error}). "
                          f"{restore}") from None
+    if kind is not None and found != kind:
+        raise ModelError(f"{directory} holds {KIND_NAMES[found]}, not {KIND_NAMES[kind]}: give a model folder "
+                         f"of the right kind")
     actual = sha256_of(weights)
     if actual != expected:
-        raise ModelError(f"the DDPM weights {weights} do not match their recorded checksum (SHA-256 {actual[:12]}..., "
+        raise ModelError(f"the model weights {weights} do not match their recorded checksum (SHA-256 {actual[:12]}..., "
                          f"expected {str(expected)[:12]}...): the file is damaged or was replaced. {restore}")
-    model = build_model(config)
+    model = build(config)
     try:
         model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file; all mean the same
-        raise ModelError(f"the DDPM weights {weights} cannot be loaded ({type(error).__name__}: {error}). "
+        raise ModelError(f"the model weights {weights} cannot be loaded ({type(error).__name__}: {error}). "
                          f"{restore}") from None
     return model.to(device).eval(), config, manifest

@@ -1,0 +1,108 @@
+"""The supervised baseline of the diffusion model: the same U-Net, trained to map the conditions to the target.
+
+A diffusion model has to beat plain supervised regression trained on the same pairs, with the same patches and
+budget, before its extra cost is worth paying (issue 13; Yu, Gong et al., EJNMMI 2025, compare theirs with a 3D
+U-Net). The fairest such baseline is the diffusion model's own network: MONAI's ``DiffusionModelUNet`` with the
+same levels and blocks, minus the noisy-image input, always at timestep 0. It outputs one image and no
+stability map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple, cast
+
+import numpy as np
+import torch
+from monai.networks.nets import DiffusionModelUNet
+
+from .model import from_model_space, to_model_space
+
+
+@dataclass(frozen=True)
+class RegressionConfig:
+    """The baseline's network; the fields mean what they mean in :class:`~.model.DDPMConfig`."""
+
+    channels: Tuple[int, ...] = (16, 32, 64)
+    num_res_blocks: int = 1
+    norm_num_groups: int = 16
+    use_mr: bool = True
+    patch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count {self.channels} must be a multiple of {self.norm_num_groups}")
+        if self.patch_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {2 ** (len(self.channels) - 1)}")
+
+    @property
+    def condition_channels(self) -> int:
+        return 2 if self.use_mr else 1
+
+    def replace(self, **changes) -> "RegressionConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class RegressionUNet(torch.nn.Module):
+    """The conditions (N, C, D, H, W) -> the target (N, 1, D, H, W), through a U-Net held at timestep 0."""
+
+    def __init__(self, config: RegressionConfig) -> None:
+        super().__init__()
+        self.unet = DiffusionModelUNet(
+            spatial_dims=3, in_channels=config.condition_channels, out_channels=1, channels=config.channels,
+            attention_levels=(False,) * len(config.channels), num_res_blocks=config.num_res_blocks,
+            norm_num_groups=config.norm_num_groups)
+
+    def forward(self, conditions: torch.Tensor) -> torch.Tensor:
+        timesteps = torch.zeros(conditions.shape[0], dtype=torch.long, device=conditions.device)
+        return cast(torch.Tensor, self.unet(conditions, timesteps=timesteps))
+
+
+def build_regression_model(config: RegressionConfig) -> RegressionUNet:
+    return RegressionUNet(config)
+
+
+@torch.no_grad()
+def predict_volume(
+    model: torch.nn.Module,
+    config: RegressionConfig,
+    low_dose: np.ndarray,
+    mr: Optional[np.ndarray],
+    head: np.ndarray,
+    *,
+    overlap: float,
+    device: torch.device = torch.device("cpu"),
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> np.ndarray:
+    """The baseline's prediction for a (z, y, x) volume in the PET's units; outside the head, the input.
+
+    Args:
+        low_dose, mr, head: as for :func:`~.sampling.denoise_volume`.
+        overlap: of the sliding windows, which are blended with Gaussian weights.
+        progress: ``progress(windows_done, windows_total)`` after each window.
+    """
+    from .sampling import blend_windows, keep_input_outside_head, window_count
+
+    if config.use_mr and mr is None:
+        raise ValueError("this model was trained with the MR as a condition: give the MR")
+    scale = float(low_dose[head].mean())
+    channels = [to_model_space(low_dose, scale)]
+    if config.use_mr:
+        mr_array = cast(np.ndarray, mr)  # not None: checked above
+        channels.append(to_model_space(mr_array, float(mr_array[head].mean())))
+    inputs = torch.from_numpy(np.stack(channels)[None]).to(device)
+    model = model.to(device).eval()
+    total, done = window_count(low_dose.shape, config.patch_size, overlap), 0
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        outputs = model(windows)
+        done += windows.shape[0]
+        if progress is not None:
+            progress(done, total)
+        return outputs
+
+    predicted = from_model_space(blend_windows(inputs, predictor, config.patch_size, overlap)[0, 0].cpu().numpy(),
+                                 scale)
+    return keep_input_outside_head(predicted, low_dose, head)

@@ -1,0 +1,129 @@
+"""Training data and objectives of the diffusion model and its regression baseline (issue 13)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_training_pairs
+from scipy import ndimage
+
+from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig, build_model, to_model_space, training_scheduler
+from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig, predict_volume
+from PETStabilityDenoiseLib.engine.ddpm.sampling import HEAD_MARGIN_VOXELS, denoise_volume, matched_timesteps
+from PETStabilityDenoiseLib.engine.ddpm.weights import load_model
+from PETStabilityDenoiseLib.errors import InputError, ModelError
+from PETStabilityDenoiseLib.simulation import SimulationConfig
+from PETStabilityDenoiseLib.simulation.scanners import SCANNERS
+from PETStabilityDenoiseLib.training.dataset import (
+    AugmentationRanges,
+    load_pairs,
+    random_patches,
+    save_pairs,
+    variant_config,
+)
+from PETStabilityDenoiseLib.training.trainer import TrainingSettings, diffusion_loss, train
+
+QUICK = TrainingSettings(steps=4, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
+                         validation_patches=2)
+
+
+def test_the_regression_baseline_resumes_exactly_and_predicts_the_input_outside_the_head(tmp_path):
+    pairs = synthetic_training_pairs()
+    config = RegressionConfig(channels=(16, 16), patch_size=16)
+    straight = train(config, QUICK, pairs[:1], pairs[1:], tmp_path / "straight")
+    train(config, dataclasses.replace(QUICK, steps=2), pairs[:1], pairs[1:], tmp_path / "resumed")
+    resumed = train(config, QUICK, pairs[:1], pairs[1:], tmp_path / "resumed", resume=True)
+    first, loaded_config, manifest = load_model(straight, kind="regression")
+    second, _, _ = load_model(resumed, kind="regression")
+    assert loaded_config == config and manifest["kind"] == "regression"
+    for name, tensor in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[name], tensor, rtol=0, atol=0)
+    with pytest.raises(ModelError, match="holds a regression"):
+        load_model(straight)  # the DDPM method must not run a baseline's weights
+    with pytest.raises(InputError, match="another network"):
+        train(DDPMConfig(channels=(16, 16), patch_size=16), QUICK, pairs[:1], pairs[1:], tmp_path / "resumed",
+              resume=True)
+
+    pair = pairs[1]
+    predicted = predict_volume(first, config, pair.low * 3.0, pair.mr, pair.head, overlap=0.25)
+    assert predicted.shape == pair.low.shape and np.isfinite(predicted).all()
+    far = ~ndimage.binary_dilation(pair.head, iterations=HEAD_MARGIN_VOXELS)
+    assert far.any()
+    np.testing.assert_array_equal(predicted[far], pair.low[far] * 3.0)
+    assert not np.allclose(predicted[pair.head], pair.low[pair.head] * 3.0), "inside the head, the network's output"
+
+
+def test_the_ddpm_keeps_the_input_and_a_zero_std_outside_the_head(tiny_ddpm_model_dir):
+    model, config, _ = load_model(tiny_ddpm_model_dir)
+    pair = synthetic_training_pairs(1)[0]
+    mean, std = denoise_volume(model, config, pair.low, pair.mr, pair.head, samples=2, steps=2, seed=1)
+    far = ~ndimage.binary_dilation(pair.head, iterations=HEAD_MARGIN_VOXELS)
+    np.testing.assert_array_equal(mean[far], pair.low[far])
+    assert (std[far] == 0).all() and (std[pair.head] > 0).all()
+
+
+def test_patches_take_the_chosen_target():
+    pair = synthetic_training_pairs(1)[0]
+    pair = dataclasses.replace(pair, clean=np.full_like(pair.clean, 3.0))
+    _, clean_targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0),
+                                      target="truth_blurred")
+    np.testing.assert_allclose(clean_targets, to_model_space(np.float32(3.0), 1.0))
+    _, full_targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0))
+    assert full_targets.std() > 0.01, "the default target is the (noisy) full-dose OSEM"
+    with pytest.raises(InputError, match="unknown training target"):
+        TrainingSettings(target="truth")
+
+
+def test_saved_pairs_round_trip_and_old_files_are_refused(tmp_path):
+    pairs = synthetic_training_pairs()
+    save_pairs(pairs, tmp_path / "pairs.npz")
+    loaded = load_pairs(tmp_path / "pairs.npz")
+    assert [(p.subject, p.dose) for p in loaded] == [(p.subject, p.dose) for p in pairs]
+    np.testing.assert_array_equal(loaded[1].clean, pairs[1].clean)
+    np.savez(tmp_path / "old.npz", meta='[{"subject": "s0", "dose": 0.1}]', **{
+        f"0_{name}": getattr(pairs[0], name) for name in ("low", "full", "mr", "head")})
+    with pytest.raises(InputError, match="older format"):
+        load_pairs(tmp_path / "old.npz")
+
+
+def test_variants_cover_the_realistic_simulators_range():
+    ranges = AugmentationRanges()
+    configs = [variant_config(np.random.default_rng(seed), ranges, (0.1,), seed) for seed in range(40)]
+    default = SimulationConfig()
+    psfs = {c.psf_fwhm_mm for c in configs}
+    assert psfs == {SCANNERS["brain"].psf_fwhm_mm, SCANNERS["wholebody"].psf_fwhm_mm}
+    for c in configs:
+        preset = SCANNERS["brain" if c.psf_fwhm_mm == SCANNERS["brain"].psf_fwhm_mm else "wholebody"]
+        assert 0.5 <= c.full_dose_counts / preset.full_dose_counts <= 2.0
+        assert ranges.texture_amplitude[0] <= c.texture_amplitude <= ranges.texture_amplitude[1]
+        assert ranges.misregistration_mm[0] <= c.misregistration_mm <= ranges.misregistration_mm[1]
+        assert c.doses == (1.0, 0.1) and c.seed == configs.index(c)
+        for (region, value), (same, reference) in zip(c.gm_uptake, default.gm_uptake):
+            assert region == same and abs(value / reference - 1) <= ranges.uptake_jitter
+    with_hypo = [c for c in configs if c.hypo_depth > 0]
+    assert 0 < len(with_hypo) < len(configs)
+    assert all(ranges.hypo_depth[0] <= c.hypo_depth <= ranges.hypo_depth[1] for c in with_hypo)
+    assert {np.sign(c.hypo_center_mm[0]) for c in with_hypo} == {-1.0, 1.0}, "both hemispheres"
+
+
+def test_a_matched_short_schedule_trains_and_samples_at_the_same_timesteps(monkeypatch):
+    config = DDPMConfig(channels=(16, 16), patch_size=16, matched_steps=2, matched_start_fraction=0.5)
+    timesteps = matched_timesteps(config)
+    assert len(timesteps) == 2 and timesteps == sorted(timesteps, reverse=True) and timesteps[0] <= 0.5 * 999
+    assert matched_timesteps(DDPMConfig()) == []
+
+    seen = []
+    model = build_model(config)
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, timesteps: seen.extend(timesteps.tolist()) or original(x, timesteps))
+    conditions, targets = torch.zeros(16, 2, 16, 16, 16), torch.zeros(16, 1, 16, 16, 16)
+    diffusion_loss(model, training_scheduler(config), conditions, targets, "sample", torch.Generator().manual_seed(0),
+                   timesteps)
+    assert set(seen) == set(timesteps)
+
+    pair = synthetic_training_pairs(1)[0]
+    with pytest.raises(InputError, match="--steps 2 --start-fraction 0.5"):
+        denoise_volume(model, config, pair.low, pair.mr, pair.head, samples=2, steps=4, start_fraction=0.5)

@@ -1,0 +1,161 @@
+"""Design choices of the diffusion model and its regression baseline, made by measurement (docs/DDPM.md).
+
+Every candidate is trained for the same number of steps on the same simulated pairs (realistic simulator, the
+evaluation's subjects held out), with the same patches, then scored on held-out subjects: the case that
+``petstab evaluate`` simulates (realisation 0), against Gaussian filtering at its best FWHM. Scores: PSNR and
+SSIM against the PSF-blurred truth over the head; for a DDPM also the Spearman correlation of its std with the
+absolute error of its mean. Everything is kept in ``--work``: the pairs, each candidate's training folder
+(resumable: run again with more ``--steps`` to continue) and each score, so that the script can be stopped
+and run again.
+
+    python benchmarks/ddpm_design.py --labels-dir ../shared/data/brainweb --work /tmp/ddpm_design \\
+        --candidates ddpm_x0_full ddpm_x0_clean regression_clean --steps 500 --out docs/ddpm/design.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import stats
+
+from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
+from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
+from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
+from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
+from PETStabilityDenoiseLib.evaluation.scoring import Scorer
+from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, StudySettings
+from PETStabilityDenoiseLib.settings import DDPMSamplingConfig, get_preset
+from PETStabilityDenoiseLib.simulation import simulate_case
+from PETStabilityDenoiseLib.simulation.case import brainweb_subjects, labels_path
+from PETStabilityDenoiseLib.training.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
+from PETStabilityDenoiseLib.training.trainer import CHECKPOINT_FILE, MODEL_DIR, TrainingSettings, train
+
+log = logging.getLogger("ddpm_design")
+
+# name -> (network, training target)
+CANDIDATES: Dict[str, Tuple[Any, str]] = {
+    "ddpm_x0_full": (DDPMConfig(), "full_dose"),  # the bundled model's design
+    "ddpm_x0_clean": (DDPMConfig(), "truth_blurred"),
+    "ddpm_eps_clean": (DDPMConfig(prediction_type="epsilon"), "truth_blurred"),
+    # trained only at the sampler's default two timesteps (2 DDIM steps from 0.5 T)
+    "ddpm_x0_clean_matched": (DDPMConfig(matched_steps=2, matched_start_fraction=0.5), "truth_blurred"),
+    "regression_full": (RegressionConfig(), "full_dose"),
+    "regression_clean": (RegressionConfig(), "truth_blurred"),
+}
+SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
+
+
+def training_pairs(args) -> tuple:
+    """The simulated pairs, from ``--work`` when they were made before."""
+    paths = args.work / "training_pairs.npz", args.work / "validation_pairs.npz"
+    if all(p.is_file() for p in paths):
+        return load_pairs(paths[0]), load_pairs(paths[1])
+    subjects = [s for s in brainweb_subjects(args.labels_dir) if s not in VALIDATION_SUBJECTS]
+    started = time.perf_counter()
+    train_pairs = simulate_pairs(((s, sitk.ReadImage(str(labels_path(s, args.labels_dir)))) for s in subjects),
+                                 args.doses, args.variants, args.seed, progress=log.info)
+    validation = simulate_pairs(((s, sitk.ReadImage(str(labels_path(s, args.labels_dir)))) for s in VALIDATION_SUBJECTS),
+                                args.doses, 1, args.seed + 1, progress=log.info)
+    args.work.mkdir(parents=True, exist_ok=True)
+    save_pairs(train_pairs, paths[0])
+    save_pairs(validation, paths[1])
+    log.info("Simulated %d training pairs from %d subjects in %.0f s", len(train_pairs), len(subjects),
+             time.perf_counter() - started)
+    return train_pairs, validation
+
+
+def train_candidate(name: str, args, pairs: tuple) -> Path:
+    """Trains (or continues) one candidate to ``args.steps``; returns its model folder."""
+    config, target = CANDIDATES[name]
+    folder = args.work / "runs" / name
+    settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed)
+    model_dir = folder / MODEL_DIR
+    if model_dir.is_dir() and json.loads((model_dir / "model.json").read_text())["info"]["training"]["steps"] >= args.steps:
+        return model_dir
+    log.info("Training %s to %d steps", name, args.steps)
+    return train(config, settings, *pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(),
+                 info={"command": f"ddpm_design.py {name}"},
+                 progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
+                                             "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))
+
+
+def score_case(subject: str, dose: float, args, models: Dict[str, Path]) -> Dict[str, dict]:
+    """Gaussian's best FWHM and every candidate on one held-out case, each cached in ``--work/scores``."""
+    cache = args.work / "scores" / f"subject{subject}_dose{dose:g}"
+    cache.mkdir(parents=True, exist_ok=True)
+    settings = StudySettings(doses=(1.0, 0.5, 0.2, 0.1), dip=get_preset("full"))  # the evaluation's case
+    case = None
+    results = {}
+    for name in ["gaussian", *models]:
+        checksum = "" if name == "gaussian" else json.loads((models[name] / "model.json").read_text())["sha256"][:12]
+        path = cache / f"{name}{'_' + checksum if checksum else ''}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+            continue
+        if case is None:
+            case = simulate_case(sitk.ReadImage(str(labels_path(subject, args.labels_dir))), settings.simulation(0))
+            scorer = Scorer(case, sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32))
+            low = sitk.GetArrayFromImage(case.osem[dose]).astype(np.float32)
+        started = time.perf_counter()
+        if name == "gaussian":
+            sweep = [{"fwhm_voxels": f, **scorer(gaussian_fwhm(low, f))} for f in GAUSSIAN_FWHMS]
+            result = max(sweep, key=lambda row: row["psnr_blurred"])
+        elif isinstance(CANDIDATES[name][0], RegressionConfig):
+            output = sitk.GetArrayFromImage(predict_regression(case.osem[dose], case.mr, models[name], device="cpu"))
+            result = scorer(output)
+        else:
+            run = denoise_ddpm(case.osem[dose], case.mr, DDPMSamplingConfig(model_dir=str(models[name]), device="cpu"))
+            mean, std = (sitk.GetArrayFromImage(image) for image in (run.network_output, run.stability))
+            result = scorer(mean)
+            head = scorer.masks["head"]
+            result["std_error_spearman_blurred"] = float(
+                stats.spearmanr(std[head], np.abs(mean - scorer.truth_blurred)[head])[0])
+        result["seconds"] = time.perf_counter() - started
+        path.write_text(json.dumps(result, indent=1))
+        results[name] = result
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels-dir", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True, help="pairs, training folders and scores (resumable)")
+    parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=sorted(CANDIDATES))
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--variants", type=int, default=2)
+    parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2, 0.5])
+    parser.add_argument("--score-subjects", nargs="+", default=["50", "51"])
+    parser.add_argument("--score-doses", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    pairs = training_pairs(args)
+    models = {name: train_candidate(name, args, pairs) for name in args.candidates}
+    table = {f"{s}@{d:g}": score_case(s, d, args, models) for s in args.score_subjects for d in args.score_doses}
+    print(f"{'candidate':<20}" + "".join(f"{k:>14}" for k in (*SCORES, "dPSNR vs G")))
+    for name in ["gaussian", *models]:
+        rows = [case[name] for case in table.values()]
+        means = {k: float(np.nanmean([r[k] for r in rows])) for k in SCORES}
+        gain = float(np.mean([case[name]["psnr_blurred"] - case["gaussian"]["psnr_blurred"] for case in table.values()]))
+        print(f"{name:<20}" + "".join(f"{means[k]:>14.3f}" for k in SCORES) + f"{gain:>14.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "variants": args.variants,
+                                        "cases": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
