@@ -18,7 +18,7 @@ from PETStabilityDenoiseLib.cli import main
 from PETStabilityDenoiseLib.engine.blend import blend
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.evaluation import analysis, study
-from PETStabilityDenoiseLib.evaluation.scoring import at_matched_noise, below_least_noisy
+from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise, below_least_noisy
 from PETStabilityDenoiseLib.settings import DEFAULT_ALPHA, DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.volumes.geometry import array_to_image
 
@@ -109,6 +109,7 @@ def test_smoke_run_writes_rows_figures_and_report(smoke_run):
     assert len(fits) == 4 and {f["method"] for f in fits} == {"dip"}
     assert all(math.isfinite(float(f[key])) for f in fits for key in ("s_peaks_over_wm", "s_lesions_over_wm",
                                                                         "s_hypo_over_wm", "s_cortex_over_wm"))
+    assert all(-1 <= float(f["std_error_spearman_blurred_truth"]) <= 1 for f in fits)
 
     text = (smoke_run / "report.md").read_text()
     for heading in ("## Targets at 1/10 dose", "Claim 1", "Claim 2", "Claim 3", "hypometabolism recovery at matched",
@@ -220,6 +221,7 @@ def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
     text = (sweep_run.out / "report.md").read_text()
     assert "DDPM mean (8) − OSEM + Gaussian" in text and "| DDPM mean | 1/10 dose |" in text
     assert "U-Net baseline (7) − OSEM + Gaussian" in text
+    assert "Spearman(S, abs. error of the output" in text
 
 
 def test_cache_key_covers_what_changes_the_numbers(tmp_path):
@@ -300,3 +302,15 @@ def test_extra_conditions_run_on_the_sweep_subjects_only(monkeypatch, tmp_path, 
     assert main(["evaluate", "--subjects", "04", "--count-sweep", "2", "--count-sweep-subjects", "05",
                  "--out", str(tmp_path)]) == 2
     assert "not among --subjects" in caplog.text
+
+
+def test_error_ranking_is_one_for_a_map_that_is_the_error():
+    rng = np.random.default_rng(0)
+    truth = rng.random((6, 7, 8)).astype(np.float32)
+    head = np.ones(truth.shape, bool)
+    scorer = SimpleNamespace(masks={"head": head}, truth=truth, truth_blurred=truth)
+    output = truth + rng.normal(0, 0.1, truth.shape).astype(np.float32)
+    ranking = Scorer.error_ranking(scorer, output, np.abs(output - truth) ** 2)  # monotone in the error
+    assert ranking["std_error_spearman_truth"] == pytest.approx(1.0)
+    assert ranking["std_error_spearman_blurred_truth"] == pytest.approx(1.0)
+    assert ranking["std_error_pearson_truth"] < 1.0

@@ -24,7 +24,6 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import SimpleITK as sitk
 import torch
-from scipy import stats
 
 from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
@@ -114,10 +113,7 @@ def score_case(subject: str, dose: float, args, models: Dict[str, Path]) -> Dict
         else:
             run = denoise_ddpm(case.osem[dose], case.mr, DDPMSamplingConfig(model_dir=str(models[name]), device="cpu"))
             mean, std = (sitk.GetArrayFromImage(image) for image in (run.network_output, run.stability))
-            result = scorer(mean)
-            head = scorer.masks["head"]
-            result["std_error_spearman_blurred"] = float(
-                stats.spearmanr(std[head], np.abs(mean - scorer.truth_blurred)[head])[0])
+            result = {**scorer(mean), **scorer.error_ranking(mean, std)}
         result["seconds"] = time.perf_counter() - started
         path.write_text(json.dumps(result, indent=1))
         results[name] = result

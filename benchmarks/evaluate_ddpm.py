@@ -49,17 +49,6 @@ ALPHA = 0.6
 SLAB_HALF_THICKNESS = 16
 
 
-def uncertainty_scores(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, blurred: np.ndarray,
-                       head: np.ndarray) -> dict:
-    """Correlation of the std map with the absolute error of the mean, over the head."""
-    scores = {}
-    for name, reference in (("truth", truth), ("blurred_truth", blurred)):
-        error = np.abs(mean - reference)[head]
-        scores[f"std_error_pearson_{name}"] = float(stats.pearsonr(std[head], error)[0])
-        scores[f"std_error_spearman_{name}"] = float(stats.spearmanr(std[head], error)[0])
-    return scores
-
-
 def cached(path: Path, compute) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
@@ -79,7 +68,6 @@ def cache_dir(out: Path, config: DDPMSamplingConfig) -> Path:
 def evaluate_case(labels: Path, subject: str, doses, config: DDPMSamplingConfig, out: Path, panels: dict) -> list:
     case = simulate_case(sitk.ReadImage(str(labels)), SimulationConfig(doses=EVALUATION_DOSES, seed=0, n_lesions=3))
     score = Scorer(case, sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32))
-    blurred = sitk.GetArrayFromImage(case.truth_blurred).astype(np.float32)
     head = score.masks["head"]
     cache = cache_dir(out, config)
     rows = []
@@ -98,7 +86,7 @@ def evaluate_case(labels: Path, subject: str, doses, config: DDPMSamplingConfig,
                                 osem=x0[z], mean=mean[z], std=std[z], blend=blended[z],
                                 gaussian=gaussian_fwhm(x0, 1.5)[z])
             return {"seconds": seconds, "mean": score(mean), "blend": score(blended),
-                    "uncertainty": uncertainty_scores(mean, std, score.truth, blurred, head),
+                    "uncertainty": score.error_ranking(mean, std),
                     "std_head_mean": float(std[head].mean())}
 
         log.info("subject %s, dose %g: sampling the DDPM", subject, dose)

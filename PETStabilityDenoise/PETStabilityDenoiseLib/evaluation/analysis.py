@@ -25,6 +25,8 @@ PAPER_ROIS = ("cerebellar_cortex", "frontal", "medial_temporal", "parietal", "po
               "striatum", "thalamus")
 STABILITY_KEYS = (("s_peaks_over_wm", "peaks"), ("s_lesions_over_wm", "lesions"), ("s_hypo_over_wm", "hypo"),
                   ("s_cortex_over_wm", "cortex"))
+# How well S ranks the error of its output (Scorer.error_ranking); fits scored before it existed lack it.
+ERROR_RANKING_KEY = "std_error_spearman_blurred_truth"
 # The quantities compared at matched white-matter CoV: (key, label, relative?).
 MATCHED_KEYS = (("pvr", "PVR", True), ("lesion_cr", "lesion CR", False), ("hypo_recovery", "hypo recovery", False))
 TARGET_DOSE = 0.1
@@ -234,6 +236,13 @@ def stability_contrast(results: Results, condition: str, dose: float, method: st
     fits = [f for f in results.fits if f["condition"] == condition and f["dose"] == dose and f["method"] == method
             and (realisation is None or f["realisation"] == realisation)]
     return {label: summarise((f["subject"], f[key]) for f in fits) for key, label in STABILITY_KEYS}
+
+
+def error_ranking(results: Results, condition: str, dose: float, method: str) -> Summary:
+    """The Spearman correlation of S with the absolute error of its output, over the fits that have it."""
+    return summarise((f["subject"], f[ERROR_RANKING_KEY]) for f in results.fits
+                     if f["condition"] == condition and f["dose"] == dose and f["method"] == method
+                     and ERROR_RANKING_KEY in f)
 
 
 # ---------------------------------------------------------------------------------------------------------------

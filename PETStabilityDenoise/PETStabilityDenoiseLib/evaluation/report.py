@@ -255,14 +255,19 @@ def claim_full_dose(results: Results, settings: StudySettings) -> List[str]:
 
 
 def stability_table(results: Results, settings: StudySettings) -> List[str]:
+    ranked = any(analysis.ERROR_RANKING_KEY in f for f in results.fits)  # absent from fits cached before it existed
     body = []
     for method in METHODS:  # the engines, each with its stability map
         for dose in settings.doses:
             contrast = analysis.stability_contrast(results, settings.condition, dose, method)
             if any(s.n for s in contrast.values()):
+                ranking = analysis.error_ranking(results, settings.condition, dose, method)
                 body.append([METHOD_LABELS[method], plots.dose_title(dose)]
-                            + [s.format("{:.2f}") for s in contrast.values()])
-    return table(("method", "dose", *(f"S {label} / S WM" for _, label in analysis.STABILITY_KEYS)), body)
+                            + [s.format("{:.2f}") for s in contrast.values()]
+                            + ([ranking.format("{:.2f}")] if ranked else []))
+    ranking_header = ("Spearman(S, abs. error of the output vs the PSF-blurred truth)",) if ranked else ()
+    return table(("method", "dose", *(f"S {label} / S WM" for _, label in analysis.STABILITY_KEYS),
+                  *ranking_header), body)
 
 
 def best_of_sweeps(results: Results, settings: StudySettings) -> List[str]:

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import stats
 
 from . import metrics
 
@@ -77,6 +78,20 @@ class Scorer:
             out[f"s_{name}_over_wm"] = (float(np.mean([stability[mask].mean() for mask in present])) / wm
                                         if present and wm > 0 else math.nan)
         return out
+
+    def error_ranking(self, output: np.ndarray, stability: np.ndarray) -> Dict[str, float]:
+        """How well a stability map ranks the error of the output it came with, over the head.
+
+        Pearson and Spearman correlations of ``stability`` with |output - reference|, the reference being the truth
+        and the PSF-blurred truth. For a DDPM, ``stability`` is the std of its samples and ``output`` their mean.
+        """
+        head = self.masks["head"]
+        scores = {}
+        for name, reference in (("truth", self.truth), ("blurred_truth", self.truth_blurred)):
+            error = np.abs(output - reference)[head]
+            scores[f"std_error_pearson_{name}"] = float(stats.pearsonr(stability[head], error)[0])
+            scores[f"std_error_spearman_{name}"] = float(stats.spearmanr(stability[head], error)[0])
+        return scores
 
 
 def leading_run(sweep: Sequence[dict], noise: str = "wm_cov") -> List[dict]:

@@ -388,10 +388,13 @@ class _Case:
         if setting == self.operating_points[method]:
             self.panel(f"{method}_dose{dose}", image)
 
-    def add_fit(self, dose: float, method: str, stability: np.ndarray, stability_mean: float, seconds: float) -> None:
-        """One DIP fit's or DDPM run's record: its time and its stability map's contrast against white matter."""
+    def add_fit(self, dose: float, method: str, output: np.ndarray, stability: np.ndarray, stability_mean: float,
+                seconds: float) -> None:
+        """One DIP fit's or DDPM run's record: its time, its stability map's contrast against white matter, and how
+        well the map ranks the error of ``output``, the network output it came with."""
         self.fits.append({**self.ids, "dose": dose, "method": method, "seconds": seconds,
-                          "stability_mean": stability_mean, **self.score.stability_contrast(stability)})
+                          "stability_mean": stability_mean, **self.score.stability_contrast(stability),
+                          **self.score.error_ranking(output, stability)})
         self.panel(f"{'stability' if method == 'dip' else 'ddpm_std'}_dose{dose}", stability)
 
     def panel(self, name: str, image: np.ndarray) -> None:
@@ -424,7 +427,7 @@ def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_
     for epoch in settings.dip_epochs:
         case.add(dose, "dip", epoch, snapshots[epoch])
     network_output, stability = array(result.network_output), array(result.stability)
-    case.add_fit(dose, "dip", stability, result.stability_mean, seconds)
+    case.add_fit(dose, "dip", network_output, stability, result.stability_mean, seconds)
     for alpha in settings.alphas:
         blended, _ = blend(x0, network_output, stability, alpha, stability_mean=result.stability_mean)
         case.add(dose, "blend", alpha, blended)
@@ -437,7 +440,8 @@ def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_
         # Its mean is the network output; ``denoised`` is already the blend at ddpm_alpha.
         case.add(dose, "ddpm", settings.ddpm.samples, array(result.network_output))
         case.add(dose, "ddpm_blend", settings.ddpm_alpha, array(result.denoised))
-        case.add_fit(dose, "ddpm", array(result.stability), result.stability_mean, seconds)
+        case.add_fit(dose, "ddpm", array(result.network_output), array(result.stability), result.stability_mean,
+                     seconds)
         if settings.baseline_model:
             say(f"{where}: running the regression baseline")
             t = time.perf_counter()
