@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -99,6 +99,25 @@ def to_model_space(volume: np.ndarray, scale: float) -> np.ndarray:
     if not scale > 0:
         raise ValueError(f"the normalisation scale must be positive; got {scale}")
     return (volume / (scale * NORMALISED_RANGE) * 2.0 - 1.0).astype(np.float32)
+
+
+def conditions_in_model_space(low_dose: np.ndarray, mr: Optional[np.ndarray], head: np.ndarray, use_mr: bool,
+                              device: torch.device) -> Tuple[torch.Tensor, float]:
+    """A network's conditions for a (z, y, x) volume, (1, C, z, y, x) in its range, and the PET's scale.
+
+    Each image is normalised by its own mean over ``head``; the MR is a second channel when ``use_mr``.
+
+    Raises:
+        ValueError: ``use_mr`` without an MR.
+    """
+    if use_mr and mr is None:
+        raise ValueError("this model was trained with the MR as a condition: give the MR")
+    scale = float(low_dose[head].mean())
+    channels = [to_model_space(low_dose, scale)]
+    if use_mr:
+        mr_array = cast(np.ndarray, mr)  # not None: checked above
+        channels.append(to_model_space(mr_array, float(mr_array[head].mean())))
+    return torch.from_numpy(np.stack(channels)[None]).to(device), scale
 
 
 def from_model_space(values: np.ndarray, scale: float) -> np.ndarray:

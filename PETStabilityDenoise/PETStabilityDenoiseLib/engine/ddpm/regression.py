@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
-from .model import from_model_space, to_model_space
+from .model import conditions_in_model_space, from_model_space
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,7 @@ def predict_volume(
     """
     from .sampling import blend_windows, keep_input_outside_head, window_count
 
-    if config.use_mr and mr is None:
-        raise ValueError("this model was trained with the MR as a condition: give the MR")
-    scale = float(low_dose[head].mean())
-    channels = [to_model_space(low_dose, scale)]
-    if config.use_mr:
-        mr_array = cast(np.ndarray, mr)  # not None: checked above
-        channels.append(to_model_space(mr_array, float(mr_array[head].mean())))
-    inputs = torch.from_numpy(np.stack(channels)[None]).to(device)
+    inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device)
     model = model.to(device).eval()
     total, done = window_count(low_dose.shape, config.patch_size, overlap), 0
 

@@ -29,7 +29,13 @@ from scipy import ndimage
 
 from ...errors import InputError
 from ...settings import DDPMSamplingConfig
-from .model import DDPMConfig, from_model_space, sampling_scheduler, std_from_model_space, to_model_space
+from .model import (
+    DDPMConfig,
+    conditions_in_model_space,
+    from_model_space,
+    sampling_scheduler,
+    std_from_model_space,
+)
 
 # One place for the sampling defaults: the config's (settings/config.py).
 SAMPLING_DEFAULTS = DDPMSamplingConfig()
@@ -135,14 +141,7 @@ def denoise_volume(
         raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
                          f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
                          f"--start-fraction {config.matched_start_fraction:g}")
-    if config.use_mr and mr is None:
-        raise ValueError("this model was trained with the MR as a condition: give the MR")
-    scale = float(low_dose[head].mean())
-    channels = [to_model_space(low_dose, scale)]
-    if config.use_mr:
-        mr_array = cast(np.ndarray, mr)  # not None: checked above
-        channels.append(to_model_space(mr_array, float(mr_array[head].mean())))
-    inputs = torch.from_numpy(np.stack(channels)[None]).to(device)
+    inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device)
 
     model = model.to(device).eval()
     scheduler = sampling_scheduler(config)
