@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Tuple, cast
+from typing import Optional, Tuple, TypeVar, cast
 
 import numpy as np
 import torch
@@ -31,19 +31,41 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 NORMALISED_RANGE = 8.0
 
 
+ConfigT = TypeVar("ConfigT", bound="UNetConfig")
+
+
 @dataclass(frozen=True)
-class DDPMConfig:
-    """Everything that defines the network and the schedule; stored with the weights."""
+class UNetConfig:
+    """The U-Net that the DDPM and its regression baseline share; stored with the weights."""
 
     channels: Tuple[int, ...] = (16, 32, 64)
     num_res_blocks: int = 1
     norm_num_groups: int = 16
     use_mr: bool = True
+    patch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count {self.channels} must be a multiple of {self.norm_num_groups}")
+        if self.patch_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {2 ** (len(self.channels) - 1)}")
+
+    @property
+    def condition_channels(self) -> int:
+        return 2 if self.use_mr else 1
+
+    def replace(self: ConfigT, **changes) -> ConfigT:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DDPMConfig(UNetConfig):
+    """The diffusion model: its U-Net and its noise schedule."""
+
     prediction_type: str = "sample"  # what the network outputs: "sample" (clean patch), "epsilon" or "v_prediction"
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    patch_size: int = 32
     # 0: trained at every step of the schedule, sampled with any DDIM steps. N: a short schedule matched in
     # training and sampling (as Fast-DDPM): trained only at the N timesteps that N DDIM steps from
     # ``matched_start_fraction`` x T visit, and sampled with exactly those.
@@ -51,22 +73,12 @@ class DDPMConfig:
     matched_start_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(f"every channel count {self.channels} must be a multiple of {self.norm_num_groups}")
-        if self.patch_size % 2 ** (len(self.channels) - 1):
-            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {2 ** (len(self.channels) - 1)}")
+        super().__post_init__()
         if self.prediction_type not in ("sample", "epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be sample, epsilon or v_prediction; got {self.prediction_type!r}")
         if self.matched_steps < 0 or not 0 < self.matched_start_fraction <= 1:
             raise ValueError(f"matched_steps must be >= 0 and matched_start_fraction in (0, 1]; got "
                              f"{self.matched_steps}, {self.matched_start_fraction}")
-
-    @property
-    def condition_channels(self) -> int:
-        return 2 if self.use_mr else 1
-
-    def replace(self, **changes) -> "DDPMConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def build_model(config: DDPMConfig) -> DiffusionModelUNet:

@@ -9,39 +9,19 @@ stability map.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, cast
+from typing import Callable, Optional, cast
 
 import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
-from .model import conditions_in_model_space, from_model_space
+from .model import UNetConfig, conditions_in_model_space, from_model_space
 
 
 @dataclass(frozen=True)
-class RegressionConfig:
-    """The baseline's network; the fields mean what they mean in :class:`~.model.DDPMConfig`."""
-
-    channels: Tuple[int, ...] = (16, 32, 64)
-    num_res_blocks: int = 1
-    norm_num_groups: int = 16
-    use_mr: bool = True
-    patch_size: int = 32
-
-    def __post_init__(self) -> None:
-        if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(f"every channel count {self.channels} must be a multiple of {self.norm_num_groups}")
-        if self.patch_size % 2 ** (len(self.channels) - 1):
-            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {2 ** (len(self.channels) - 1)}")
-
-    @property
-    def condition_channels(self) -> int:
-        return 2 if self.use_mr else 1
-
-    def replace(self, **changes) -> "RegressionConfig":
-        return dataclasses.replace(self, **changes)
+class RegressionConfig(UNetConfig):
+    """The baseline's network: the diffusion model's U-Net, with no schedule."""
 
 
 class RegressionUNet(torch.nn.Module):
