@@ -210,8 +210,8 @@ def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
     rows = read_rows(sweep_run.out)
     ddpm = [(r["condition"], r["dose"], r["method"], r["setting_name"], r["setting"]) for r in rows
             if r["method"].startswith("ddpm")]
-    assert sorted(ddpm) == [("main", "0.1", "ddpm", "samples", "8"),
-                            ("main", "0.1", "ddpm_blend", "alpha", str(DEFAULT_ALPHA))]
+    assert sorted(ddpm) == [("main", "0.1", "ddpm", "samples", "8"), *(  # the blend's alpha sweep, as DIP's
+        ("main", "0.1", "ddpm_blend", "alpha", alpha) for alpha in ("0.0", str(DEFAULT_ALPHA), "1.0"))]
     # The baseline runs wherever the DDPM does, with its windows and threads; its setting is its training steps.
     assert [(Path(d), s["threads"]) for d, s in sweep_run.baseline_calls] == [(sweep_run.baseline.resolve(), 2)]
     baseline = [(r["condition"], r["dose"], r["setting_name"], r["setting"]) for r in rows if r["method"] == "unet"]

@@ -22,7 +22,8 @@ COLORS = {"gaussian": "tab:blue", "nlm": "tab:green", "dip": "tab:orange", "blen
           "ddpm": "tab:purple", "ddpm_blend": "tab:brown", "unet": "tab:olive"}
 SETTING_FORMATS = {"gaussian": "{:g}", "nlm": "{:g}", "dip": "{:d}", "blend": "{:.1f}", "ddpm": "{:d}",
                    "ddpm_blend": "{:.1f}", "unet": "{:d}"}
-SINGLE_POINT_MARKERS = {"ddpm": "D", "ddpm_blend": "s", "unet": "^"}  # methods with one setting are points, not curves
+# Markers of the methods that may have one setting only; a method with one setting is a point, not a curve.
+POINT_MARKERS = {"ddpm": "D", "ddpm_blend": "s", "unet": "^"}
 STRESS_LABEL = "legacy regime (PET from MR, 4.5 mm)"
 
 
@@ -52,9 +53,9 @@ def trade_off(curves: Dict[float, Dict[str, Dict[str, np.ndarray]]], operating_p
     for ax, dose in zip(axes[0], doses):
         for method in [m for m in METHOD_LABELS if m in curves[dose]]:
             c = curves[dose][method]
-            single = method in SINGLE_POINT_MARKERS
+            single = len(c["setting"]) == 1
             ax.errorbar(c["x"], c["y"], yerr=c["y_sd"], color=COLORS[method],
-                        marker=SINGLE_POINT_MARKERS.get(method, "o"), ms=7 if single else 3,
+                        marker=POINT_MARKERS.get(method, "o") if single else "o", ms=7 if single else 3,
                         lw=0 if single else 1.2, elinewidth=1, capsize=2, label=METHOD_LABELS[method])
             for setting, px, py in zip(c["setting"], c["x"], c["y"]):
                 if not single:

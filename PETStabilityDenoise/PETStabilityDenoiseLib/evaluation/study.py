@@ -11,7 +11,7 @@ Then, at each dose:
 - conditional DIP at 10 epochs over its stability window, all from one fit (88, 96, ..., 160 for the
   default 160 / 5 / 80 schedule);
 - the stability blend at alpha 0, 0.1, ..., 1.0, from the same fit;
-- the bundled diffusion model (its mean, and its blend at the default alpha), for the first ``ddpm_realisations``
+- the bundled diffusion model (its mean, and its blend over the same alpha sweep), for the first ``ddpm_realisations``
   realisations at ``ddpm_doses`` only, since it takes minutes per case on a CPU;
 - where one is given, the diffusion model's regression baseline (``petstab train-ddpm --objective regression``),
   wherever the diffusion model runs.
@@ -437,11 +437,12 @@ def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_
         t = time.perf_counter()
         result = denoise_ddpm(simulated.osem[dose], simulated.mr, settings.ddpm, alpha=settings.ddpm_alpha)
         timings[f"ddpm_s_dose{dose}"] = seconds = time.perf_counter() - t
-        # Its mean is the network output; ``denoised`` is already the blend at ddpm_alpha.
-        case.add(dose, "ddpm", settings.ddpm.samples, array(result.network_output))
-        case.add(dose, "ddpm_blend", settings.ddpm_alpha, array(result.denoised))
-        case.add_fit(dose, "ddpm", array(result.network_output), array(result.stability), result.stability_mean,
-                     seconds)
+        mean, std = array(result.network_output), array(result.stability)
+        case.add(dose, "ddpm", settings.ddpm.samples, mean)
+        for alpha in sorted({*settings.alphas, settings.ddpm_alpha}):  # the sweep, and the DDPM's operating point
+            blended, _ = blend(x0, mean, std, alpha, stability_mean=result.stability_mean)
+            case.add(dose, "ddpm_blend", alpha, blended)
+        case.add_fit(dose, "ddpm", mean, std, result.stability_mean, seconds)
         if settings.baseline_model:
             say(f"{where}: running the regression baseline")
             t = time.perf_counter()
