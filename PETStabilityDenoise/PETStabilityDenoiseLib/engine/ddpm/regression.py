@@ -17,6 +17,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 
 from .model import UNetConfig, conditions_in_model_space, from_model_space
+from .sampling import blend_windows, keep_input_outside_head, window_count
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,6 @@ def predict_volume(
         overlap: of the sliding windows, which are blended with Gaussian weights.
         progress: ``progress(windows_done, windows_total)`` after each window.
     """
-    from .sampling import blend_windows, keep_input_outside_head, window_count
-
     inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device)
     model = model.to(device).eval()
     total, done = window_count(low_dose.shape, config.patch_size, overlap), 0
