@@ -30,7 +30,7 @@ from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer
-from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, StudySettings
+from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, StudySettings, model_manifest
 from PETStabilityDenoiseLib.settings import DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.simulation import simulate_case
 from PETStabilityDenoiseLib.simulation.case import brainweb_subjects, labels_path
@@ -77,7 +77,7 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
     folder = args.work / "runs" / name
     settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed)
     model_dir = folder / MODEL_DIR
-    if model_dir.is_dir() and json.loads((model_dir / "model.json").read_text())["info"]["training"]["steps"] >= args.steps:
+    if model_manifest(model_dir).get("info", {}).get("training", {}).get("steps", 0) >= args.steps:
         return model_dir
     log.info("Training %s to %d steps", name, args.steps)
     return train(config, settings, *pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(),
@@ -94,7 +94,7 @@ def score_case(subject: str, dose: float, args, models: Dict[str, Path]) -> Dict
     case = None
     results = {}
     for name in ["gaussian", *models]:
-        checksum = "" if name == "gaussian" else json.loads((models[name] / "model.json").read_text())["sha256"][:12]
+        checksum = "" if name == "gaussian" else model_manifest(models[name])["sha256"][:12]
         path = cache / f"{name}{'_' + checksum if checksum else ''}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
