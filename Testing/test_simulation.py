@@ -20,6 +20,7 @@ from PETStabilityDenoiseLib.simulation import (  # noqa: E402
     scanners,  # noqa: E402
     simulate_case,
 )
+from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
 from PETStabilityDenoiseLib.simulation import acquisition as acq  # noqa: E402
 from PETStabilityDenoiseLib.simulation import phantom as ph  # noqa: E402
 from PETStabilityDenoiseLib.simulation.case import index_to_ras, misregister  # noqa: E402
@@ -149,12 +150,12 @@ def test_osem_noise_texture_is_correlated():
     yy, xx = np.mgrid[:48, :48] - 23.5
     disc = (np.hypot(yy, xx) < 20).astype(np.float32)
     volume = np.repeat(disc[None], 4, axis=0)
-    projector = acq.ParallelBeamProjector.build(disc.shape, 2.0, 48)
+    projector = tomography.ParallelBeamProjector.build(disc.shape, 2.0, 48)
     mult = np.full((4, *projector.sinogram_shape), 0.5, np.float32)
     background = np.full_like(mult, 0.2)
     expected = mult * projector.forward(volume) + background
     rng = np.random.default_rng(1)
-    recon = [acq.osem(acq.poisson_counts(expected, rng), projector, mult, background, 4, 8) for _ in range(2)]
+    recon = [tomography.osem(acq.poisson_counts(expected, rng), projector, mult, background, 4, 8) for _ in range(2)]
     interior = np.repeat((np.hypot(yy, xx) < 15)[None], 4, axis=0)
     assert lag1_autocorrelation(recon[0] - recon[1], interior) > 0.2
     assert recon[0][interior].mean() == pytest.approx(1.0, rel=0.05)
@@ -167,7 +168,7 @@ def test_projector_matches_skimage_radon_and_is_adjoint():
     image = np.zeros((65, 65), np.float32)
     image[20:45, 15:40] = 1.0
     image[10:20, 40:50] = 2.0
-    projector = acq.ParallelBeamProjector.build(image.shape, 1.0, 36, n_bins=93)
+    projector = tomography.ParallelBeamProjector.build(image.shape, 1.0, 36, n_bins=93)
     ours = projector.forward(image[None])[0]
     # skimage turns the other way and pads to 92 bins with the same centre bin (46).
     theirs = radon(image, theta=-180.0 * np.arange(36) / 36, circle=False).T

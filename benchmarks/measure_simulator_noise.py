@@ -24,6 +24,7 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "PETStabilityDenoise"))
 
+from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer  # noqa: E402
 from PETStabilityDenoiseLib.simulation import SimulationConfig, dose_label, simulate_case  # noqa: E402
 from PETStabilityDenoiseLib.simulation import acquisition as acq  # noqa: E402
@@ -44,7 +45,7 @@ def count_factors(subject: str, cfg: SimulationConfig) -> None:
     brain = np.isin(labels, [ph.Label.GM, ph.Label.WM])
     pet_activity = ph.block_average(activity, (2, 2, 2))
     head = (ph.block_average(labels != ph.Label.BACKGROUND, (2, 2, 2)) >= 0.5).astype(np.float32)
-    projector = acq.ParallelBeamProjector.build(shape[1:], 2.0, cfg.n_angles)
+    projector = tomography.ParallelBeamProjector.build(shape[1:], 2.0, cfg.n_angles)
     line_integrals = projector.forward(pet_activity)
     survival = acq.attenuation_factors(head * np.float32(cfg.mu_per_cm / 10.0), projector)
     print(f"| {subject} | {activity.sum() / activity[brain].sum():.3f} "

@@ -7,7 +7,8 @@
                                                 sample the diffusion model instead; the same files
     petstab blend --run DIR --alpha A           re-blend a finished run, no new fit
     petstab batch --cohort C.csv --out DIR      denoise a cohort (resumable; local or cluster Ray, or serial)
-    petstab simulate --out DIR                  write a simulated brain PET/MR case
+    petstab simulate --out DIR [--sinograms]    write a simulated brain PET/MR case (and its sinograms)
+    petstab reconstruct --sinogram F --out DIR  reconstruct a sinogram file with OSEM
     petstab demo                                simulate, denoise and plot a low-dose case
     petstab evaluate --labels-dir D --subjects 04 05 --out DIR
                                                 compare the methods on simulated cases: CSV, figures, report
@@ -28,8 +29,11 @@ from .settings import (
     DEFAULT_ALPHA,
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
+    DEFAULT_OSEM_ITERATIONS,
+    DEFAULT_OSEM_SUBSETS,
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_PRESET,
+    DEFAULT_RECONSTRUCTION_METHOD,
     DEFAULT_TRAINING_TARGET,
     DEVICES,
     DICOM_FORMAT,
@@ -41,6 +45,7 @@ from .settings import (
     OUTPUT_FORMATS,
     PRESET_NAMES,
     PROGRESS_STYLES,
+    RECONSTRUCTION_METHODS,
     SUV_TYPES,
     TRAINING_OBJECTIVES,
     TRAINING_TARGETS,
@@ -221,6 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-seed", type=int, help="another noise realisation of the same phantom")
     _add_simulation_arguments(p)
     p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
+    p.add_argument("--sinograms", action="store_true",
+                   help="also write each dose's measured data as sinogram_<dose>.npz, for 'petstab reconstruct' "
+                        "(docs/RECONSTRUCTION.md)")
+
+    p = commands.add_parser("reconstruct", help="reconstruct a sinogram file (docs/RECONSTRUCTION.md) into a run "
+                                                "folder: osem.<format> and run.json")
+    p.add_argument("--sinogram", required=True, type=Path, help="a .npz from 'petstab simulate --sinograms', or "
+                                                                 "your scanner's data in that format")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--method", default=DEFAULT_RECONSTRUCTION_METHOD, choices=RECONSTRUCTION_METHODS,
+                   help="osem: the simulator's OSEM (the diffusion-prior DDIP is not built yet)")
+    p.add_argument("--iterations", type=int, default=DEFAULT_OSEM_ITERATIONS,
+                   help=f"OSEM iterations (default {DEFAULT_OSEM_ITERATIONS})")
+    p.add_argument("--subsets", type=int, default=DEFAULT_OSEM_SUBSETS,
+                   help=f"OSEM subsets; must divide the number of angles (default {DEFAULT_OSEM_SUBSETS})")
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
+    p.add_argument("--no-overwrite", action="store_true", help="refuse an --out that already holds a run")
+    p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
+                   help="bar: a progress bar on stderr; jsonl: one JSON object per iteration on stdout")
 
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
@@ -358,9 +382,21 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     labels = read_volume(args.labels or bundled_labels_path())
     case = simulate_case(labels, _simulation_config(args, doses=tuple(args.doses), n_lesions=args.lesions,
-                                                    seed=args.seed, noise_seed=args.noise_seed))
+                                                    seed=args.seed, noise_seed=args.noise_seed),
+                         keep_sinograms=args.sinograms)
     paths = case.write(args.out, fmt=args.format)
     log.info("Wrote %d files to %s", len(paths), args.out)
+    return 0
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    from .engine.progress import make_reporter
+    from .engine.reconstruct import reconstruct
+
+    with make_reporter(args.progress, label=("OSEM", "iteration")) as report:
+        paths = reconstruct(args.sinogram, args.out, method=args.method, iterations=args.iterations,
+                            subsets=args.subsets, fmt=args.format, overwrite=not args.no_overwrite, progress=report)
+    log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -517,8 +553,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.command_line = " ".join(["petstab", *argv])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    command = {"denoise": run_denoise, "batch": run_batch, "blend": run_blend, "simulate": run_simulate, "demo": run_demo,
-               "evaluate": run_evaluate, "train-ddpm": run_train_ddpm}
+    command = {"denoise": run_denoise, "batch": run_batch, "blend": run_blend, "simulate": run_simulate,
+               "reconstruct": run_reconstruct, "demo": run_demo, "evaluate": run_evaluate, "train-ddpm": run_train_ddpm}
     try:
         return command[args.command](args)
     except (InputError, FileNotFoundError, FileExistsError) as error:

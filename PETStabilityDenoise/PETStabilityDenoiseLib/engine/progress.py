@@ -1,7 +1,7 @@
-"""Progress reporters for the DIP fit and the DDPM sampling: a terminal bar, or JSON lines for programs.
+"""Progress reporters for the DIP fit, the DDPM sampling and OSEM: a terminal bar, or JSON lines for programs.
 
-A DIP report counts epochs and carries the loss; a DDPM report counts sliding windows and its loss is None
-(``null`` in JSON).
+A DIP report counts epochs and carries the loss; a DDPM report counts sliding windows and an OSEM report
+iterations, and their loss is None (``null`` in JSON).
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from ..settings import PROGRESS_STYLES, EpochReport
 
 
 @contextlib.contextmanager
-def make_reporter(kind: str) -> Iterator[Optional[Callable[[EpochReport], None]]]:
-    """Yields a progress callback for either engine: ``bar`` (tqdm on stderr), ``jsonl`` (stdout) or ``none``."""
+def make_reporter(kind: str, label: Optional[tuple] = None) -> Iterator[Optional[Callable[[EpochReport], None]]]:
+    """Yields a progress callback for any engine: ``bar`` (tqdm on stderr), ``jsonl`` (stdout) or ``none``.
+
+    ``label`` is the bar's (description, unit); by default ("DIP", "epoch"), or ("DDPM", "window") for reports
+    without a loss.
+    """
     if kind == "none":
         yield None
     elif kind == "jsonl":
@@ -31,7 +35,7 @@ def make_reporter(kind: str) -> Iterator[Optional[Callable[[EpochReport], None]]
         def update(report: EpochReport) -> None:
             nonlocal bar
             if bar is None:
-                desc, unit = ("DDPM", "window") if report.loss is None else ("DIP", "epoch")
+                desc, unit = label or (("DDPM", "window") if report.loss is None else ("DIP", "epoch"))
                 bar = tqdm(total=report.epochs, desc=desc, unit=unit, file=sys.stderr)
             if report.loss is None:
                 bar.set_postfix(samples=report.samples, refresh=False)

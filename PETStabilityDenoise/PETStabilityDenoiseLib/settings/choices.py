@@ -47,6 +47,13 @@ TRAINING_TARGETS: Tuple[str, ...] = ("full_dose", "truth_blurred")
 DEFAULT_TRAINING_TARGET = "full_dose"
 TRAINING_OBJECTIVES: Tuple[str, ...] = ("diffusion", "regression")
 
+# How ``petstab reconstruct`` reconstructs a sinogram file. OSEM's defaults are the simulator's ``brain`` scanner
+# preset (4 iterations of 21 subsets); the subsets must divide the sinogram's angles.
+RECONSTRUCTION_METHODS: Tuple[str, ...] = ("osem",)
+DEFAULT_RECONSTRUCTION_METHOD = "osem"
+DEFAULT_OSEM_ITERATIONS = 4
+DEFAULT_OSEM_SUBSETS = 21
+
 # The blend's default strength, chosen by measurement in the realistic simulation
 # regime (docs/DEFAULTS.md); the paper's operating point is 0.6.
 DEFAULT_ALPHA = 0.3
@@ -55,4 +62,5 @@ DEFAULT_ALPHA = 0.3
 __all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "FILE_FORMATS", "DICOM_FORMAT",
            "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT", "SUV_TYPES", "TRAINING_TARGETS", "DEFAULT_TRAINING_TARGET",
            "TRAINING_OBJECTIVES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY",
-           "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "DEFAULT_ALPHA"]
+           "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "RECONSTRUCTION_METHODS", "DEFAULT_RECONSTRUCTION_METHOD",
+           "DEFAULT_OSEM_ITERATIONS", "DEFAULT_OSEM_SUBSETS", "DEFAULT_ALPHA"]

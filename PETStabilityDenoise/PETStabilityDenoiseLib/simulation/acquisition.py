@@ -1,88 +1,19 @@
-"""Slice-wise 2D PET acquisition and OSEM reconstruction on numpy arrays in (z, y, x) order.
-
-Each axial slice is an independent 2D parallel-beam scan. The projector is a sparse system matrix shared by
-all slices, so one sparse-dense product projects the whole volume at once, and its transpose is the exact
-adjoint that OSEM needs (scikit-image's radon/iradon pair is slower and not an adjoint pair). Sinograms are
-(z, angle, bin) arrays.
+"""Slice-wise 2D PET acquisition on numpy arrays in (z, y, x) order: resolution, attenuation, randoms and
+scatter, Poisson counts and dose thinning. Sinograms are (z, angle, bin) arrays; the projector and OSEM are
+``engine.tomography``'s, shared with ``petstab reconstruct``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import ndimage
 
+from ..engine.tomography import ParallelBeamProjector
 from ..errors import InputError
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-
-
-@dataclass(frozen=True)
-class ParallelBeamProjector:
-    """2D parallel-beam projector: pixel-driven, linear interpolation between detector bins.
-
-    ``matrix`` maps a flattened (ny, nx) slice to a flattened (n_angles, n_bins) sinogram; entries are path
-    lengths in mm, so projecting an attenuation map in 1/mm gives line integrals. Angles are uniform over
-    [0, pi) and the detector is centred on the slice centre.
-    """
-
-    image_shape: tuple[int, int]
-    pixel_mm: float
-    n_angles: int
-    n_bins: int
-    bin_mm: float
-    matrix: sp.csr_matrix
-
-    @classmethod
-    def build(
-        cls,
-        image_shape: Sequence[int],
-        pixel_mm: float,
-        n_angles: int,
-        n_bins: Optional[int] = None,
-        bin_mm: Optional[float] = None,
-    ) -> "ParallelBeamProjector":
-        """System matrix for a slice of ``image_shape`` (ny, nx); by default bins as wide as pixels, covering the diagonal."""
-        ny, nx = (int(n) for n in image_shape)
-        bin_mm = float(pixel_mm if bin_mm is None else bin_mm)
-        if n_bins is None:
-            n_bins = int(np.ceil(np.hypot(nx, ny) * pixel_mm / bin_mm)) + 2
-        y = (np.arange(ny) - (ny - 1) / 2.0) * pixel_mm
-        x = (np.arange(nx) - (nx - 1) / 2.0) * pixel_mm
-        yy, xx = np.meshgrid(y, x, indexing="ij")
-        theta = np.pi * np.arange(n_angles) / n_angles
-        # Detector coordinate of every pixel centre at every angle, in bins: shape (n_pixels, n_angles).
-        u = (xx.reshape(-1, 1) * np.cos(theta) + yy.reshape(-1, 1) * np.sin(theta)) / bin_mm + (n_bins - 1) / 2.0
-        lower = np.floor(u).astype(np.int32)
-        w_upper = (u - lower).astype(np.float32)
-        if lower.min() < 0 or lower.max() + 1 >= n_bins:
-            raise ValueError(f"{n_bins} detector bins do not cover a {ny}x{nx} slice")
-        ray0 = np.arange(n_angles, dtype=np.int32) * n_bins
-        rows = np.stack([ray0 + lower, ray0 + lower + 1], axis=-1)
-        area = np.float32(pixel_mm * pixel_mm / bin_mm)  # a pixel's footprint, so bins hold line integrals in mm
-        vals = np.stack([(1.0 - w_upper) * area, w_upper * area], axis=-1)
-        # Every pixel (column) has exactly two entries per angle, so the CSC arrays are built directly.
-        n_pix = nx * ny
-        indptr = np.arange(0, 2 * n_angles * n_pix + 1, 2 * n_angles, dtype=np.int64)
-        csc = sp.csc_matrix((vals.ravel(), rows.ravel(), indptr), shape=(n_angles * n_bins, n_pix))
-        return cls((ny, nx), float(pixel_mm), int(n_angles), int(n_bins), bin_mm, csc.tocsr())
-
-    @property
-    def sinogram_shape(self) -> tuple[int, int]:
-        return self.n_angles, self.n_bins
-
-    def forward(self, volume: np.ndarray) -> np.ndarray:
-        """Project every slice of a (nz, ny, nx) volume: (nz, n_angles, n_bins)."""
-        cols = volume.reshape(volume.shape[0], -1).astype(np.float32, copy=False).T
-        return np.ascontiguousarray((self.matrix @ cols).T).reshape(volume.shape[0], *self.sinogram_shape)
-
-    def back(self, sinogram: np.ndarray) -> np.ndarray:
-        """Adjoint of ``forward``: (nz, n_angles, n_bins) -> (nz, ny, nx)."""
-        cols = sinogram.reshape(sinogram.shape[0], -1).astype(np.float32, copy=False).T
-        return np.ascontiguousarray((self.matrix.T @ cols).T).reshape(sinogram.shape[0], *self.image_shape)
 
 
 def gaussian_blur(volume: np.ndarray, fwhm_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
@@ -123,48 +54,3 @@ def thin_counts(counts: np.ndarray, fraction: float, rng: np.random.Generator) -
     if not 0.0 < fraction <= 1.0:
         raise InputError(f"dose fraction must be in (0, 1], got {fraction}")
     return rng.binomial(counts, fraction).astype(np.int32)
-
-
-def osem(
-    counts: np.ndarray,
-    projector: ParallelBeamProjector,
-    multiplicative: np.ndarray,
-    background: np.ndarray,
-    n_iterations: int = 4,
-    n_subsets: int = 8,
-) -> np.ndarray:
-    """OSEM for the model counts ~ Poisson(multiplicative * A x + background), all slices at once.
-
-    ``multiplicative`` holds, per line of response, counts per unit activity x path length (attenuation,
-    sensitivity, dose), so the image comes out in activity units. Subsets are interleaved angles. The update
-    is multiplicative from a positive start, which keeps the image non-negative.
-    """
-    nz = counts.shape[0]
-    if projector.n_angles % n_subsets:
-        raise ValueError(f"{projector.n_angles} angles do not split into {n_subsets} subsets")
-    n_rays = projector.n_angles * projector.n_bins
-
-    def as_cols(sino: np.ndarray) -> np.ndarray:  # (nz, n_angles, n_bins) -> (n_angles, n_bins, nz)
-        return np.ascontiguousarray(np.moveaxis(sino.astype(np.float32, copy=False), 0, -1))
-
-    y, m, b = as_cols(counts), as_cols(multiplicative), as_cols(background)
-    subsets = []
-    for s in range(n_subsets):
-        angles = np.arange(s, projector.n_angles, n_subsets)
-        rows = (angles[:, None] * projector.n_bins + np.arange(projector.n_bins)).ravel()
-        a_s = projector.matrix[rows]
-        y_s, m_s, b_s = (v[angles].reshape(-1, nz) for v in (y, m, b))
-        sens = np.asarray(a_s.T @ m_s, dtype=np.float32)
-        subsets.append((a_s, a_s.T.tocsr(), y_s, m_s, b_s, sens))
-
-    # Start from the uniform image whose projection holds the measured net counts.
-    ones_proj = projector.matrix @ np.ones((projector.matrix.shape[1], 1), dtype=np.float32)
-    net = np.maximum(y.reshape(n_rays, nz) - b.reshape(n_rays, nz), 0.0).sum()
-    start = net / max(float((m.reshape(n_rays, nz) * ones_proj).sum()), 1e-12)
-    x = np.full((projector.matrix.shape[1], nz), start, dtype=np.float32)
-    for _ in range(n_iterations):
-        for a_s, a_s_t, y_s, m_s, b_s, sens in subsets:
-            expected = m_s * (a_s @ x) + b_s
-            ratio = np.divide(y_s, expected, out=np.zeros_like(expected), where=expected > 0)
-            x *= np.divide(a_s_t @ (m_s * ratio), sens, out=np.zeros_like(x), where=sens > 0)
-    return np.ascontiguousarray(x.T).reshape(nz, *projector.image_shape)

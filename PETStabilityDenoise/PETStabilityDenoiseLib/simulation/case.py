@@ -19,7 +19,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import DATA_DIR
+from ..engine import tomography
 from ..errors import InputError
+from ..volumes.sinogram import SinogramData, write_sinogram
 from . import acquisition as acq
 from . import phantom as ph
 from .scanners import REGIMES, SCANNERS
@@ -185,9 +187,10 @@ class SimulatedCase:
     lesion_true_ratio: float
     hypo_true_ratio: float  # hypometabolic region mean / mirror mean in the 2 mm truth; NaN without one
     info: dict = field(default_factory=dict)
+    sinograms: dict[float, SinogramData] = field(default_factory=dict)  # dose -> its data, when kept
 
     def write(self, out_dir: Path, fmt: str = "nii.gz") -> dict[str, Path]:
-        """Write every image and ``simulation.json`` into ``out_dir``; returns name -> path."""
+        """Write every image, each kept sinogram and ``simulation.json`` into ``out_dir``; returns name -> path."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         images = {"truth": self.truth, "truth_blurred": self.truth_blurred, "mr": self.mr}
@@ -197,6 +200,9 @@ class SimulatedCase:
         for name, image in images.items():
             paths[name] = out_dir / f"{name}.{fmt}"
             sitk.WriteImage(image, str(paths[name]), useCompression=True)
+        for dose, data in self.sinograms.items():
+            name = f"sinogram_{dose_label(dose)}"
+            paths[name] = write_sinogram(data, out_dir / f"{name}.npz")
         paths["simulation"] = out_dir / "simulation.json"
         paths["simulation"].write_text(json.dumps(self.info, indent=2))
         return paths
@@ -255,8 +261,12 @@ def brainweb_labels(labels_image: sitk.Image) -> np.ndarray:
     return labels
 
 
-def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = None) -> SimulatedCase:
-    """Simulate truth, MR and OSEM reconstructions at ``cfg.doses`` from a BrainWeb label image."""
+def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = None, *,
+                  keep_sinograms: bool = False) -> SimulatedCase:
+    """Simulate truth, MR and OSEM reconstructions at ``cfg.doses`` from a BrainWeb label image.
+
+    ``keep_sinograms`` also keeps each dose's measured data (``SimulatedCase.sinograms``), for reconstruction.
+    """
     cfg = cfg or SimulationConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -320,10 +330,10 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
     t = time.perf_counter()
     blurred = acq.gaussian_blur(activity, cfg.psf_fwhm_mm, spacing_zyx)
     truth_blurred = ph.block_average(blurred, factor)
-    pet_projector = acq.ParallelBeamProjector.build(pet_shape[1:], cfg.pet_spacing_mm, cfg.n_angles)
+    pet_projector = tomography.ParallelBeamProjector.build(pet_shape[1:], cfg.pet_spacing_mm, cfg.n_angles)
     pad = [(0, p * f - n) for p, f, n in zip(pet_shape, factor, labels.shape)]
     fine = np.pad(blurred, pad)
-    fine_projector = acq.ParallelBeamProjector.build(
+    fine_projector = tomography.ParallelBeamProjector.build(
         fine.shape[1:], spacing_zyx[2], cfg.n_angles, pet_projector.n_bins * factor[2], spacing_zyx[2]
     )
     line_integrals = ph.block_average(fine_projector.forward(fine), (factor[0], 1, factor[2]))
@@ -341,13 +351,16 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
     timings["acquisition_s"] = time.perf_counter() - t
 
     osem_images: dict[float, np.ndarray] = {}
+    measured: dict[float, tuple] = {}
     counts_info = {}
     for dose, rng in zip(cfg.doses, rng_doses):
         t = time.perf_counter()
         counts = acq.thin_counts(prompts, dose, rng)
-        osem_images[dose] = acq.osem(
-            counts, pet_projector, dose * counts_per_unit * att, dose * background, cfg.osem_iterations, cfg.osem_subsets
-        )
+        multiplicative, additive = dose * counts_per_unit * att, dose * background
+        osem_images[dose] = tomography.osem(counts, pet_projector, multiplicative, additive, cfg.osem_iterations,
+                                            cfg.osem_subsets)
+        if keep_sinograms:
+            measured[dose] = counts, additive, multiplicative
         timings[f"osem_{dose_label(dose)}_s"] = time.perf_counter() - t
         counts_info[dose_label(dose)] = {
             "dose_fraction": dose,
@@ -371,6 +384,14 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
 
     def pet(array: np.ndarray) -> sitk.Image:
         return _image(array, pet_spacing, pet_origin, direction)
+
+    sinograms = {dose: SinogramData(
+        prompts=counts, additive=additive, multiplicative=multiplicative,
+        angles_rad=np.asarray(pet_projector.angles_rad), bin_mm=pet_projector.bin_mm,
+        image_size=tuple(int(n) for n in pet_shape[::-1]), origin=tuple(float(v) for v in pet_origin),
+        spacing=tuple(float(v) for v in pet_spacing), direction=tuple(direction), dose_fraction=dose,
+        description=f"petstab simulate: BrainWeb phantom, seed {cfg.seed}, dose {dose_label(dose)}",
+    ) for dose, (counts, additive, multiplicative) in measured.items()}
 
     mr_image = sitk.GetImageFromArray(mr)
     mr_image.CopyInformation(labels_image)
@@ -405,4 +426,5 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
         lesion_true_ratio=true_ratio,
         hypo_true_ratio=hypo_ratio,
         info=info,
+        sinograms=sinograms,
     )

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..settings import DEFAULT_OSEM_ITERATIONS, DEFAULT_OSEM_SUBSETS
+
 F18_HALF_LIFE_MIN = 109.77
 
 # The paper's protocol and VRAIN's published sensitivity.
@@ -63,8 +65,9 @@ SCANNERS: Mapping[str, ScannerPreset] = {
     # 3 mm: VRAIN separates 2.2 mm rods in a phantom; patient images lose some of that to motion and
     # unconverged OSEM. 4 x 21 OSEM is most of the way to convergence in this geometry (docs/SIMULATOR.md).
     # Scatter fraction 19 %, so scatter is 0.23 x trues; randoms bring the background to 0.25.
-    "brain": ScannerPreset(psf_fwhm_mm=3.0, full_dose_counts=brain_full_dose_counts(), osem_iterations=4,
-                           osem_subsets=21, background_fraction=0.25),
+    "brain": ScannerPreset(psf_fwhm_mm=3.0, full_dose_counts=brain_full_dose_counts(),
+                           osem_iterations=DEFAULT_OSEM_ITERATIONS, osem_subsets=DEFAULT_OSEM_SUBSETS,
+                           background_fraction=0.25),
     "wholebody": ScannerPreset(psf_fwhm_mm=4.5, full_dose_counts=1.1e8, osem_iterations=4, osem_subsets=8,
                                background_fraction=0.25),
 }

@@ -4,7 +4,8 @@ Scripts and the Slicer worker rely on these names:
 ``denoised``, ``network_output``, ``stability``, ``stability_norm`` (each
 ``.<fmt>``, or a DICOM series folder of that name) and ``run.json`` (parameters, versions, device, timings, loss per
 epoch, number of stability samples, the SHA-256 of the inputs).
-``engine/run.py`` fills such a folder.
+``engine/run.py`` fills such a folder. A reconstruction (``engine/reconstruct.py``) adds ``osem.<fmt>``, the OSEM
+image of its sinogram.
 
 A run never writes into its destination directly: :func:`staged_folder` gives
 a hidden folder beside it, and only when everything there is written and read
@@ -35,9 +36,11 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 VOLUME_NAMES = ("denoised", "network_output", "stability", "stability_norm")
+OSEM_VOLUME = "osem"
 # Everything a run folder may hold (a DICOM output is a series folder named after its volume): a folder with
 # anything else is not replaced.
-RUN_FOLDER_FILES = frozenset({RUN_FILE, *VOLUME_NAMES} | {f"{name}.{fmt}" for name in VOLUME_NAMES for fmt in FILE_FORMATS})
+RUN_FOLDER_FILES = frozenset({RUN_FILE, *VOLUME_NAMES} | {f"{name}.{fmt}" for name in (*VOLUME_NAMES, OSEM_VOLUME)
+                                                         for fmt in FILE_FORMATS})
 
 
 def strict_json(value):
