@@ -13,6 +13,7 @@ from slicer.util import VTKObservationMixin
 
 # The library's settings and panel helpers are torch-free: the panel opens before anything is installed.
 from PETStabilityDenoiseLib import settings
+from PETStabilityDenoiseLib.errors import InputError
 from PETStabilityDenoiseLib.slicer import application, install, panel, selftest
 
 # Resources sit beside this file both in a source checkout and in an installed extension.
@@ -99,6 +100,7 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.loadRunButton.connect("clicked(bool)", self.onLoadRunButton)
         self.ui.alphaSliderWidget.connect("valueChanged(double)", self._onAlphaChanged)
         self.ui.overlayOpacitySliderWidget.connect("valueChanged(double)", self._updateOverlay)
 
@@ -191,6 +193,7 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.inputsCollapsibleButton.enabled = not running
         self.ui.advancedCollapsibleButton.enabled = not running
+        self.ui.loadRunButton.enabled = not running
         self.ui.progressBar.visible = running
         if running:
             self.ui.progressBar.value = 0
@@ -235,18 +238,39 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         """Shows the result of a run that ended, or why it did not give one."""
         self._setRunning(False)
         if handle.state == "succeeded":
-            self._result = handle.result
-            # The slider may have moved during the run; the result was blended at the starting value.
-            if self._result.alpha != self.ui.alphaSliderWidget.value:
-                self.logic.setAlpha(self._result, self.ui.alphaSliderWidget.value)
-            self._updateOverlay()
-            self.ui.statusLabel.text = _("Done: {name}.").format(name=self._result.denoisedNode.GetName())
+            self._showNewResult(handle.result)
         elif handle.state == "failed":
             self.ui.statusLabel.text = _("Failed.")
             slicer.util.errorDisplay(_("Denoising failed: {error}").format(error=handle.error),
                                      detailedText="\n".join(handle.log_tail))
         else:
             self.ui.statusLabel.text = _("Cancelled.")
+
+    def onLoadRunButton(self) -> None:
+        """Shows a finished run folder as the four result volumes: on the selected PET if it is the run's input,
+        otherwise on the PET that run.json records."""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
+                                                     _("Choose a run folder (it holds run.json)"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the run folder."), waitCursor=True):
+            petNode = self._parameterNode.inputPET if self._parameterNode else None
+            try:
+                result = self.logic.loadRunFolder(folder, petNode)
+            except InputError:
+                if petNode is None:
+                    raise
+                result = self.logic.loadRunFolder(folder)
+            self._showNewResult(result)
+
+    def _showNewResult(self, result) -> None:
+        """Makes ``result`` the one the alpha slider and the overlay act on, blended at the slider's value."""
+        self._result = result
+        # The slider may have moved during the run; the result was blended at the run's value.
+        if result.alpha != self.ui.alphaSliderWidget.value:
+            self.logic.setAlpha(result, self.ui.alphaSliderWidget.value)
+        self._updateOverlay()
+        self.ui.statusLabel.text = _("Done: {name}.").format(name=result.denoisedNode.GetName())
 
     def _currentResult(self):
         """The last result, or None once its nodes have been removed from the scene."""
@@ -316,6 +340,10 @@ class PETStabilityDenoiseLogic(ScriptedLoadableModuleLogic):
         """Denoises ``petNode`` (guided by ``mrNode``) into four new volume nodes; see the library logic's ``process``."""
         return self.engine.process(petNode, mrNode, method=method, alpha=alpha, preset=preset, wait=wait,
                                    progress=progress, finished=finished, **engineParameters)
+
+    def loadRunFolder(self, runFolder, petNode=None):
+        """Loads a finished run folder as four result nodes; see the library logic's ``loadRunFolder``."""
+        return self.engine.loadRunFolder(runFolder, petNode)
 
     def setAlpha(self, result, alpha: float) -> None:
         """Re-blends the result's denoised volume (and S_norm) at ``alpha``, in place, with no new fit."""

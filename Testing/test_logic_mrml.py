@@ -312,3 +312,76 @@ def test_set_alpha_on_a_result_whose_nodes_were_removed_is_refused(scene, pet_mr
     with pytest.raises(InputError, match="removed from the scene"):
         logic.setAlpha(result, 0.6)
     assert result.alpha == 0.5
+
+
+@pytest.fixture()
+def run_folder(small_pet_mr, tmp_path_factory):
+    """A tiny DIP run made by ``petstab denoise``'s own function, as on another machine: (folder, PET path)."""
+    from PETStabilityDenoiseLib.engine.run import denoise_into_folder
+    from PETStabilityDenoiseLib.settings import dip_config
+
+    inputs = tmp_path_factory.mktemp("inputs")
+    pet_path, mr_path = inputs / "pet_1-10.nii.gz", inputs / "mr.nii.gz"
+    sitk.WriteImage(small_pet_mr[0], str(pet_path))
+    sitk.WriteImage(small_pet_mr[1], str(mr_path))
+    out = tmp_path_factory.mktemp("runs") / "run"
+    denoise_into_folder(pet_path, mr_path, out, dip_config("tiny", {"device": "cpu", "seed": 0}), alpha=0.5,
+                        fmt="nii.gz")
+    return out, pet_path
+
+
+def test_a_run_folder_loads_as_the_four_nodes_with_its_pet(scene, run_folder, small_pet_mr):
+    folder, _ = run_folder
+    result = PETStabilityDenoiseLogic().loadRunFolder(folder)
+
+    pet = scene.GetFirstNodeByName("pet_1-10")
+    assert pet is not None, "the PET that run.json records is added to the scene"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(pet), sitk.GetArrayFromImage(small_pet_mr[0]))
+    loaded = node_to_image(pet, "PET")
+    assert np.allclose(loaded.GetOrigin(), small_pet_mr[0].GetOrigin(), atol=1e-6)
+    assert np.allclose(loaded.GetDirection(), small_pet_mr[0].GetDirection(), atol=1e-9)
+    record = json.loads((folder / "run.json").read_text())
+    assert (result.alpha, result.stabilityMean) == (0.5, record["stability_mean"])
+    for node in (result.denoisedNode, result.networkOutputNode, result.stabilityNode, result.normalizedStabilityNode):
+        np.testing.assert_array_equal(ijk_to_ras(node), ijk_to_ras(pet))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.denoisedNode),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "denoised.nii.gz"))))
+    PETStabilityDenoiseLogic().setAlpha(result, 0.0)  # the live re-blend works on a loaded run
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.denoisedNode),
+                                  slicer.util.arrayFromVolume(result.networkOutputNode))
+
+
+def test_a_run_folder_loads_onto_the_selected_pet(scene, run_folder, small_pet_mr):
+    pet = add_node_from_image(scene, small_pet_mr[0], "my PET")
+    nodes_before = volume_node_ids(scene)
+    result = PETStabilityDenoiseLogic().loadRunFolder(run_folder[0], pet)
+    assert len(volume_node_ids(scene) - nodes_before) == 4
+    assert result.denoisedNode.GetName() == "my PET denoised"
+    np.testing.assert_array_equal(ijk_to_ras(result.stabilityNode), ijk_to_ras(pet))
+
+
+def test_a_run_folder_is_refused_with_another_pet_and_adds_nothing(scene, run_folder, small_pet_mr, tmp_path):
+    folder, pet_path = run_folder
+    logic = PETStabilityDenoiseLogic()
+    other_dose = add_node_from_image(scene, sitk.Cast(small_pet_mr[0] * 2.0, sitk.sitkFloat32), "other PET")
+    other_grid = add_node_from_image(scene, small_pet_mr[0][2:, :, :], "cropped PET")
+    nodes_before = volume_node_ids(scene)
+    with pytest.raises(InputError, match="not the image this run processed"):
+        logic.loadRunFolder(folder, other_dose)
+    with pytest.raises(InputError, match="not on this run's grid"):
+        logic.loadRunFolder(folder, other_grid)
+    # Made on another machine: the recorded PET path is not here.
+    moved = tmp_path / "moved"
+    record = json.loads((folder / "run.json").read_text())
+    moved.mkdir()
+    for name in record["outputs"].values():
+        (moved / name).write_bytes((folder / name).read_bytes())
+    (moved / "run.json").write_text(json.dumps({**record, "pet": str(tmp_path / "elsewhere" / "pet.nii.gz")}))
+    with pytest.raises(InputError, match="not on this machine: load the PET and select it"):
+        logic.loadRunFolder(moved)
+    (moved / "run.json").write_text(json.dumps({**record, "outputs": {"osem": "osem.nii.gz"}}))
+    with pytest.raises(InputError, match="not a denoising run"):
+        logic.loadRunFolder(moved)
+    with pytest.raises(InputError, match="run.json"):
+        logic.loadRunFolder(tmp_path)
+    assert volume_node_ids(scene) == nodes_before

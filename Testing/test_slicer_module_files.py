@@ -46,6 +46,7 @@ EXPECTED_WIDGET_CLASSES = {
     "samplesSpinBox": "QSpinBox",
     "ddimStepsSpinBox": "QSpinBox",
     "applyButton": "QPushButton",
+    "loadRunButton": "QPushButton",
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
     "displayCollapsibleButton": "ctkCollapsibleButton",

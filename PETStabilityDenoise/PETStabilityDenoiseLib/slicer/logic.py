@@ -12,6 +12,7 @@ that has Slicer's MRML (the ``slicer-core`` wheel)::
     handle = logic.process(petNode, mrNode, wait=False, finished=lambda h: print(h.state))
     logic.cancel()                                   # stops a run started with wait=False
     result = logic.process(petNode, mrNode, method="ddpm", samples=8)   # the diffusion model; needs the MR
+    result = logic.loadRunFolder("/data/run1")       # a run made elsewhere (petstab denoise, batch, a GPU machine)
 
 How a run goes: the inputs are copied (never modified) into a temporary
 folder as NRRD; ``python -m PETStabilityDenoiseLib.worker`` fits the DIP (or
@@ -56,12 +57,14 @@ from ..settings import (
     engine_config,
     engine_parameters,
 )
+from ..volumes.geometry import grids_match
 from ..volumes.io import read_volume
-from ..volumes.run_folder import RUN_FILE, VOLUME_NAMES
+from ..volumes.pet_input import read_pet
+from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record
 from ..volumes.validation import same_volume_warning, validate_volume
 from ..worker.process import Launcher, WorkerProcess
 from .display import set_slice_layers, show_as_pet, show_as_stability
-from .mrml_volumes import add_volume_like, node_to_image, volume_array
+from .mrml_volumes import add_volume_from_image, add_volume_like, node_to_image, volume_array
 
 log = logging.getLogger(__name__)
 
@@ -329,19 +332,87 @@ class PETStabilityDenoiseLogic:
             args += ["--mr", str(mr_path)]
         return args
 
+    def loadRunFolder(self, runFolder, petNode=None) -> ProcessResult:
+        """Loads a finished run folder as the four result nodes, as if the run had been made here.
+
+        For runs made elsewhere: ``petstab denoise``, a subject of ``petstab batch``, or a GPU machine. The live
+        re-blend (:meth:`setAlpha`) and :meth:`showResult` then work on it.
+
+        Args:
+            runFolder: a folder holding run.json and the four volumes.
+            petNode: the PET the run processed, already in the scene; the outputs take its geometry. It must
+                re-blend to the run's denoised volume (in SUV if the run converted to SUV). None: the PET is
+                read from the path run.json records, checked by its SHA-256, and added to the scene.
+
+        Raises:
+            InputError: not a run folder, a folder without the four volumes, or a PET that is missing, changed
+                or not the one the run processed.
+        """
+        folder = Path(runFolder)
+        missing = [name for name in VOLUME_NAMES if name not in read_record(folder, "outputs")["outputs"]]
+        if missing:
+            raise InputError(f"{folder} holds no {', '.join(missing)}: it is not a denoising run (an OSEM "
+                             "reconstruction is one volume: load it with Add Data)")
+        run_info = read_record(folder, "outputs", "alpha", "stability_mean")
+        images = self._read_run_volumes(folder, run_info)
+        added_pet = petNode is None
+        if added_pet:
+            petNode = self._add_recorded_pet(run_info)
+        try:
+            pet_image = node_to_image(petNode, "PET")
+            if not grids_match(pet_image, images["denoised"], tol=1e-3):
+                raise InputError(f"the PET '{petNode.GetName()}' is not on this run's grid; select the PET the "
+                                 "run processed")
+            pet_array = np.array(volume_array(petNode, "PET"), dtype=np.float32)
+            arrays = {name: sitk.GetArrayFromImage(image) for name, image in images.items()}
+            reblended, _ = blend(pet_array, arrays["network_output"], arrays["stability"], float(run_info["alpha"]),
+                                 stability_mean=float(run_info["stability_mean"]))
+            # Loose enough for DICOM outputs' integer storage; a PET in other units or of another dose is far off.
+            if not np.allclose(reblended, arrays["denoised"], rtol=1e-3,
+                               atol=1e-3 * float(np.abs(arrays["denoised"]).max() or 1.0)):
+                raise InputError(f"the PET '{petNode.GetName()}' is not the image this run processed: blending "
+                                 "it does not give the run's denoised volume. Select the run's PET (in SUV if the "
+                                 "run converted it)")
+            return self._add_result_nodes(petNode, pet_array, arrays, run_info)
+        except BaseException:
+            if added_pet:
+                self.scene.RemoveNode(petNode)
+            raise
+
+    def _add_recorded_pet(self, run_info: dict):
+        """The PET that run.json records, read as the run read it and checked by its SHA-256, as a new node."""
+        path = Path(run_info.get("pet") or "")
+        if not run_info.get("pet") or not path.exists():
+            raise InputError(f"the run's PET ({run_info.get('pet')}) is not on this machine: load the PET "
+                             "and select it, then load the run folder again")
+        pet = read_pet(path, (run_info.get("suv") or {}).get("type"))
+        if image_sha256(pet.image) != run_info.get("pet_sha256"):
+            raise InputError(f"the PET at {path} is not the image this run processed (its SHA-256 differs from "
+                             "run.json's): it was changed since. Select the run's PET instead")
+        node = add_volume_from_image(self.scene, pet.image, path.name.split(".")[0] or "PET")
+        show_as_pet(self.scene, node, sitk.GetArrayViewFromImage(pet.image))
+        return node
+
+    @staticmethod
+    def _read_run_volumes(output_dir: Path, run_info: dict) -> dict:
+        """The four volumes of a run folder; an output may also be a DICOM series folder."""
+        return {name: read_volume(Path(output_dir) / run_info["outputs"][name]) for name in VOLUME_NAMES}
+
     def _import_result(self, output_dir: Path, petNode, pet_array: np.ndarray) -> ProcessResult:
         """Reads the worker's volumes into new nodes; adds all four or none."""
-        scene = self.scene
-        if petNode.GetScene() is not scene:
+        if petNode.GetScene() is not self.scene:
             raise InputError("the PET volume was removed from the scene during the run; its result was discarded")
-        run_info = json.loads((output_dir / RUN_FILE).read_text())
-        # read_volume: an output may also be a DICOM series folder (the worker writes WORKER_FORMAT files).
-        arrays = {name: sitk.GetArrayFromImage(read_volume(output_dir / run_info["outputs"][name]))
-                  for name in VOLUME_NAMES}
+        run_info = read_record(output_dir, "outputs", "alpha", "stability_mean")
+        arrays = {name: sitk.GetArrayFromImage(image)
+                  for name, image in self._read_run_volumes(output_dir, run_info).items()}
         for name, array in arrays.items():
             if array.shape != pet_array.shape:
                 raise WorkerFailed(f"the worker's {name} has shape {array.shape}, not the PET's {pet_array.shape}")
+        return self._add_result_nodes(petNode, pet_array, arrays, run_info)
 
+    def _add_result_nodes(self, petNode, pet_array: np.ndarray, arrays: dict, run_info: dict) -> ProcessResult:
+        """The four volumes as new nodes on the PET's grid, shown; all four or none."""
+        scene = self.scene
         nodes = {}
         try:
             for name in VOLUME_NAMES:

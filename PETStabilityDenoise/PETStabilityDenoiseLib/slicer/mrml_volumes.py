@@ -81,3 +81,19 @@ def add_volume_like(scene, reference, array: np.ndarray, name: str):
     node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array, dtype=np.float32))
     return node
+
+
+def add_volume_from_image(scene, image: sitk.Image, name: str):
+    """A new scalar volume node holding a SimpleITK image, with its geometry (LPS) as Slicer's RAS."""
+    axes = _RAS_TO_LPS @ np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = axes
+    ijk_to_ras[:3, 3] = _RAS_TO_LPS @ np.array(image.GetOrigin())
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, ijk_to_ras[row, column])
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(matrix)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(sitk.GetArrayViewFromImage(image), dtype=np.float32))
+    return node
