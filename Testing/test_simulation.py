@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PETStabilityDenoise"))
 
+from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
 from PETStabilityDenoiseLib.evaluation import metrics  # noqa: E402
 from PETStabilityDenoiseLib.simulation import (  # noqa: E402
     SimulationConfig,
@@ -20,7 +21,6 @@ from PETStabilityDenoiseLib.simulation import (  # noqa: E402
     scanners,  # noqa: E402
     simulate_case,
 )
-from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
 from PETStabilityDenoiseLib.simulation import acquisition as acq  # noqa: E402
 from PETStabilityDenoiseLib.simulation import phantom as ph  # noqa: E402
 from PETStabilityDenoiseLib.simulation.case import index_to_ras, misregister  # noqa: E402

@@ -49,6 +49,7 @@ from .settings import (
     SUV_TYPES,
     TRAINING_OBJECTIVES,
     TRAINING_TARGETS,
+    DDIPConfig,
     DDPMSamplingConfig,
     DIPConfig,
     EngineConfig,
@@ -127,6 +128,10 @@ def _ddpm_config(args: argparse.Namespace) -> DDPMSamplingConfig:
 
 
 DDPM_DEFAULTS = DDPMSamplingConfig()
+DDIP_DEFAULTS = DDIPConfig()
+# petstab reconstruct's DDIP options: argparse destinations named after the DDIPConfig fields they set.
+DDIP_SETTINGS = ("samples", "steps", "start_fraction", "lora_rank", "finetune_steps", "beta", "em_updates", "device",
+                 "seed", "threads")
 # Settings that only one method has, as argparse destinations: giving them to the other is refused.
 DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode", "network",
                      "inner_iterations")
@@ -236,15 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "your scanner's data in that format")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--method", default=DEFAULT_RECONSTRUCTION_METHOD, choices=RECONSTRUCTION_METHODS,
-                   help="osem: the simulator's OSEM (the diffusion-prior DDIP is not built yet)")
+                   help="osem: the simulator's OSEM (default); ddip: the MR-conditioned diffusion prior, started from "
+                        "OSEM's image and tied to the data (needs --mr and --ddip-model)")
+    p.add_argument("--mr", type=Path, help="the subject's MR, registered to the PET (any grid); DDIP only")
     p.add_argument("--iterations", type=int, default=DEFAULT_OSEM_ITERATIONS,
                    help=f"OSEM iterations (default {DEFAULT_OSEM_ITERATIONS})")
     p.add_argument("--subsets", type=int, default=DEFAULT_OSEM_SUBSETS,
                    help=f"OSEM subsets; must divide the number of angles (default {DEFAULT_OSEM_SUBSETS})")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"DDIP: blend strength with the OSEM image (default {DEFAULT_ALPHA}; 0 = the DDIP mean)")
     p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
     p.add_argument("--no-overwrite", action="store_true", help="refuse an --out that already holds a run")
     p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
-                   help="bar: a progress bar on stderr; jsonl: one JSON object per iteration on stdout")
+                   help="bar: a progress bar on stderr; jsonl: one JSON object per OSEM iteration or DDIP step on "
+                        "stdout")
+    group = p.add_argument_group("DDIP settings (docs/RECONSTRUCTION.md)")
+    group.add_argument("--ddip-model", type=Path, help="a diffusion model trained with --condition-dropout (the prior)")
+    group.add_argument("--samples", type=int, help=f"independent runs: mean and std (default {DDIP_DEFAULTS.samples})")
+    group.add_argument("--steps", type=int, help=f"DDIM steps (default {DDIP_DEFAULTS.steps})")
+    group.add_argument("--start-fraction", type=float,
+                       help=f"start time T' as a fraction of T (default {DDIP_DEFAULTS.start_fraction})")
+    group.add_argument("--lora-rank", type=int, help=f"rank of the LoRA adapters (default {DDIP_DEFAULTS.lora_rank})")
+    group.add_argument("--finetune-steps", type=int,
+                       help=f"adapter fine-tuning steps per DDIM step; 0: no fine-tuning "
+                            f"(default {DDIP_DEFAULTS.finetune_steps})")
+    group.add_argument("--beta", type=float, help=f"HQS weight of the network's estimate against the data, relative "
+                                                  f"to the data's (default {DDIP_DEFAULTS.beta}); 0: plain MLEM")
+    group.add_argument("--em-updates", type=int, help=f"MLEM updates per DDIM step (default {DDIP_DEFAULTS.em_updates})")
+    group.add_argument("--device", choices=DEVICES, help=f"default: {DEFAULT_DEVICE} (CUDA if available)")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
@@ -324,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=TRAINING_TARGETS, default=DEFAULT_TRAINING_TARGET,
                    help="what the network learns to output: the full-dose OSEM, or the PSF-blurred truth "
                         f"(default {DEFAULT_TRAINING_TARGET})")
+    p.add_argument("--condition-dropout", type=float,
+                   help="diffusion only: drop the low-dose condition of this fraction of the patches, so that the "
+                        "model is also the prior p(PET | MR) of 'petstab reconstruct --method ddip' (e.g. 0.2)")
     p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
@@ -393,9 +422,16 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from .engine.progress import make_reporter
     from .engine.reconstruct import reconstruct
 
-    with make_reporter(args.progress, label=("OSEM", "iteration")) as report:
-        paths = reconstruct(args.sinogram, args.out, method=args.method, iterations=args.iterations,
-                            subsets=args.subsets, fmt=args.format, overwrite=not args.no_overwrite, progress=report)
+    ddip = {name: getattr(args, name) for name in DDIP_SETTINGS if getattr(args, name) is not None}
+    if args.method != "ddip" and (ddip or args.mr or args.ddip_model):
+        raise InputError("--mr, --ddip-model and the DDIP settings apply to --method ddip only")
+    if args.ddip_model:
+        ddip["model_dir"] = str(args.ddip_model.resolve())
+    label = ("DDIP", "step") if args.method == "ddip" else ("OSEM", "iteration")
+    with make_reporter(args.progress, label=label) as report:
+        paths = reconstruct(args.sinogram, args.out, method=args.method, mr_path=args.mr, iterations=args.iterations,
+                            subsets=args.subsets, ddip=DDIPConfig(**ddip), alpha=args.alpha, fmt=args.format,
+                            overwrite=not args.no_overwrite, progress=report)
     log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -507,7 +543,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     training: Dict[str, Any] = {k: v for k, v in (("steps", args.steps or profile["steps"]),
                                                   ("batch_size", args.batch_size or profile["batch_size"]),
                                                   ("learning_rate", args.learning_rate),
-                                                  ("seed", args.seed), ("target", args.target)) if v is not None}
+                                                  ("seed", args.seed), ("target", args.target),
+                                                  ("condition_dropout", args.condition_dropout)) if v is not None}
     settings = TrainingSettings(**training)
     variants = args.variants or profile["variants"]
     if args.threads:

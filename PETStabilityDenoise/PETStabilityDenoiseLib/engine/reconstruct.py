@@ -2,7 +2,10 @@
 
 The data and their format are ``volumes/sinogram.py``'s (docs/RECONSTRUCTION.md); the projector and OSEM are
 ``tomography``'s, the simulator's own, so a simulated sinogram reconstructs to the simulator's OSEM image.
-The run folder appears complete or not at all (``volumes/run_folder.py``): ``osem.<fmt>`` and ``run.json``.
+``method="ddip"`` reconstructs with the MR-conditioned diffusion prior (``ddip.py``) and blends its mean with
+the OSEM image, weighted by the std of its samples, as a denoise blends with its input.
+The run folder appears complete or not at all (``volumes/run_folder.py``): ``osem.<fmt>`` and ``run.json``, and
+for DDIP the four volumes of a denoise, whose ``pet`` (the blend's input) is ``osem.<fmt>``.
 """
 
 from __future__ import annotations
@@ -18,20 +21,26 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..settings import (
+    DEFAULT_ALPHA,
     DEFAULT_OSEM_ITERATIONS,
     DEFAULT_OSEM_SUBSETS,
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_RECONSTRUCTION_METHOD,
     FILE_FORMATS,
     RECONSTRUCTION_METHODS,
+    DDIPConfig,
     EpochReport,
+    check_alpha,
 )
 from ..settings.config import check_choice
-from ..volumes.io import output_path, write_volume
+from ..volumes.geometry import grids_match, head_mask, resample_to_reference
+from ..volumes.io import output_path, read_volume, write_volume
 from ..volumes.run_folder import OSEM_VOLUME, staged_folder, write_record
 from ..volumes.sinogram import SinogramData, check_sinogram, read_sinogram
+from ..volumes.validation import validate_volume
 from . import tomography
-from .run import package_versions
+from .pipeline import DenoiseResult, blend_images
+from .run import package_versions, write_run
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +73,7 @@ def osem_image(sinogram: SinogramData, iterations: int = DEFAULT_OSEM_ITERATIONS
     """
     check_sinogram(sinogram)
     check_osem_settings(sinogram, iterations, subsets)
-    nx, ny, _ = sinogram.image_size
-    projector = tomography.ParallelBeamProjector.build((ny, nx), sinogram.spacing[0], n_bins=sinogram.shape[2],
-                                                       bin_mm=sinogram.bin_mm, angles_rad=sinogram.angles_rad)
+    projector = sinogram_projector(sinogram)
     started = time.perf_counter()
 
     def report(done: int) -> None:
@@ -80,6 +87,73 @@ def osem_image(sinogram: SinogramData, iterations: int = DEFAULT_OSEM_ITERATIONS
     return sinogram.image(image)
 
 
+def sinogram_projector(sinogram: SinogramData) -> tomography.ParallelBeamProjector:
+    """The projector of the acquisition's slices: its angles, bins and the PET grid's pixels."""
+    nx, ny, _ = sinogram.image_size
+    return tomography.ParallelBeamProjector.build((ny, nx), sinogram.spacing[0], n_bins=sinogram.shape[2],
+                                                  bin_mm=sinogram.bin_mm, angles_rad=sinogram.angles_rad)
+
+
+def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config: DDIPConfig = DDIPConfig(), *,
+               alpha: float = DEFAULT_ALPHA, progress: Optional[Callable[[EpochReport], None]] = None,
+               should_stop: Optional[Callable[[], bool]] = None) -> DenoiseResult:
+    """DDIP on ``sinogram``, blended with its OSEM image: a :class:`DenoiseResult` whose ``pet`` is ``osem``.
+
+    Args:
+        osem: the OSEM image of ``sinogram`` (:func:`osem_image`): the chain's start and the blend's input.
+        mr: the subject's MR, registered to the PET, on any grid.
+        config: see :class:`DDIPConfig`; ``config.model_dir`` must hold a prior (trained with condition dropout).
+        progress: called after each DDIM step of each sample (``loss`` None).
+        should_stop: polled after each step; True raises :class:`Cancelled`.
+
+    Raises:
+        InputError: no prior given, or a model that is not one.
+    """
+    import torch
+
+    from .ddip import ddip_reconstruct
+    from .ddpm.weights import load_model
+    from .device import resolve_device
+
+    started = time.perf_counter()
+    if not config.model_dir:
+        raise InputError("DDIP needs a diffusion prior, and none is bundled yet: train one with 'petstab train-ddpm "
+                         "--condition-dropout 0.2' and give its model folder (--ddip-model)")
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, model_config, manifest = load_model(Path(config.model_dir), device)
+    if not manifest.get("info", {}).get("training", {}).get("condition_dropout"):
+        raise InputError(f"the diffusion model in {config.model_dir} was trained without condition dropout, so it "
+                         "is no prior p(PET | MR): train one with 'petstab train-ddpm --condition-dropout 0.2'")
+    if not model_config.use_mr:
+        raise InputError(f"the diffusion model in {config.model_dir} does not take the MR: DDIP's prior needs it")
+    validate_volume(mr, "MR", activity=False)
+    mr_on_grid = sitk.GetArrayFromImage(resample_to_reference(mr, osem, name="MR")).astype(np.float32)
+    osem_array = sitk.GetArrayFromImage(osem).astype(np.float32)
+    head = head_mask(osem_array, mr_on_grid)
+    prepared = time.perf_counter()
+
+    def step_done(done: int, total: int, elapsed: float) -> None:
+        if progress is not None:
+            progress(EpochReport(done, total, None, elapsed, elapsed / done * (total - done), config.samples))
+
+    mean, std = ddip_reconstruct((sinogram.prompts, sinogram.additive, sinogram.multiplicative),
+                                 sinogram_projector(sinogram), osem_array, mr_on_grid, head, model, model_config,
+                                 config, device=device, progress=step_done, should_stop=should_stop)
+    engine_done = time.perf_counter()
+    stability_mean = float(std[head].mean(dtype=np.float64))
+    network_output, stability = sinogram.image(mean), sinogram.image(std)
+    denoised, stability_norm = blend_images(osem, network_output, stability, alpha, stability_mean)
+    record = {"device": str(device), "model_dir": str(config.model_dir), "model_sha256": manifest["sha256"],
+              "model_config": manifest["config"]}
+    info = {"fit_shape": list(osem_array.shape), "mr_resampled": not grids_match(mr, osem),
+            "timings": {"prepare_s": prepared - started, "engine_s": engine_done - prepared,
+                        "total_s": time.perf_counter() - started}}
+    return DenoiseResult(osem, denoised, network_output, stability, stability_norm, alpha, stability_mean,
+                         config.samples, "ddip", record, info)
+
+
 def sinogram_sha256(sinogram: SinogramData) -> str:
     """The SHA-256 of the measured data and their model (prompts, additive, multiplicative), for run.json."""
     digest = hashlib.sha256()
@@ -89,7 +163,8 @@ def sinogram_sha256(sinogram: SinogramData) -> str:
 
 
 def reconstruct(sinogram_path: Path, out_dir: Path, *, method: str = DEFAULT_RECONSTRUCTION_METHOD,
-                iterations: int = DEFAULT_OSEM_ITERATIONS, subsets: int = DEFAULT_OSEM_SUBSETS,
+                mr_path: Optional[Path] = None, iterations: int = DEFAULT_OSEM_ITERATIONS,
+                subsets: int = DEFAULT_OSEM_SUBSETS, ddip: DDIPConfig = DDIPConfig(), alpha: float = DEFAULT_ALPHA,
                 fmt: str = DEFAULT_OUTPUT_FORMAT, overwrite: bool = True,
                 progress: Optional[Callable[[EpochReport], None]] = None) -> Dict[str, Path]:
     """Reconstructs a sinogram file (docs/RECONSTRUCTION.md) into the run folder ``out_dir``.
@@ -98,37 +173,43 @@ def reconstruct(sinogram_path: Path, out_dir: Path, *, method: str = DEFAULT_REC
         sinogram_path: a ``.npz`` that ``petstab simulate --sinograms`` wrote, or one written to that format.
         out_dir: the run folder. An earlier run there is replaced as a whole; a folder holding anything else is
             refused.
-        method: one of ``settings.RECONSTRUCTION_METHODS``: ``osem``.
-        iterations, subsets: OSEM's (default: the simulator's brain scanner, 4 x 21).
+        method: one of ``settings.RECONSTRUCTION_METHODS``: ``osem``, or ``ddip`` (needs ``mr_path`` and a prior
+            in ``ddip.model_dir``).
+        mr_path: the subject's MR, registered to the PET (any grid); DDIP only.
+        iterations, subsets: OSEM's (default: the simulator's brain scanner, 4 x 21); DDIP starts from this image.
+        ddip: DDIP's settings (:class:`DDIPConfig`).
+        alpha: DDIP's blend strength with the OSEM image (0: the DDIP mean).
         fmt: one of ``settings.FILE_FORMATS``.
         overwrite: False refuses an ``out_dir`` that already holds a run.
-        progress: called once per OSEM iteration.
+        progress: called once per OSEM iteration (osem), or per DDIM step of each sample (ddip).
 
     Returns:
-        ``osem`` -> the image and ``run`` -> run.json, in ``out_dir``.
+        name -> path in ``out_dir``: ``osem``, ``run`` (run.json) and, for DDIP, the four volumes of a denoise.
     """
     check_choice("method", method, RECONSTRUCTION_METHODS)
     check_choice("format", fmt, FILE_FORMATS)
+    check_alpha(alpha)
+    if method == "ddip" and mr_path is None:
+        raise InputError("DDIP's prior is conditioned on the MR: give the subject's MR (--mr)")
     started = time.perf_counter()
     sinogram = read_sinogram(sinogram_path)
     check_osem_settings(sinogram, iterations, subsets)
+    mr = read_volume(mr_path) if method == "ddip" and mr_path is not None else None
+    facts = {"kind": "reconstruction", "sinogram": str(Path(sinogram_path).resolve()),
+             "sinogram_sha256": sinogram_sha256(sinogram), "sinogram_shape": list(sinogram.shape),
+             "dose_fraction": sinogram.dose_fraction, "osem": {"iterations": iterations, "subsets": subsets}}
     with staged_folder(out_dir, overwrite=overwrite) as stage:
-        osem = osem_image(sinogram, iterations, subsets, progress)
-        path = write_volume(osem, output_path(stage, OSEM_VOLUME, fmt))
-        record = {
-            "kind": "reconstruction",
-            "method": method,
-            "sinogram": str(Path(sinogram_path).resolve()),
-            "sinogram_sha256": sinogram_sha256(sinogram),
-            "sinogram_shape": list(sinogram.shape),
-            "dose_fraction": sinogram.dose_fraction,
-            "format": fmt,
-            "osem": {"iterations": iterations, "subsets": subsets},
-            "timings": {"total_s": time.perf_counter() - started},
-            "versions": package_versions(),
-            "outputs": {OSEM_VOLUME: path.name},
-        }
-        record_path = write_record(stage, record)
-    log.info("Reconstructed %s with OSEM (%d x %d) in %.1f s", sinogram_path, iterations, subsets,
-             record["timings"]["total_s"])
-    return {OSEM_VOLUME: Path(out_dir) / path.name, "run": Path(out_dir) / record_path.name}
+        osem = osem_image(sinogram, iterations, subsets, None if mr is not None else progress)
+        osem_path = write_volume(osem, output_path(stage, OSEM_VOLUME, fmt))
+        if mr is None:
+            record = {**facts, "method": method, "format": fmt,
+                      "timings": {"total_s": time.perf_counter() - started}, "versions": package_versions(),
+                      "outputs": {OSEM_VOLUME: osem_path.name}}
+            paths = {OSEM_VOLUME: osem_path, "run": write_record(stage, record)}
+        else:
+            result = ddip_image(sinogram, osem, mr, ddip, alpha=alpha, progress=progress)
+            result.record.update(facts)
+            paths = write_run(result, stage, fmt, config=ddip, pet_path=osem_path, mr_path=mr_path, mr=mr,
+                              pet_in_folder=True, written={OSEM_VOLUME: osem_path})
+    log.info("Reconstructed %s with %s in %.1f s", sinogram_path, method, time.perf_counter() - started)
+    return {name: Path(out_dir) / path.name for name, path in paths.items()}

@@ -13,7 +13,7 @@ import platform
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import SimpleITK as sitk
 
@@ -25,7 +25,14 @@ from ..volumes.dicom import write_derived_series
 from ..volumes.geometry import grids_match
 from ..volumes.io import output_path, read_volume, write_volume
 from ..volumes.pet_input import PetInput, check_pet_options, read_pet
-from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, staged_folder, write_record
+from ..volumes.run_folder import (
+    VOLUME_NAMES,
+    image_sha256,
+    read_record,
+    recorded_pet_path,
+    staged_folder,
+    write_record,
+)
 from ..volumes.validation import same_volume_warning
 from .device import resolve_device
 from .pipeline import DenoiseResult, blend_images, denoise, denoise_ddpm
@@ -78,21 +85,25 @@ def write_output(image: sitk.Image, folder: Path, name: str, fmt: str, *, alpha:
                                 suv_type="BW" if units == "GML" else None)
 
 
-def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: EngineConfig, pet_path: Path,
+def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: Any, pet_path: Path,
               mr_path: Optional[Path], mr: Optional[sitk.Image] = None,
-              pet: Optional[PetInput] = None) -> Dict[str, Path]:
+              pet: Optional[PetInput] = None, pet_in_folder: bool = False,
+              written: Optional[Dict[str, Path]] = None) -> Dict[str, Path]:
     """Writes the four volumes and run.json into ``folder``, each read back; returns name -> path (``run``: run.json).
 
     ``mr`` (the MR as read) gives run.json its SHA-256; the PET's comes from ``result.pet``. ``pet`` (the PET as
     read by :func:`read_pet`) gives run.json its SUV conversion and DICOM outputs their source series.
+    ``pet_in_folder``: the PET is ``pet_path``, a file of the run folder (a reconstruction's OSEM image), and is
+    recorded by its name, so that the folder can move. ``written``: name -> path of other volumes already in
+    ``folder`` (a reconstruction's ``osem``), which run.json lists among the outputs too.
     """
     folder = Path(folder)
     volumes = {"denoised": result.denoised, "network_output": result.network_output,
                "stability": result.stability, "stability_norm": result.stability_norm}
-    paths = {name: write_output(volumes[name], folder, name, fmt, alpha=result.alpha, pet=pet)
-             for name in VOLUME_NAMES}
+    paths = {**(written or {}), **{name: write_output(volumes[name], folder, name, fmt, alpha=result.alpha, pet=pet)
+                                   for name in VOLUME_NAMES}}
     record = {
-        "pet": str(Path(pet_path).resolve()),
+        "pet": Path(pet_path).name if pet_in_folder else str(Path(pet_path).resolve()),
         "pet_sha256": image_sha256(result.pet),
         "suv": pet.suv.record() if pet is not None and pet.suv is not None else None,
         "mr": str(Path(mr_path).resolve()) if mr_path else None,
@@ -174,18 +185,19 @@ def reblend_run(run_dir: Path, alpha: float) -> Dict[str, Path]:
     run_dir = Path(run_dir)
     record = read_record(run_dir, "format", "pet", "pet_sha256", "stability_mean", "outputs")
     fmt = record["format"]
-    pet = read_pet(record["pet"], (record.get("suv") or {}).get("type"))
+    pet_path = recorded_pet_path(run_dir, record)
+    pet = read_pet(pet_path, (record.get("suv") or {}).get("type"))
     if image_sha256(pet.image) != record["pet_sha256"]:
-        raise InputError(f"the PET at {record['pet']} is not the image this run processed (its SHA-256 differs "
+        raise InputError(f"the PET at {pet_path} is not the image this run processed (its SHA-256 differs "
                          "from run.json's): it was changed since; re-run 'petstab denoise'")
     network_output = read_volume(output_path(run_dir, "network_output", fmt))
     stability = read_volume(output_path(run_dir, "stability", fmt))
     if not grids_match(pet.image, network_output, tol=1e-4):
-        raise InputError(f"the PET at {record['pet']} does not match this run's grid: re-run 'petstab denoise'")
+        raise InputError(f"the PET at {pet_path} does not match this run's grid: re-run 'petstab denoise'")
     denoised, stability_norm = blend_images(pet.image, network_output, stability, alpha, record["stability_mean"])
     with staged_folder(run_dir) as stage:
-        for name in ("network_output", "stability"):
-            source, target = output_path(run_dir, name, fmt), output_path(stage, name, fmt)
+        for name in set(record["outputs"]) - set(BLENDED):  # everything the new alpha leaves as it was
+            source, target = run_dir / record["outputs"][name], stage / record["outputs"][name]
             if source.is_dir():  # a DICOM series
                 shutil.copytree(source, target)
             else:

@@ -153,3 +153,49 @@ def osem(
         if progress is not None:
             progress(iteration + 1)
     return np.ascontiguousarray(x.T).reshape(nz, *projector.image_shape)
+
+
+def expected_counts(image: np.ndarray, projector: ParallelBeamProjector, multiplicative: np.ndarray,
+                    background: np.ndarray) -> np.ndarray:
+    """The data model's mean: multiplicative x A image + background, (nz, n_angles, n_bins)."""
+    return multiplicative * projector.forward(image) + background
+
+
+def poisson_misfit(counts: np.ndarray, expected: np.ndarray) -> float:
+    """The Poisson negative log-likelihood of ``counts`` given their ``expected`` values, up to a constant."""
+    expected = np.maximum(expected.astype(np.float64), 1e-12)
+    return float((expected - counts * np.log(expected)).sum())
+
+
+def penalized_em(
+    counts: np.ndarray,
+    projector: ParallelBeamProjector,
+    multiplicative: np.ndarray,
+    background: np.ndarray,
+    anchor: np.ndarray,
+    beta: float,
+    n_updates: int,
+) -> np.ndarray:
+    """The data step of half-quadratic splitting: MLEM updates tied to ``anchor`` by (beta / 2) ||x - anchor||^2.
+
+    Starts from the anchor (clipped at 0). Each update is the EM image x_em of the current x followed, per voxel,
+    by the positive root of beta x^2 + (s - beta z) x - s x_em = 0 (De Pierro's surrogate), where z is the anchor
+    and s = A^T multiplicative the sensitivity. ``beta`` 0 gives plain MLEM; a large beta keeps the anchor.
+    Arrays are (nz, ny, nx) images and (nz, n_angles, n_bins) sinograms; ``beta`` is in counts per activity^2.
+    """
+    if beta < 0 or n_updates < 0:
+        raise ValueError(f"beta and n_updates must be >= 0; got {beta}, {n_updates}")
+    anchor = np.maximum(anchor.astype(np.float32), 0.0)
+    sensitivity = projector.back(multiplicative)
+    x = anchor.copy()
+    for _ in range(n_updates):
+        expected = expected_counts(x, projector, multiplicative, background)
+        ratio = np.divide(counts, expected, out=np.zeros_like(expected), where=expected > 0)
+        x_em = np.divide(x * projector.back(multiplicative * ratio), sensitivity, out=np.zeros_like(x),
+                         where=sensitivity > 0)
+        if beta == 0:
+            x = x_em
+            continue
+        offset = anchor - sensitivity / beta
+        x = 0.5 * (offset + np.sqrt(offset * offset + 4.0 * x_em * sensitivity / beta))
+    return x.astype(np.float32)

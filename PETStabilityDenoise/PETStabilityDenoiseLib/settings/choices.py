@@ -47,9 +47,10 @@ TRAINING_TARGETS: Tuple[str, ...] = ("full_dose", "truth_blurred")
 DEFAULT_TRAINING_TARGET = "full_dose"
 TRAINING_OBJECTIVES: Tuple[str, ...] = ("diffusion", "regression")
 
-# How ``petstab reconstruct`` reconstructs a sinogram file. OSEM's defaults are the simulator's ``brain`` scanner
-# preset (4 iterations of 21 subsets); the subsets must divide the sinogram's angles.
-RECONSTRUCTION_METHODS: Tuple[str, ...] = ("osem",)
+# How ``petstab reconstruct`` reconstructs a sinogram file: OSEM, or DDIP (the diffusion prior, from OSEM's image).
+# OSEM's defaults are the simulator's ``brain`` scanner preset (4 iterations of 21 subsets); the subsets must
+# divide the sinogram's angles.
+RECONSTRUCTION_METHODS: Tuple[str, ...] = ("osem", "ddip")
 DEFAULT_RECONSTRUCTION_METHOD = "osem"
 DEFAULT_OSEM_ITERATIONS = 4
 DEFAULT_OSEM_SUBSETS = 21

@@ -94,6 +94,18 @@ class DIPConfig:
         return required_multiple(self.channels, self.network)
 
 
+def check_sampling(samples: int, steps: int, start_fraction: float, overlap: float) -> None:
+    """The settings that sampling a diffusion model shares, whether to denoise or to reconstruct."""
+    if samples < 2:
+        raise InputError(f"samples must be >= 2 for a std map; got {samples}")
+    if steps < 1:
+        raise InputError(f"steps must be >= 1; got {steps}")
+    if not 0 < start_fraction <= 1:
+        raise InputError(f"start_fraction must be in (0, 1]; got {start_fraction}")
+    if not 0 <= overlap < 1:
+        raise InputError(f"overlap must be in [0, 1); got {overlap}")
+
+
 @dataclass(frozen=True)
 class DDPMSamplingConfig:
     """How the bundled diffusion model is sampled. Defaults are measured in docs/DDPM.md.
@@ -114,17 +126,54 @@ class DDPMSamplingConfig:
     model_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.samples < 2:
-            raise InputError(f"samples must be >= 2 for a std map; got {self.samples}")
-        if self.steps < 1:
-            raise InputError(f"steps must be >= 1; got {self.steps}")
-        if not 0 < self.start_fraction <= 1:
-            raise InputError(f"start_fraction must be in (0, 1]; got {self.start_fraction}")
-        if not 0 <= self.overlap < 1:
-            raise InputError(f"overlap must be in [0, 1); got {self.overlap}")
+        check_sampling(self.samples, self.steps, self.start_fraction, self.overlap)
         check_runtime(self.device, self.threads, self.seed)
 
     def replace(self, **changes) -> "DDPMSamplingConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DDIPConfig:
+    """How ``petstab reconstruct --method ddip`` reconstructs a sinogram (engine/ddip.py; docs/RECONSTRUCTION.md).
+
+    Each of ``samples`` independent runs starts from the OSEM image noised to t' = ``start_fraction`` x T and
+    takes ``steps`` DDIM steps. At each step the network's estimate is pulled towards the data by
+    ``em_updates`` MLEM updates tied to it with weight ``beta`` (half-quadratic splitting), and the network's
+    LoRA adapters of rank ``lora_rank`` are fine-tuned towards that image for ``finetune_steps`` steps on
+    ``finetune_batch`` random patches. ``beta`` is relative to the data's curvature at the head-mean activity:
+    1 weighs the network's estimate as much as the data there; 0 gives plain MLEM updates.
+    ``finetune_steps`` 0 replaces the estimate by the data step instead of fine-tuning (the ablation).
+    ``model_dir``: a diffusion model trained with condition dropout (``petstab train-ddpm
+    --condition-dropout``). These defaults are provisional: not yet measured.
+    """
+
+    samples: int = 2
+    steps: int = 10
+    start_fraction: float = 0.4
+    lora_rank: int = 4
+    finetune_steps: int = 2
+    finetune_batch: int = 2
+    learning_rate: float = 1e-3
+    beta: float = 1.0
+    em_updates: int = 2
+    overlap: float = 0.25
+    seed: int = 0
+    device: str = DEFAULT_DEVICE
+    threads: Optional[int] = None
+    model_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_sampling(self.samples, self.steps, self.start_fraction, self.overlap)
+        for name in ("lora_rank", "finetune_batch", "em_updates"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.finetune_steps < 0 or self.beta < 0 or not self.learning_rate > 0:
+            raise InputError(f"finetune_steps and beta must be >= 0 and learning_rate > 0; got "
+                             f"{self.finetune_steps}, {self.beta}, {self.learning_rate}")
+        check_runtime(self.device, self.threads, self.seed)
+
+    def replace(self, **changes) -> "DDIPConfig":
         return dataclasses.replace(self, **changes)
 
 

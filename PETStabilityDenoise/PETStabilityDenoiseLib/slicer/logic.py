@@ -60,7 +60,7 @@ from ..settings import (
 from ..volumes.geometry import grids_match
 from ..volumes.io import read_volume
 from ..volumes.pet_input import read_pet
-from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record
+from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, recorded_pet_path
 from ..volumes.validation import same_volume_warning, validate_volume
 from ..worker.process import Launcher, WorkerProcess
 from .display import set_slice_layers, show_as_pet, show_as_stability
@@ -357,7 +357,7 @@ class PETStabilityDenoiseLogic:
         images = self._read_run_volumes(folder, run_info)
         added_pet = petNode is None
         if added_pet:
-            petNode = self._add_recorded_pet(run_info)
+            petNode = self._add_recorded_pet(folder, run_info)
         try:
             pet_image = node_to_image(petNode, "PET")
             if not grids_match(pet_image, images["denoised"], tol=1e-3):
@@ -379,9 +379,9 @@ class PETStabilityDenoiseLogic:
                 self.scene.RemoveNode(petNode)
             raise
 
-    def _add_recorded_pet(self, run_info: dict):
+    def _add_recorded_pet(self, folder: Path, run_info: dict):
         """The PET that run.json records, read as the run read it and checked by its SHA-256, as a new node."""
-        path = Path(run_info.get("pet") or "")
+        path = recorded_pet_path(folder, run_info) if run_info.get("pet") else Path()
         if not run_info.get("pet") or not path.exists():
             raise InputError(f"the run's PET ({run_info.get('pet')}) is not on this machine: load the PET "
                              "and select it, then load the run folder again")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..engine.ddpm.model import DDPMConfig, count_parameters, training_scheduler
+from ..engine.ddpm.model import DROPPED_CONDITION, DDPMConfig, count_parameters, training_scheduler
 from ..engine.ddpm.sampling import matched_timesteps
 from ..engine.ddpm.weights import MODEL_KINDS, model_kind, save_model
 from ..errors import InputError
@@ -49,10 +49,15 @@ class TrainingSettings:
     validation_patches: int = 32
     seed: int = 0
     target: str = DEFAULT_TRAINING_TARGET  # one of settings.TRAINING_TARGETS
+    # A DDPM only: the probability that a patch's low-dose condition is dropped (set to DROPPED_CONDITION), so
+    # that the model also learns p(PET | MR), the prior of the sinogram reconstruction DDIP.
+    condition_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target not in TRAINING_TARGETS:
             raise InputError(f"unknown training target {self.target!r}; choose one of {', '.join(TRAINING_TARGETS)}")
+        if not 0 <= self.condition_dropout < 1:
+            raise InputError(f"condition_dropout must be in [0, 1); got {self.condition_dropout}")
 
 
 @dataclass
@@ -87,6 +92,16 @@ def diffusion_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, 
     if goal is None:
         goal = scheduler.get_velocity(targets, noise, timesteps)
     return torch.nn.functional.mse_loss(prediction, goal)
+
+
+def drop_low_dose(conditions: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """``conditions`` with each patch's low-dose channel (the first) set to DROPPED_CONDITION with ``probability``."""
+    if probability == 0:
+        return conditions
+    dropped = torch.rand(conditions.shape[0], generator=generator, device=generator.device) < probability
+    conditions = conditions.clone()
+    conditions[dropped.to(conditions.device), 0] = DROPPED_CONDITION
+    return conditions
 
 
 def training_loss(model: torch.nn.Module, config: Any, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
@@ -157,6 +172,8 @@ def train(
 
     torch.manual_seed(settings.seed)
     kind = model_kind(config)
+    if settings.condition_dropout and not isinstance(config, DDPMConfig):
+        raise InputError("condition dropout trains a diffusion prior; the regression baseline has no use for it")
     model = MODEL_KINDS[kind][1](config).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
@@ -187,6 +204,7 @@ def train(
     while step < settings.steps:
         conditions, targets = (torch.from_numpy(a).to(device) for a in random_patches(
             train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr, target=settings.target))
+        conditions = drop_low_dose(conditions, settings.condition_dropout, generator)
         loss = training_loss(model, config, scheduler, conditions, targets, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

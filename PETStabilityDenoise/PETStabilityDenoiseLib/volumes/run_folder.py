@@ -91,6 +91,12 @@ def read_record(run_dir: Path, *keys: str) -> dict:
     return record
 
 
+def recorded_pet_path(run_dir: Path, record: dict) -> Path:
+    """The PET a run processed, from run.json's ``pet``: an absolute path, or a file of the run folder itself."""
+    path = Path(record["pet"])
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
 def check_output_folder(out_dir: Path, *, overwrite: bool = True) -> bool:
     """Refuses an ``--out`` that cannot take a run folder; True when it holds an earlier run to be replaced.
 

@@ -29,6 +29,9 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 # Head-mean multiples mapped onto [-1, 1]: brain FDG grey matter sits at about 2 to 3 times the head mean.
 NORMALISED_RANGE = 8.0
+# The low-dose channel of a model trained with condition dropout, when it is dropped: zero activity, a value the
+# low-dose PET never takes over a whole patch. Such a model is also a prior p(PET | MR) (engine/ddip.py).
+DROPPED_CONDITION = -1.0
 
 
 ConfigT = TypeVar("ConfigT", bound="UNetConfig")

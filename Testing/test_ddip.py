@@ -1,0 +1,180 @@
+"""DDIP, the sinogram reconstruction with a diffusion prior: its data step, its adapters, its prior, and a tiny
+end-to-end run on a small block of the bundled subject (8 PET slices of 40 x 50, fewer slices than the tiny
+prior's patch is wide)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PETStabilityDenoise"))
+
+from conftest import synthetic_training_pairs  # noqa: E402
+
+from PETStabilityDenoiseLib.cli import main  # noqa: E402
+from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
+from PETStabilityDenoiseLib.engine.ddpm.model import DROPPED_CONDITION, DDPMConfig, build_model  # noqa: E402
+from PETStabilityDenoiseLib.engine.lora import add_lora  # noqa: E402
+from PETStabilityDenoiseLib.engine.reconstruct import reconstruct  # noqa: E402
+from PETStabilityDenoiseLib.errors import InputError  # noqa: E402
+from PETStabilityDenoiseLib.settings import DDIPConfig  # noqa: E402
+from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case  # noqa: E402
+from PETStabilityDenoiseLib.training.trainer import TrainingSettings, drop_low_dose, train  # noqa: E402
+from PETStabilityDenoiseLib.volumes.sinogram import write_sinogram  # noqa: E402
+
+TINY_DDIP = dict(samples=2, steps=2, start_fraction=0.3, finetune_steps=1, finetune_batch=1, em_updates=1,
+                 device="cpu")
+
+
+@pytest.fixture(scope="module")
+def slab(tmp_path_factory):
+    """A simulated block at 1/5 dose: (its case, its sinogram file, its MR file)."""
+    labels = sitk.ReadImage(str(bundled_labels_path()))[50:130, 60:160, 70:86]
+    case = simulate_case(labels, SimulationConfig(doses=(0.2,), n_lesions=1, hypo_depth=0.0, seed=3),
+                         keep_sinograms=True)
+    folder = tmp_path_factory.mktemp("slab")
+    sitk.WriteImage(case.mr, str(folder / "mr.nii.gz"))
+    return case, write_sinogram(case.sinograms[0.2], folder / "sinogram.npz"), folder / "mr.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory):
+    """A tiny DDPM trained for a few steps with condition dropout: a prior p(PET | MR), though not a useful one."""
+    config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16)
+    settings = TrainingSettings(steps=2, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
+                                validation_patches=2, condition_dropout=0.5)
+    pairs = synthetic_training_pairs()
+    return train(config, settings, pairs[:1], pairs[1:], tmp_path_factory.mktemp("tiny_prior"))
+
+
+def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab):
+    case, _, _ = slab
+    data = case.sinograms[0.2]
+    nx, ny, _ = data.image_size
+    projector = tomography.ParallelBeamProjector.build((ny, nx), data.spacing[0], n_bins=data.shape[2],
+                                                       bin_mm=data.bin_mm, angles_rad=data.angles_rad)
+    terms = (data.prompts, projector, data.multiplicative, data.additive)
+    # A network's estimate: the truth smoothed well past the scanner's resolution, so that the data disagree.
+    anchor = np.maximum(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.truth, 6.0)), 0.0)
+
+    def misfit(image):
+        return tomography.poisson_misfit(data.prompts, tomography.expected_counts(image, *terms[1:]))
+
+    # Weights relative to the data's curvature at the mean activity, as DDIP's beta.
+    unit = float(projector.back(data.multiplicative).mean() / anchor.mean())
+    steps = {beta: tomography.penalized_em(*terms, anchor, beta * unit, 3) for beta in (0.0, 1.0, 1e3)}
+    assert misfit(steps[0.0]) < misfit(steps[1.0]) < misfit(anchor)
+    # The weight ties the step to the estimate: a heavy one barely moves it.
+    distances = [np.abs(steps[beta] - anchor).mean() for beta in (0.0, 1.0, 1e3)]
+    assert distances[0] > distances[1] > distances[2] and distances[2] < 0.01 * np.abs(anchor).mean()
+    # beta 0 is plain MLEM: one update from the anchor, as written out.
+    expected = tomography.expected_counts(anchor, *terms[1:])
+    mlem = anchor * projector.back(data.multiplicative * data.prompts / expected) / projector.back(data.multiplicative)
+    np.testing.assert_allclose(tomography.penalized_em(*terms, anchor, 0.0, 1), mlem, rtol=1e-4, atol=1e-6)
+
+
+def test_lora_adapters_start_at_zero_and_only_they_train():
+    torch.manual_seed(0)
+    model = build_model(DDPMConfig(channels=(16, 16), patch_size=16))
+    inputs, timesteps = torch.randn(1, 3, 16, 16, 16), torch.tensor([100])
+    before_output = model(inputs, timesteps=timesteps).detach()
+    base = {name: value.clone() for name, value in model.state_dict().items()}
+
+    adapters = add_lora(model, rank=4)
+    assert torch.equal(model(inputs, timesteps=timesteps), before_output)  # the adapted network starts equal
+    assert {p.data_ptr() for p in model.parameters() if p.requires_grad} == {p.data_ptr() for p in adapters}
+    optimiser = torch.optim.AdamW(adapters, lr=1e-2)
+    for _ in range(3):
+        optimiser.zero_grad()
+        (model(inputs, timesteps=timesteps) - 1.0).square().mean().backward()
+        optimiser.step()
+    after = model.state_dict()
+    for name, value in base.items():
+        adapted_name = name if name in after else name.replace(".weight", ".base.weight").replace(
+            ".bias", ".base.bias")
+        assert torch.equal(after[adapted_name], value), f"{name} changed"
+    assert not torch.equal(model(inputs, timesteps=timesteps), before_output)
+    with pytest.raises(ValueError, match="rank"):
+        add_lora(build_model(DDPMConfig(channels=(16, 16), patch_size=16)), rank=0)
+
+
+def test_condition_dropout_drops_the_low_dose_channel_only():
+    conditions = torch.randn(64, 2, 4, 4, 4)
+    generator = torch.Generator().manual_seed(0)
+    assert drop_low_dose(conditions, 0.0, generator) is conditions
+    dropped = drop_low_dose(conditions, 0.5, generator)
+    is_dropped = (dropped[:, 0] == DROPPED_CONDITION).flatten(1).all(1)
+    assert 16 < int(is_dropped.sum()) < 48
+    assert torch.equal(dropped[~is_dropped], conditions[~is_dropped])
+    assert torch.equal(dropped[:, 1], conditions[:, 1])
+    with pytest.raises(InputError, match="condition_dropout"):
+        TrainingSettings(condition_dropout=1.0)
+
+
+def test_a_tiny_ddip_run_gives_finite_volumes_on_the_pet_grid(slab, tiny_prior, tmp_path):
+    case, sinogram, mr = slab
+    out = tmp_path / "ddip"
+    reports = []
+    paths = reconstruct(sinogram, out, method="ddip", mr_path=mr, alpha=0.5,
+                        ddip=DDIPConfig(**TINY_DDIP, model_dir=str(tiny_prior)), progress=reports.append)
+    assert set(paths) == {"osem", "denoised", "network_output", "stability", "stability_norm", "run"}
+    assert [(r.epoch, r.epochs) for r in reports] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    pet = case.osem[0.2]
+    for name in ("denoised", "network_output", "stability", "stability_norm"):
+        image = sitk.ReadImage(str(paths[name]))
+        assert image.GetSize() == pet.GetSize()
+        assert np.allclose(image.GetOrigin(), pet.GetOrigin()) and np.allclose(image.GetSpacing(), pet.GetSpacing())
+        assert np.isfinite(sitk.GetArrayViewFromImage(image)).all(), name
+    assert (sitk.GetArrayViewFromImage(sitk.ReadImage(str(paths["stability"]))) >= 0).all()
+    record = json.loads(paths["run"].read_text())
+    assert record["method"] == "ddip" and record["pet"] == "osem.nii.gz" and record["n_samples"] == 2
+    assert record["outputs"]["osem"] == "osem.nii.gz" and record["config"]["lora_rank"] == 4
+
+    # The folder is a run like a denoise's: 'petstab blend' re-blends it against its own OSEM image, even moved.
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    assert main(["blend", "--run", str(moved), "--alpha", "0"]) == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(moved / "denoised.nii.gz"))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(moved / "network_output.nii.gz"))))
+    assert (moved / "osem.nii.gz").is_file()
+
+
+def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, tmp_path, caplog):
+    _, sinogram, mr = slab
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="give the subject's MR"):
+        reconstruct(sinogram, out, method="ddip", ddip=DDIPConfig(model_dir=str(tiny_prior)))
+    with pytest.raises(InputError, match="none is bundled yet"):
+        reconstruct(sinogram, out, method="ddip", mr_path=mr)
+    with pytest.raises(InputError, match="without condition dropout"):
+        reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(tiny_ddpm_model_dir)))
+    assert not out.exists()
+    assert main(["reconstruct", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr)]) == 2
+    assert "apply to --method ddip only" in caplog.text
+    with pytest.raises(InputError, match="samples must be >= 2"):
+        DDIPConfig(samples=1)
+
+
+def test_a_ddip_run_folder_loads_into_mrml_on_its_osem_image(slab, tiny_prior, tmp_path):
+    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
+    from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic
+    from PETStabilityDenoiseLib.slicer.mrml_volumes import node_to_image
+
+    case, sinogram, mr = slab
+    out = tmp_path / "ddip"
+    reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(**TINY_DDIP, model_dir=str(tiny_prior)))
+    scene = slicer.vtkMRMLScene()
+    slicer.vtkMRMLColorLogic().SetMRMLScene(scene)
+    result = PETStabilityDenoiseLogic(scene).loadRunFolder(out)
+    osem = scene.GetFirstNodeByName("osem")
+    assert osem is not None, "the run's PET, its own OSEM image, is added"
+    for node in (osem, result.denoisedNode, result.networkOutputNode, result.stabilityNode,
+                 result.normalizedStabilityNode):
+        image = node_to_image(node, node.GetName())
+        assert image.GetSize() == case.osem[0.2].GetSize()
+        assert np.allclose(image.GetOrigin(), case.osem[0.2].GetOrigin(), atol=1e-4)
+        assert np.allclose(image.GetDirection(), case.osem[0.2].GetDirection(), atol=1e-6)
