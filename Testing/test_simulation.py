@@ -316,3 +316,13 @@ def test_config_rejects_bad_values():
         SimulationConfig(texture_amplitude=-0.1)
     with pytest.raises(ValueError, match="unknown uptake regions"):
         SimulationConfig(gm_uptake=(("hippocampus", 0.8),))
+
+
+def test_the_amyloid_regime_puts_white_matter_above_the_cortex(labels):
+    from PETStabilityDenoiseLib.simulation import simulation_config
+
+    case = simulate_case(labels, simulation_config(regime="amyloid", doses=(1.0,), seed=3))
+    truth = arr(case.truth)
+    wm, gm = (arr(case.masks[name]).astype(bool) for name in ("wm_eroded", "gm"))
+    assert truth[wm].mean() > 1.3 * truth[gm].mean()
+    assert case.info["lesions"] == [] and case.info["hypometabolism"] is None

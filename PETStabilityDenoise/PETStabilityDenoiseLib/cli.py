@@ -144,7 +144,8 @@ def _add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
                        help="brain: VRAIN-like, 3 mm, counts from its sensitivity (default); wholebody: 4.5 mm PSF")
     group.add_argument("--regime", choices=REGIMES, default="realistic",
                        help="realistic: regional uptake, PET-only texture, lesions and hypometabolism, MR "
-                            "misregistered by 1 mm and 1 degree (default); legacy: the PET is a function of the MR")
+                            "misregistered by 1 mm and 1 degree (default); legacy: the PET is a function of the MR; "
+                            "amyloid: an amyloid-negative pattern, white matter above the cortex")
     group.add_argument("--count-scale", type=float, default=1.0,
                        help="multiplies the scanner's full-dose counts (default 1)")
 

@@ -150,7 +150,7 @@ def simulation_config(scanner: str = "brain", regime: str = "realistic", count_s
         raise InputError(f"count_scale must be > 0; got {count_scale}")
     settings = scanner_settings(scanner)
     settings["full_dose_counts"] *= count_scale
-    return (SimulationConfig.legacy if regime == "legacy" else SimulationConfig)(**{**settings, **fields})
+    return SimulationConfig(**{**REGIME_PHANTOMS[regime], **settings, **fields})
 
 
 def scanner_settings(name: str) -> dict:
@@ -165,6 +165,14 @@ LEGACY_PHANTOM = dict(
     lesion_diameter_mm=(6.0, 10.0), hypo_depth=0.0, colliculus_separation_mm=12.0, colliculus_diameter_mm=6.0,
     peak_radius_mm=2.0, valley_radius_mm=2.0, misregistration_mm=0.0, misregistration_deg=0.0,
 )
+# An amyloid-negative scan (as with florbetapir): white matter above the cortex (cortex / WM 0.6), no regional
+# pattern, hot spots or hypometabolism, faint texture; the MR and the scanner as in the realistic regime.
+AMYLOID_PHANTOM = dict(
+    gm_wm_ratio=0.6, gm_uptake=(), texture_amplitude=0.05, n_lesions=0, hypo_depth=0.0, colliculus_activity=2.0,
+    tectum_activity=2.0,
+)
+# Regime -> the SimulationConfig fields it sets (scanners.REGIMES).
+REGIME_PHANTOMS = {"realistic": {}, "legacy": LEGACY_PHANTOM, "amyloid": AMYLOID_PHANTOM}
 
 
 def dose_label(fraction: float) -> str:
@@ -403,7 +411,7 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
         "pet_shape_zyx": list(pet_shape),
         "pet_spacing_mm": pet_spacing.tolist(),
         "sinogram_shape": [pet_shape[0], pet_projector.n_angles, pet_projector.n_bins],
-        "activity_units": "SUV-like (frontal GM 8, WM 2)",
+        "activity_units": f"SUV-like (WM {ph.FDG_ACTIVITY[ph.Label.WM]:g}, frontal GM {tissue_activity[ph.Label.GM]:g})",
         "counts_per_unit_activity_mm": counts_per_unit,
         "counts": counts_info,
         "background_fraction": cfg.background_fraction,

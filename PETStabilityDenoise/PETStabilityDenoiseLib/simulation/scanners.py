@@ -8,7 +8,9 @@ docs/SIMULATOR.md explains each factor. ``wholebody`` is the project's first sim
 1e8 counts, like a whole-body PET/CT bed position over the head.
 
 The regimes are the phantom's: ``realistic`` (regional uptake, PET-only texture, lesions and hypometabolism, a
-misregistered MR) and ``legacy``, the first simulator's, where the PET is a function of the MR.
+misregistered MR), ``legacy``, the first simulator's, where the PET is a function of the MR, and ``amyloid``, an
+amyloid-negative tracer pattern (white matter above the cortex) for out-of-distribution tests of FDG-trained
+models.
 """
 
 from __future__ import annotations
@@ -72,4 +74,4 @@ SCANNERS: Mapping[str, ScannerPreset] = {
                                background_fraction=0.25),
 }
 
-REGIMES = ("realistic", "legacy")
+REGIMES = ("realistic", "legacy", "amyloid")
