@@ -9,7 +9,7 @@ adjoint that OSEM needs (scikit-image's radon/iradon pair is slower and not an a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,7 +46,7 @@ class ParallelBeamProjector:
         n_bins: Optional[int] = None,
         bin_mm: Optional[float] = None,
         *,
-        angles_rad: Optional[Sequence[float]] = None,
+        angles_rad: Union[Sequence[float], np.ndarray, None] = None,
     ) -> "ParallelBeamProjector":
         """System matrix for a slice of ``image_shape`` (ny, nx).
 
@@ -59,9 +59,12 @@ class ParallelBeamProjector:
         Raises:
             ValueError: both or neither of ``n_angles`` and ``angles_rad``, or bins that do not cover the slice.
         """
-        if (n_angles is None) == (angles_rad is None):
+        if n_angles is not None and angles_rad is None:
+            theta = uniform_angles(n_angles)
+        elif angles_rad is not None and n_angles is None:
+            theta = np.asarray(angles_rad, dtype=float)
+        else:
             raise ValueError("give either n_angles or angles_rad")
-        theta = uniform_angles(n_angles) if angles_rad is None else np.asarray(angles_rad, dtype=float)
         ny, nx = (int(n) for n in image_shape)
         bin_mm = float(pixel_mm if bin_mm is None else bin_mm)
         if n_bins is None:

@@ -56,15 +56,15 @@ class SinogramData:
     multiplicative: np.ndarray
     angles_rad: np.ndarray
     bin_mm: float
-    image_size: Tuple[int, int, int]
-    origin: Tuple[float, float, float]
-    spacing: Tuple[float, float, float]
+    image_size: Tuple[int, ...]
+    origin: Tuple[float, ...]
+    spacing: Tuple[float, ...]
     direction: Tuple[float, ...]
     dose_fraction: Optional[float] = None
     description: str = ""
 
     @property
-    def shape(self) -> Tuple[int, int, int]:
+    def shape(self) -> Tuple[int, ...]:
         """(slices, angles, bins)."""
         return tuple(self.prompts.shape)
 
@@ -105,7 +105,7 @@ def check_sinogram(data: SinogramData, source: str = "the sinogram") -> None:
         raise InputError(f"{source}: image_size, spacing and bin_mm must be positive")
     if not np.isclose(data.spacing[0], data.spacing[1], rtol=1e-4):
         raise InputError(f"{source}: the projector needs square pixels; spacing is {tuple(data.spacing)}")
-    direction = np.reshape(data.direction, (3, 3))
+    direction: np.ndarray = np.reshape(data.direction, (3, 3))
     if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4):
         raise InputError(f"{source}: direction is not an orthonormal 3x3 matrix: {tuple(data.direction)}")
     half_diagonal_mm = np.hypot(nx - 1, ny - 1) / 2.0 * data.spacing[0]
