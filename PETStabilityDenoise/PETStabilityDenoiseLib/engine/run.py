@@ -13,13 +13,21 @@ import platform
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..settings import DICOM_FORMAT, OUTPUT_FORMATS, DDPMSamplingConfig, EngineConfig, EpochReport, check_alpha
+from ..settings import (
+    DICOM_FORMAT,
+    OUTPUT_FORMATS,
+    DDIPConfig,
+    DDPMSamplingConfig,
+    EngineConfig,
+    EpochReport,
+    check_alpha,
+)
 from ..settings.config import check_choice
 from ..volumes.dicom import write_derived_series
 from ..volumes.geometry import grids_match
@@ -85,8 +93,8 @@ def write_output(image: sitk.Image, folder: Path, name: str, fmt: str, *, alpha:
                                 suv_type="BW" if units == "GML" else None)
 
 
-def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: Any, pet_path: Path,
-              mr_path: Optional[Path], mr: Optional[sitk.Image] = None,
+def write_run(result: DenoiseResult, folder: Path, fmt: str, *, config: Union[EngineConfig, DDIPConfig],
+              pet_path: Path, mr_path: Optional[Path], mr: Optional[sitk.Image] = None,
               pet: Optional[PetInput] = None, pet_in_folder: bool = False,
               written: Optional[Dict[str, Path]] = None) -> Dict[str, Path]:
     """Writes the four volumes and run.json into ``folder``, each read back; returns name -> path (``run``: run.json).
