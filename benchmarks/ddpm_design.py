@@ -75,7 +75,8 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
     """Trains (or continues) one candidate to ``args.steps``; returns its model folder."""
     config, target = CANDIDATES[name]
     folder = args.work / "runs" / name
-    settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed)
+    settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed,
+                                bf16=args.bf16)
     model_dir = folder / MODEL_DIR
     if model_manifest(model_dir).get("info", {}).get("training", {}).get("steps", 0) >= args.steps:
         return model_dir
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--score-subjects", nargs="+", default=["50", "51"])
     parser.add_argument("--score-doses", type=float, nargs="+", default=[0.1])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="train in bfloat16 (see train-ddpm --bf16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
     args = parser.parse_args()
@@ -150,6 +152,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "variants": args.variants,
+                                        "bf16": args.bf16,
                                         "cases": table}, indent=1))
 
 

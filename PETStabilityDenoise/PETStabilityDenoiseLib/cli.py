@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition-dropout", type=float,
                    help="diffusion only: drop the low-dose condition of this fraction of the patches, so that the "
                         "model is also the prior p(PET | MR) of 'petstab reconstruct --method ddip' (e.g. 0.2)")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the network in bfloat16: about 2.5x faster on CPUs with AMX (Xeon Sapphire Rapids "
+                        "and later) and on recent GPUs, much slower elsewhere")
     p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
@@ -545,7 +548,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
                                                   ("batch_size", args.batch_size or profile["batch_size"]),
                                                   ("learning_rate", args.learning_rate),
                                                   ("seed", args.seed), ("target", args.target),
-                                                  ("condition_dropout", args.condition_dropout)) if v is not None}
+                                                  ("condition_dropout", args.condition_dropout),
+                                                  ("bf16", args.bf16)) if v is not None}
     settings = TrainingSettings(**training)
     variants = args.variants or profile["variants"]
     if args.threads:

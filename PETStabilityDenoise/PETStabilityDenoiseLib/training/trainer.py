@@ -52,6 +52,9 @@ class TrainingSettings:
     # A DDPM only: the probability that a patch's low-dose condition is dropped (set to DROPPED_CONDITION), so
     # that the model also learns p(PET | MR), the prior of the sinogram reconstruction DDIP.
     condition_dropout: float = 0.0
+    # Run the network in bfloat16 (autocast; weights and optimiser stay float32). About 2.5x faster on CPUs with
+    # AMX (Xeon Sapphire Rapids and later) and on recent GPUs; much slower on CPUs without bfloat16 units.
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TRAINING_TARGETS:
@@ -205,7 +208,8 @@ def train(
         conditions, targets = (torch.from_numpy(a).to(device) for a in random_patches(
             train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr, target=settings.target))
         conditions = drop_low_dose(conditions, settings.condition_dropout, generator)
-        loss = training_loss(model, config, scheduler, conditions, targets, generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+            loss = training_loss(model, config, scheduler, conditions, targets, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
