@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -224,6 +225,29 @@ def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
     assert "Spearman(S, abs. error of the output" in text
 
 
+@pytest.mark.slow
+def test_a_new_ddpm_model_reruns_only_the_ddpm_rows(sweep_run, monkeypatch, tmp_path):
+    folder = sweep_run.out / "cache" / "main"
+    assert sorted(p.name for p in folder.iterdir()) == ["subject04_r0.json", "subject04_r0_ddpm.json",
+                                                        "subject04_r0_ddpm_panels.npz", "subject04_r0_panels.npz"]
+    before = read_rows(sweep_run.out)
+    calls, baseline_calls = [], []
+    monkeypatch.setattr(study, "denoise", lambda *a, **k: pytest.fail("DIP ran again"))
+    monkeypatch.setattr(study, "denoise_ddpm", stand_in_ddpm(calls))
+    monkeypatch.setattr(study, "predict_regression", stand_in_baseline(tmp_path / "retrained", baseline_calls))
+    manifest = tmp_path / "retrained" / "model.json"
+    manifest.write_text(manifest.read_text().replace("0" * 64, "1" * 64))  # another checksum: another model
+    out = tmp_path / "out"
+    for name in ("main", "counts_x2", "stress_legacy_wholebody"):
+        (out / "cache").mkdir(parents=True, exist_ok=True)
+        shutil.copytree(sweep_run.out / "cache" / name, out / "cache" / name)
+    assert main([*SWEEP, "--baseline-model", str(tmp_path / "retrained"), "--out", str(out)]) == 0
+    assert len(calls) == 1 and len(baseline_calls) == 1
+    after = read_rows(out)
+    assert [r for r in after if r["method"] == "dip"] == [r for r in before if r["method"] == "dip"]
+    assert sorted(r["method"] for r in after) == sorted(r["method"] for r in before)
+
+
 def test_cache_key_covers_what_changes_the_numbers(tmp_path):
     def settings(dip_threads=None, **changes):
         fields = dict(doses=(0.1,), dip=get_preset("tiny", threads=dip_threads), dip_epochs=(2, 4, 6), realisations=2,
@@ -231,10 +255,13 @@ def test_cache_key_covers_what_changes_the_numbers(tmp_path):
         return study.StudySettings(**{**fields, **changes})
 
     base, other_ddpm = settings(), settings(ddpm=DDPMSamplingConfig(steps=4))
-    assert base.key(0) != other_ddpm.key(0)
-    assert base.key(1) == other_ddpm.key(1)  # realisation 1 runs no DDPM
+    # The DDPM's rows have their own key: a new model or sampler reruns them only, not DIP.
+    assert base.key(0) == other_ddpm.key(0) and base.ddpm_key(0) != other_ddpm.ddpm_key(0)
+    assert base.ddpm_key(1) is None  # realisation 1 runs no DDPM
     with_baseline = settings(baseline_model=str(tmp_path))  # a folder without a model: checksum "missing"
-    assert with_baseline.key(0) != base.key(0) and with_baseline.key(1) == base.key(1)
+    assert with_baseline.ddpm_key(0) != base.ddpm_key(0) and with_baseline.key(0) == base.key(0)
+    assert settings(dip_epochs=(2, 4)).ddpm_key(0) == base.ddpm_key(0)  # DIP's settings are not the DDPM's
+    assert settings(seed=1).ddpm_key(0) != base.ddpm_key(0)  # another phantom is another case for both
     assert base.key(0) != base.key(1)
     # Threads and the number of realisations change no number.
     assert settings(dip_threads=1, realisations=5, ddpm=DDPMSamplingConfig(threads=1)).key(0) == base.key(0)

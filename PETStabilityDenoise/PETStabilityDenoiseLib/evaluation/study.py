@@ -20,7 +20,8 @@ Every image is scored by :class:`~.scoring.Scorer`. Each DIP fit and DDPM run al
 stability map is in peaks, lesions, hypometabolism and cortex than in white matter. One (condition, subject,
 realisation) is one cache file, ``<cache>/<condition slug>/<subject>_r<n>.json``, keyed by everything that
 changes its numbers, so re-plotting, adding a subject or a realisation, or a second process working on other
-subjects, recomputes nothing that is already there.
+subjects, recomputes nothing that is already there. The DDPM's and the baseline's rows are a second file,
+``<subject>_r<n>_ddpm.json``, with its own key, so that a new model reruns only them, not the DIP fits.
 """
 
 from __future__ import annotations
@@ -180,29 +181,45 @@ class StudySettings:
         return names
 
     def key(self, realisation: int) -> str:
-        """A hash of everything that changes realisation ``realisation``'s numbers in this condition.
+        """A hash of everything that changes realisation ``realisation``'s numbers in this condition, but for the
+        DDPM's and the baseline's (``ddpm_key``).
 
-        Threads are left out (they change the speed, not the result), and so are the condition's name, its number
-        of realisations and, when this realisation runs no DDPM, the DDPM's settings: changing those recomputes
-        nothing that they do not affect.
+        Threads are left out (they change the speed, not the result), and so are the condition's name and its
+        number of realisations: changing those recomputes nothing.
         """
         fields = dataclasses.asdict(self)
-        for name in ("condition", "realisations", "keep_panels", "subjects", "ddpm", "ddpm_realisations",
-                     "ddpm_doses", "ddpm_alpha", "baseline_model"):
+        for name in ("condition", "realisations", "keep_panels", "subjects", *DDPM_FIELDS):
             fields.pop(name)
         fields["dip"].pop("threads")
         fields["realisation"] = realisation
         fields["simulation"] = self.simulation(realisation).to_dict()
-        ddpm_doses = self.ddpm_doses_for(realisation)
-        if ddpm_doses:
-            config = dataclasses.asdict(self.ddpm)
-            config.pop("threads")
-            fields["ddpm"] = {"doses": ddpm_doses, "alpha": self.ddpm_alpha, "config": config,
-                              "model_sha256": ddpm_model_checksum(self.ddpm)}
-            if self.baseline_model:  # only then, so that the keys of studies without a baseline stay as they were
-                fields["baseline_sha256"] = model_manifest(Path(self.baseline_model)).get("sha256", "missing")
-        text = json.dumps(fields, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _hash(fields)
+
+    def ddpm_key(self, realisation: int) -> Optional[str]:
+        """A hash of everything that changes the DDPM's and the baseline's numbers in realisation ``realisation``;
+        None where it runs no DDPM."""
+        doses = self.ddpm_doses_for(realisation)
+        if not doses:
+            return None
+        config = dataclasses.asdict(self.ddpm)
+        config.pop("threads")
+        # The simulated case and the scored alphas, not DIP's settings: a DIP change leaves the DDPM's rows be.
+        fields = {"realisation": realisation, "simulation": self.simulation(realisation).to_dict(),
+                  "alphas": self.alphas, "doses": doses, "alpha": self.ddpm_alpha, "config": config,
+                  "model_sha256": ddpm_model_checksum(self.ddpm)}
+        if self.baseline_model:
+            fields["baseline_sha256"] = model_manifest(Path(self.baseline_model)).get("sha256", "missing")
+        return _hash(fields)
+
+
+def _hash(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# The settings that only the DDPM part of a case depends on.
+DDPM_FIELDS = ("ddpm", "ddpm_realisations", "ddpm_doses", "ddpm_alpha", "baseline_model")
+# A case's two parts, each a cache record with its own key.
+CASE_PARTS = ("methods", "ddpm")
 
 
 def default_dip_epochs(config: DIPConfig) -> tuple:
@@ -297,10 +314,21 @@ def array(image: sitk.Image) -> np.ndarray:
 # Cache files
 
 
-def cache_paths(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> Dict[str, Path]:
+def cache_paths(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int,
+                part: str = "methods") -> Dict[str, Path]:
+    """The record and panel files of one part of one case (``CASE_PARTS``)."""
     folder = Path(cache_dir) / settings.slug
-    stem = f"{subject.name}_r{realisation}"
+    stem = f"{subject.name}_r{realisation}" + ("" if part == "methods" else f"_{part}")
     return {"record": folder / f"{stem}.json", "panels": folder / f"{stem}_panels.npz"}
+
+
+def part_key(settings: StudySettings, realisation: int, part: str) -> Optional[str]:
+    """The key of one part of a case; None for a part that this realisation does not run."""
+    return settings.key(realisation) if part == "methods" else settings.ddpm_key(realisation)
+
+
+def case_parts(settings: StudySettings, realisation: int) -> List[str]:
+    return [part for part in CASE_PARTS if part_key(settings, realisation, part) is not None]
 
 
 def wants_panels(settings: StudySettings, realisation: int) -> bool:
@@ -336,32 +364,58 @@ def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: boo
     return path
 
 
-def read_record(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> Optional[dict]:
-    """The cached record of one case if it is complete and made with these settings, else None."""
-    paths = cache_paths(cache_dir, settings, subject, realisation)
-    if not paths["record"].is_file() or (wants_panels(settings, realisation) and not paths["panels"].is_file()):
+def _part_files_exist(paths: Dict[str, Path], settings: StudySettings, realisation: int) -> bool:
+    return paths["record"].is_file() and (not wants_panels(settings, realisation) or paths["panels"].is_file())
+
+
+def read_part(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int,
+              part: str) -> Optional[dict]:
+    """The cached record of one part of a case if it is complete and made with these settings, else None."""
+    paths = cache_paths(cache_dir, settings, subject, realisation, part)
+    if not _part_files_exist(paths, settings, realisation):
         return None
     record = json.loads(paths["record"].read_text())
-    return record if record.get("key") == settings.key(realisation) else None
+    return record if record.get("key") == part_key(settings, realisation, part) else None
+
+
+def merge_parts(parts: Sequence[dict]) -> dict:
+    """One case's record from its parts: the first part's fields, everyone's rows, fits and timings."""
+    merged = {**parts[0], "rows": [r for p in parts for r in p["rows"]], "fits": [f for p in parts for f in p["fits"]],
+              "timings": {k: v for p in parts for k, v in p["timings"].items()}}
+    merged["timings"]["total_s"] = sum(p["timings"]["total_s"] for p in parts)
+    return merged
+
+
+def read_record(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> Optional[dict]:
+    """The cached record of one case if all its parts are complete and made with these settings, else None."""
+    parts = [read_part(cache_dir, settings, subject, realisation, part) for part in case_parts(settings, realisation)]
+    return None if any(p is None for p in parts) else merge_parts(cast(List[dict], parts))
 
 
 def cached_record(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> dict:
     """The cached record of one case; raises with what to do when it is missing or stale (for ``--replot``)."""
-    paths = cache_paths(cache_dir, settings, subject, realisation)
     where = f"{subject.name}, realisation {realisation}, condition '{settings.condition}'"
-    if not paths["record"].is_file() or (wants_panels(settings, realisation) and not paths["panels"].is_file()):
-        raise FileNotFoundError(f"no cached results for {where} in {paths['record'].parent}: "
-                                "run without --replot first")
-    record = read_record(cache_dir, settings, subject, realisation)
-    if record is None:
-        raise InputError(f"the cached results for {where} were made with other settings: "
-                         "run without --replot to recompute them")
-    return record
+    parts = []
+    for part in case_parts(settings, realisation):
+        paths = cache_paths(cache_dir, settings, subject, realisation, part)
+        what = "results" if part == "methods" else f"{part.upper()} results"
+        if not _part_files_exist(paths, settings, realisation):
+            raise FileNotFoundError(f"no cached {what} for {where} in {paths['record'].parent}: "
+                                    "run without --replot first")
+        record = read_part(cache_dir, settings, subject, realisation, part)
+        if record is None:
+            raise InputError(f"the cached {what} for {where} were made with other settings: "
+                             "run without --replot to recompute them")
+        parts.append(record)
+    return merge_parts(parts)
 
 
 def load_panels(cache_dir: Path, settings: StudySettings, subject: Subject) -> Dict[str, np.ndarray]:
-    with np.load(cache_paths(cache_dir, settings, subject, 0)["panels"]) as data:
-        return {name: data[name] for name in data.files}
+    panels = {}
+    for part in case_parts(settings, 0):
+        with np.load(cache_paths(cache_dir, settings, subject, 0, part)["panels"]) as data:
+            panels.update({name: data[name] for name in data.files})
+    return panels
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -380,6 +434,9 @@ class _Case:
         self.rows: List[dict] = []
         self.fits: List[dict] = []
         self.panels: Dict[str, np.ndarray] = {}
+
+    def where(self, dose: float) -> str:
+        return f"{self.ids['subject']} r{self.ids['realisation']} ({self.settings.condition}), dose {dose:g}"
 
     def add(self, dose: float, method: str, setting: float, image: np.ndarray) -> None:
         """Scores ``image`` as one row; keeps its slice for the panels at the method's operating point."""
@@ -402,13 +459,11 @@ class _Case:
             self.panels[name] = image[self.z]
 
 
-def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_ddpm: bool,
-              say: Callable[[str], None], timings: Dict[str, float]) -> None:
-    """Every method and sweep of one dose."""
+def _run_methods(case: _Case, simulated, dose: float, settings: StudySettings, say: Callable[[str], None],
+                 timings: Dict[str, float]) -> None:
+    """The filters, DIP and the blend at one dose."""
     x0 = array(simulated.osem[dose])
     case.panel(f"osem_dose{dose}", x0)
-    where = f"{case.ids['subject']} r{case.ids['realisation']} ({settings.condition}), dose {dose:g}"
-
     t = time.perf_counter()
     for fwhm in settings.gaussian_fwhms:
         case.add(dose, "gaussian", fwhm, gaussian_fwhm(x0, fwhm))
@@ -418,7 +473,7 @@ def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_
             case.add(dose, "nlm", h_factor, nonlocal_means(x0, h_factor, sigma))
     timings[f"filters_s_dose{dose}"] = time.perf_counter() - t
 
-    say(f"{where}: fitting DIP ({settings.dip.epochs} epochs)")
+    say(f"{case.where(dose)}: fitting DIP ({settings.dip.epochs} epochs)")
     t = time.perf_counter()
     snapshots: Dict[int, np.ndarray] = {}
     result = denoise(simulated.osem[dose], simulated.mr, settings.dip, output_epochs=settings.dip_epochs,
@@ -432,52 +487,64 @@ def _run_dose(case: _Case, simulated, dose: float, settings: StudySettings, run_
         blended, _ = blend(x0, network_output, stability, alpha, stability_mean=result.stability_mean)
         case.add(dose, "blend", alpha, blended)
 
-    if run_ddpm:
-        say(f"{where}: sampling the diffusion model")
+
+def _run_ddpm(case: _Case, simulated, dose: float, settings: StudySettings, say: Callable[[str], None],
+              timings: Dict[str, float]) -> None:
+    """The diffusion model (its mean and blend sweep) and, if given, the regression baseline at one dose."""
+    x0 = array(simulated.osem[dose])
+    say(f"{case.where(dose)}: sampling the diffusion model")
+    t = time.perf_counter()
+    result = denoise_ddpm(simulated.osem[dose], simulated.mr, settings.ddpm, alpha=settings.ddpm_alpha)
+    timings[f"ddpm_s_dose{dose}"] = seconds = time.perf_counter() - t
+    mean, std = array(result.network_output), array(result.stability)
+    case.add(dose, "ddpm", settings.ddpm.samples, mean)
+    for alpha in sorted({*settings.alphas, settings.ddpm_alpha}):  # the sweep, and the DDPM's operating point
+        blended, _ = blend(x0, mean, std, alpha, stability_mean=result.stability_mean)
+        case.add(dose, "ddpm_blend", alpha, blended)
+    case.add_fit(dose, "ddpm", mean, std, result.stability_mean, seconds)
+    if settings.baseline_model:
+        say(f"{case.where(dose)}: running the regression baseline")
         t = time.perf_counter()
-        result = denoise_ddpm(simulated.osem[dose], simulated.mr, settings.ddpm, alpha=settings.ddpm_alpha)
-        timings[f"ddpm_s_dose{dose}"] = seconds = time.perf_counter() - t
-        mean, std = array(result.network_output), array(result.stability)
-        case.add(dose, "ddpm", settings.ddpm.samples, mean)
-        for alpha in sorted({*settings.alphas, settings.ddpm_alpha}):  # the sweep, and the DDPM's operating point
-            blended, _ = blend(x0, mean, std, alpha, stability_mean=result.stability_mean)
-            case.add(dose, "ddpm_blend", alpha, blended)
-        case.add_fit(dose, "ddpm", mean, std, result.stability_mean, seconds)
-        if settings.baseline_model:
-            say(f"{where}: running the regression baseline")
-            t = time.perf_counter()
-            predicted = predict_regression(simulated.osem[dose], simulated.mr, Path(settings.baseline_model),
-                                           overlap=settings.ddpm.overlap, device=settings.ddpm.device,
-                                           threads=settings.ddpm.threads)
-            timings[f"unet_s_dose{dose}"] = time.perf_counter() - t
-            case.add(dose, "unet", baseline_training_steps(settings.baseline_model), array(predicted))
+        predicted = predict_regression(simulated.osem[dose], simulated.mr, Path(settings.baseline_model),
+                                       overlap=settings.ddpm.overlap, device=settings.ddpm.device,
+                                       threads=settings.ddpm.threads)
+        timings[f"unet_s_dose{dose}"] = time.perf_counter() - t
+        case.add(dose, "unet", baseline_training_steps(settings.baseline_model), array(predicted))
 
 
-def compute_case(subject: Subject, settings: StudySettings, realisation: int,
-                 say: Callable[[str], None]) -> Tuple[dict, Dict[str, np.ndarray]]:
-    """Simulates one case and runs every method: its cache record and its panel slices."""
+def compute_case(subject: Subject, settings: StudySettings, realisation: int, parts: Sequence[str],
+                 say: Callable[[str], None]) -> Dict[str, Tuple[dict, Dict[str, np.ndarray]]]:
+    """Simulates one case once and runs the methods of ``parts``: each part's cache record and panel slices."""
     t_start = time.perf_counter()
     simulation = settings.simulation(realisation)
     simulated = simulate_case(read_volume(subject.labels_path), simulation)
     full_dose = array(simulated.osem[FULL_DOSE])
     score = Scorer(simulated, full_dose)
     z = panel_slice_index(simulated)
-    case = _Case(settings, subject, realisation, score, z)
-    case.panel("truth", score.truth)
-    case.panel("osem_full", full_dose)
-    timings = {"simulate_s": time.perf_counter() - t_start}
-    ddpm_doses = settings.ddpm_doses_for(realisation)
-    for dose in settings.doses:
-        _run_dose(case, simulated, dose, settings, dose in ddpm_doses, say, timings)
-    timings["total_s"] = time.perf_counter() - t_start
-    record = {
-        "key": settings.key(realisation), **case.ids, "labels": str(subject.labels_path),
-        "simulation": simulation.to_dict(), "threads": _threads(settings), "timings": timings,
-        # Full-dose OSEM's scores whatever the doses: the reference of the targets.
-        "full_dose_osem": {**case.ids, "dose": FULL_DOSE, **score(full_dose)},
-        "rows": case.rows, "fits": case.fits,
-    }
-    return record, case.panels
+    simulate_s = time.perf_counter() - t_start
+    computed = {}
+    for part in parts:
+        t_part = time.perf_counter()
+        case = _Case(settings, subject, realisation, score, z)
+        timings = {"simulate_s": simulate_s} if part == "methods" else {}
+        record: Dict[str, Any] = {"key": part_key(settings, realisation, part), **case.ids}
+        if part == "methods":
+            case.panel("truth", score.truth)
+            case.panel("osem_full", full_dose)
+            for dose in settings.doses:
+                _run_methods(case, simulated, dose, settings, say, timings)
+            # Full-dose OSEM's scores whatever the doses: the reference of the targets.
+            record.update({"labels": str(subject.labels_path), "simulation": simulation.to_dict(),
+                           "threads": _threads(settings), "full_dose_osem": {**case.ids, "dose": FULL_DOSE,
+                                                                            **score(full_dose)}})
+        else:
+            for dose in settings.ddpm_doses_for(realisation):
+                _run_ddpm(case, simulated, dose, settings, say, timings)
+        # The simulation is counted once, in the methods part, which always runs first on a new case.
+        timings["total_s"] = time.perf_counter() - t_part + timings.get("simulate_s", 0.0)
+        record.update({"timings": timings, "rows": case.rows, "fits": case.fits})
+        computed[part] = record, case.panels
+    return computed
 
 
 def _threads(settings: StudySettings) -> dict:
@@ -486,23 +553,31 @@ def _threads(settings: StudySettings) -> dict:
     return {"dip": settings.dip.threads, "ddpm": settings.ddpm.threads, "torch": torch.get_num_threads()}
 
 
-def evaluate_case(subject: Subject, settings: StudySettings, realisation: int, cache_dir: Path,
-                  progress: Optional[Callable[[str], None]] = None) -> dict:
-    """One case's record, from the cache when its key matches, otherwise computed and cached."""
-    record = read_record(cache_dir, settings, subject, realisation)
-    if record is not None:
-        log.info("%s r%d (%s): using the cached results", subject.name, realisation, settings.condition)
-        return record
-    say = progress or log.info
-    record, panels = compute_case(subject, settings, realisation, say)
-    paths = cache_paths(cache_dir, settings, subject, realisation)
-    if wants_panels(settings, realisation):  # before the record: a record on disk means its panels are there too
+def write_part(paths: Dict[str, Path], record: dict, panels: Optional[Dict[str, np.ndarray]]) -> None:
+    """Writes one part's panels (if any), then its record: a record on disk means its panels are there too."""
+    if panels is not None:
         # Any: mypy would match the arrays against savez_compressed's allow_pickle: bool.
         write_atomically(paths["panels"], lambda stream: np.savez_compressed(stream, **cast(Dict[str, Any], panels)),
                          binary=True)
     write_atomically(paths["record"], lambda stream: json.dump(record, stream, indent=1))
-    say(f"{subject.name} r{realisation} ({settings.condition}): done in {record['timings']['total_s']:.0f} s")
-    return record
+
+
+def evaluate_case(subject: Subject, settings: StudySettings, realisation: int, cache_dir: Path,
+                  progress: Optional[Callable[[str], None]] = None) -> dict:
+    """One case's record: each part from the cache when its key matches, otherwise computed and cached."""
+    parts = case_parts(settings, realisation)
+    cached = {part: read_part(cache_dir, settings, subject, realisation, part) for part in parts}
+    missing = [part for part in parts if cached[part] is None]
+    if not missing:
+        log.info("%s r%d (%s): using the cached results", subject.name, realisation, settings.condition)
+        return merge_parts([cast(dict, cached[part]) for part in parts])
+    say = progress or log.info
+    for part, (record, panels) in compute_case(subject, settings, realisation, missing, say).items():
+        write_part(cache_paths(cache_dir, settings, subject, realisation, part), record,
+                   panels if wants_panels(settings, realisation) else None)
+        say(f"{subject.name} r{realisation} ({settings.condition}): {part} done in {record['timings']['total_s']:.0f} s")
+        cached[part] = record
+    return merge_parts([cast(dict, cached[part]) for part in parts])
 
 
 def evaluate(subjects: Sequence[Subject], conditions: Sequence[StudySettings], cache_dir: Path, *,
