@@ -178,3 +178,19 @@ def test_a_ddip_run_folder_loads_into_mrml_on_its_osem_image(slab, tiny_prior, t
         assert image.GetSize() == case.osem[0.2].GetSize()
         assert np.allclose(image.GetOrigin(), case.osem[0.2].GetOrigin(), atol=1e-4)
         assert np.allclose(image.GetDirection(), case.osem[0.2].GetDirection(), atol=1e-6)
+
+
+@pytest.mark.parametrize("refresh, finetune_steps, passes", [(True, 1, 4), (False, 1, 3), (False, 0, 2)])
+def test_network_passes_per_run(slab, tiny_prior, tmp_path, monkeypatch, refresh, finetune_steps, passes):
+    """Two passes per step when the adapted network is run again; one, plus one at the end, when not; one
+    without adapters (2 DDIM steps per run)."""
+    from PETStabilityDenoiseLib.engine import ddip
+
+    calls = []
+    estimate = ddip._Run.estimate
+    monkeypatch.setattr(ddip._Run, "estimate", lambda run, *a: calls.append(a[2]) or estimate(run, *a))
+    config = DDIPConfig(**{**TINY_DDIP, "samples": 2, "finetune_steps": finetune_steps},
+                        refresh_estimate=refresh, model_dir=str(tiny_prior))
+    _, sinogram, mr = slab
+    reconstruct(sinogram, tmp_path / "out", method="ddip", mr_path=mr, ddip=config)
+    assert len(calls) == 2 * passes

@@ -6,7 +6,7 @@ bundled model was not trained with condition dropout, so the images are not mean
 only the time is. The engine is called directly for that reason (``petstab reconstruct`` refuses a model that
 is not a prior). Target: 15 minutes or less on 2 CPU cores (docs/RECONSTRUCTION.md).
 
-    python benchmarks/bench_ddip.py --threads 2 [--samples 2] [--steps 10] [--out docs/benchmarks/ddip_cpu.json]
+    python benchmarks/bench_ddip.py --threads 2 [--samples 2] [--steps 10] [--no-refresh-estimate] [--out docs/benchmarks/ddip_cpu.json]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--samples", type=int, help="override the default number of samples")
     parser.add_argument("--steps", type=int, help="override the default number of DDIM steps")
+    parser.add_argument("--no-refresh-estimate", action="store_true",
+                        help="one network pass per DDIM step (DDIPConfig.refresh_estimate False)")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,6 +46,8 @@ def main() -> None:
                          keep_sinograms=True)
     sinogram = case.sinograms[0.1]
     overrides = {k: v for k, v in (("samples", args.samples), ("steps", args.steps)) if v}
+    if args.no_refresh_estimate:
+        overrides["refresh_estimate"] = False
     config = DDIPConfig(device=args.device, threads=args.threads, **overrides)
     device = torch.device(args.device)
     model, model_config, _ = load_model(bundled_model_dir(), device)

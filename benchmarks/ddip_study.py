@@ -47,6 +47,7 @@ log = logging.getLogger("ddip_study")
 
 ABLATIONS = {
     "ddip_no_finetune": {"finetune_steps": 0},
+    "ddip_one_pass": {"refresh_estimate": False},
     "ddip_beta0": {"beta": 0.0},
     "ddip_rank1": {"lora_rank": 1},
     "ddip_rank8": {"lora_rank": 8},

@@ -39,15 +39,19 @@ from PETStabilityDenoiseLib.training.trainer import CHECKPOINT_FILE, MODEL_DIR, 
 
 log = logging.getLogger("ddpm_design")
 
-# name -> (network, training target)
-CANDIDATES: Dict[str, Tuple[Any, str]] = {
-    "ddpm_x0_full": (DDPMConfig(), "full_dose"),  # the bundled model's design
-    "ddpm_x0_clean": (DDPMConfig(), "truth_blurred"),
-    "ddpm_eps_clean": (DDPMConfig(prediction_type="epsilon"), "truth_blurred"),
+# name -> (network, training target, other training settings)
+CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
+    "ddpm_x0_full": (DDPMConfig(), "full_dose", {}),  # the bundled model's design
+    "ddpm_x0_clean": (DDPMConfig(), "truth_blurred", {}),
+    "ddpm_eps_clean": (DDPMConfig(prediction_type="epsilon"), "truth_blurred", {}),
     # trained only at the sampler's default two timesteps (2 DDIM steps from 0.5 T)
-    "ddpm_x0_clean_matched": (DDPMConfig(matched_steps=2, matched_start_fraction=0.5), "truth_blurred"),
-    "regression_full": (RegressionConfig(), "full_dose"),
-    "regression_clean": (RegressionConfig(), "truth_blurred"),
+    "ddpm_x0_clean_matched": (DDPMConfig(matched_steps=2, matched_start_fraction=0.5), "truth_blurred", {}),
+    "regression_full": (RegressionConfig(), "full_dose", {}),
+    "regression_clean": (RegressionConfig(), "truth_blurred", {}),
+    # Does dropping the low-dose condition of 20 % of the patches (so that the model is also DDIP's prior) cost
+    # the denoiser anything? Do 48^3 patches (3.4 times the voxels per step) buy more than they cost?
+    "ddpm_x0_clean_dropout": (DDPMConfig(), "truth_blurred", {"condition_dropout": 0.2}),
+    "ddpm_x0_clean_p48": (DDPMConfig(patch_size=48), "truth_blurred", {}),
 }
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
@@ -73,10 +77,10 @@ def training_pairs(args) -> tuple:
 
 def train_candidate(name: str, args, pairs: tuple) -> Path:
     """Trains (or continues) one candidate to ``args.steps``; returns its model folder."""
-    config, target = CANDIDATES[name]
+    config, target, extra = CANDIDATES[name]
     folder = args.work / "runs" / name
     settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed,
-                                bf16=args.bf16)
+                                bf16=args.bf16, **extra)
     model_dir = folder / MODEL_DIR
     if model_manifest(model_dir).get("info", {}).get("training", {}).get("steps", 0) >= args.steps:
         return model_dir
@@ -151,7 +155,11 @@ def main() -> None:
         print(f"{name:<20}" + "".join(f"{means[k]:>14.3f}" for k in SCORES) + f"{gain:>14.2f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        training = {name: {k: model_manifest(folder)["info"]["training"][k]
+                           for k in ("elapsed_s", "final_validation_loss", "parameters")}
+                    for name, folder in models.items()}
         args.out.write_text(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "variants": args.variants,
+                                        "training": training,
                                         "bf16": args.bf16,
                                         "cases": table}, indent=1))
 

@@ -130,8 +130,8 @@ def _ddpm_config(args: argparse.Namespace) -> DDPMSamplingConfig:
 DDPM_DEFAULTS = DDPMSamplingConfig()
 DDIP_DEFAULTS = DDIPConfig()
 # petstab reconstruct's DDIP options: argparse destinations named after the DDIPConfig fields they set.
-DDIP_SETTINGS = ("samples", "steps", "start_fraction", "lora_rank", "finetune_steps", "beta", "em_updates", "device",
-                 "seed", "threads")
+DDIP_SETTINGS = ("samples", "steps", "start_fraction", "lora_rank", "finetune_steps", "beta", "em_updates",
+                 "refresh_estimate", "device", "seed", "threads")
 # Settings that only one method has, as argparse destinations: giving them to the other is refused.
 DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode", "network",
                      "inner_iterations")
@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--beta", type=float, help=f"HQS weight of the network's estimate against the data, relative "
                                                   f"to the data's (default {DDIP_DEFAULTS.beta}); 0: plain MLEM")
     group.add_argument("--em-updates", type=int, help=f"MLEM updates per DDIM step (default {DDIP_DEFAULTS.em_updates})")
+    group.add_argument("--refresh-estimate", action=argparse.BooleanOptionalAction,
+                       help="run the adapted network again before each DDIM step (two passes per step); "
+                            "--no-refresh-estimate steps from the data step's image (one pass) "
+                            f"(default {'on' if DDIP_DEFAULTS.refresh_estimate else 'off'})")
     group.add_argument("--device", choices=DEVICES, help=f"default: {DEFAULT_DEVICE} (CUDA if available)")
     group.add_argument("--seed", type=int)
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

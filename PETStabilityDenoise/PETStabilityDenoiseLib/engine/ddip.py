@@ -9,9 +9,11 @@ channel set to ``DROPPED_CONDITION`` it models p(PET | MR). Each of ``config.sam
    - the data step: ``em_updates`` MLEM updates tied to that estimate by ``beta`` (half-quadratic splitting,
      ``tomography.penalized_em``), on the full PET grid, slice by slice;
    - LoRA adapters (``lora.py``) are fine-tuned for ``finetune_steps`` steps so that the network's estimate on
-     random patches moves towards the data step's image; the network estimates x0 again, adapted;
-   - a deterministic DDIM step (eta 0) to the next timestep, from that estimate; the last step's estimate is
-     the run's image.
+     random patches moves towards the data step's image; with ``config.refresh_estimate`` the network
+     estimates x0 again, adapted; otherwise the data step's image is the estimate of this step, and the adapted
+     network's first use is the next step's;
+   - a deterministic DDIM step (eta 0) to the next timestep, from that estimate; after the last step, the
+     adapted network's estimate is the run's image.
 
 The mean of the runs is the network output and their std the stability map, as for the DDPM denoiser.
 
@@ -171,12 +173,13 @@ def ddip_reconstruct(
             data_image = tomography.penalized_em(counts, projector, multiplicative, additive,
                                                  from_model_space(to_grid(estimate), scale), beta, config.em_updates)
             target = to_network(to_model_space(data_image, scale)[None])
+            last = step + 1 == len(timesteps)
             if run.adapters:
                 run.finetune(x_t, conditions, target, head_network, t, alpha_bar, rng)
-                estimate = run.estimate(x_t, conditions, t, alpha_bar)
-            else:
-                estimate = target
-            if step + 1 < len(timesteps):
+            # Without adapters the data step's image is the estimate (the ablation without fine-tuning).
+            adapted = run.adapters and (config.refresh_estimate or last)
+            estimate = run.estimate(x_t, conditions, t, alpha_bar) if adapted else target
+            if not last:
                 noise_estimate = (x_t - alpha_bar ** 0.5 * estimate) / (1.0 - alpha_bar) ** 0.5
                 next_alpha_bar = alpha_bars[step + 1]
                 x_t = next_alpha_bar ** 0.5 * estimate + (1.0 - next_alpha_bar) ** 0.5 * noise_estimate
