@@ -27,6 +27,7 @@ import torch
 
 from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
+from PETStabilityDenoiseLib.engine.ddpm.weights import MODEL_KINDS, model_kind, save_model
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer
@@ -82,13 +83,27 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
     settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed,
                                 bf16=args.bf16, **extra)
     model_dir = folder / MODEL_DIR
-    if model_manifest(model_dir).get("info", {}).get("training", {}).get("steps", 0) >= args.steps:
-        return model_dir
-    log.info("Training %s to %d steps", name, args.steps)
-    return train(config, settings, *pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(),
-                 info={"command": f"ddpm_design.py {name}"},
-                 progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
-                                             "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))
+    if model_manifest(model_dir).get("info", {}).get("training", {}).get("steps", 0) < args.steps:
+        log.info("Training %s to %d steps", name, args.steps)
+        train(config, settings, *pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(),
+              info={"command": f"ddpm_design.py {name}"},
+              progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
+                                          "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))
+    return model_dir if args.weights == "ema" else raw_model(folder, config, model_dir)
+
+
+def raw_model(folder: Path, config: Any, ema_dir: Path) -> Path:
+    """The training's last raw (not averaged) weights, from its checkpoint, as a model folder beside the EMA's.
+
+    A short run's EMA is not yet an average of trained weights: with decay 0.995, after 500 steps 0.995^500 = 8 %
+    of it is still the first step's, nearly random, weights, which shows as an offset in the output.
+    """
+    state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    network = MODEL_KINDS[model_kind(config)][1](config)
+    network.load_state_dict(state["model"])
+    manifest = model_manifest(ema_dir)
+    manifest["info"]["training"]["weights"] = f"raw, step {state['step']}"
+    return save_model(network, config, folder / f"raw_model_step{state['step']}", manifest["info"]).parent
 
 
 def score_case(subject: str, dose: float, args, models: Dict[str, Path]) -> Dict[str, dict]:
@@ -138,6 +153,8 @@ def main() -> None:
     parser.add_argument("--score-doses", type=float, nargs="+", default=[0.1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="train in bfloat16 (see train-ddpm --bf16)")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                        help="score the EMA weights (what training saves) or the last raw weights (see raw_model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
     args = parser.parse_args()
@@ -160,7 +177,7 @@ def main() -> None:
                     for name, folder in models.items()}
         args.out.write_text(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "variants": args.variants,
                                         "training": training,
-                                        "bf16": args.bf16,
+                                        "bf16": args.bf16, "weights": args.weights,
                                         "cases": table}, indent=1))
 
 
