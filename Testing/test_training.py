@@ -140,3 +140,25 @@ def test_bf16_training_is_recorded_and_learns_like_float32(tmp_path):
         # The same data and noise, rounded differently: close after 4 steps, but not equal.
         torch.testing.assert_close(bf16[0].state_dict()[name], tensor, rtol=0.05, atol=0.01)
     assert any(not torch.equal(bf16[0].state_dict()[n], t) for n, t in float32[0].state_dict().items())
+
+
+def test_the_ema_warms_up_so_that_a_short_run_forgets_its_first_weights():
+    from torch.optim.swa_utils import AveragedModel
+
+    from PETStabilityDenoiseLib.training.trainer import ema_update
+
+    network = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(network, multi_avg_fn=ema_update(0.995))
+    with torch.no_grad():
+        network.weight.fill_(1.0)
+        ema.update_parameters(network)  # the first update copies
+        network.weight.fill_(0.0)
+        for _ in range(99):
+            ema.update_parameters(network)
+    # At a fixed 0.995 the first weights would still count 0.995^99 = 61 %; warmed up, the product of the decays
+    # (1 + n) / (10 + n) for n = 1..99 is 10! / (101 x 102 x ... x 109), about 3e-12.
+    assert float(ema.module.weight.detach()) < 1e-6
+    update = ema_update(0.995)
+    average = [torch.tensor([1.0])]
+    update(average, [torch.tensor([0.0])], torch.tensor(5000))
+    assert float(average[0]) == pytest.approx(0.995)  # past the warm-up, the plain decay
