@@ -102,32 +102,32 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     Args:
         osem: the OSEM image of ``sinogram`` (:func:`osem_image`): the chain's start and the blend's input.
         mr: the subject's MR, registered to the PET, on any grid.
-        config: see :class:`DDIPConfig`; ``config.model_dir`` must hold a prior (trained with condition dropout).
+        config: see :class:`DDIPConfig`; ``config.model_dir`` (None: the bundled diffusion model) must hold a prior,
+            a diffusion model trained with condition dropout.
         progress: called after each DDIM step of each sample (``loss`` None).
         should_stop: polled after each step; True raises :class:`Cancelled`.
 
     Raises:
-        InputError: no prior given, or a model that is not one.
+        InputError: the model is not a prior.
     """
     import torch
 
     from .ddip import ddip_reconstruct
-    from .ddpm.weights import load_model
+    from .ddpm.weights import bundled_model_dir, load_model
     from .device import resolve_device
 
     started = time.perf_counter()
-    if not config.model_dir:
-        raise InputError("DDIP needs a diffusion prior, and none is bundled yet: train one with 'petstab train-ddpm "
-                         "--condition-dropout 0.2' and give its model folder (--ddip-model)")
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, model_config, manifest = load_model(Path(config.model_dir), device)
+    model_dir = Path(config.model_dir) if config.model_dir else bundled_model_dir()
+    model, model_config, manifest = load_model(model_dir, device)
     if not manifest.get("info", {}).get("training", {}).get("condition_dropout"):
-        raise InputError(f"the diffusion model in {config.model_dir} was trained without condition dropout, so it "
-                         "is no prior p(PET | MR): train one with 'petstab train-ddpm --condition-dropout 0.2'")
+        which = f"the diffusion model in {model_dir}" if config.model_dir else "the bundled diffusion model"
+        raise InputError(f"{which} was trained without condition dropout, so it is no prior p(PET | MR): train one "
+                         "with 'petstab train-ddpm --condition-dropout 0.2' and give its folder (--ddip-model)")
     if not model_config.use_mr:
-        raise InputError(f"the diffusion model in {config.model_dir} does not take the MR: DDIP's prior needs it")
+        raise InputError(f"the diffusion model in {model_dir} does not take the MR: DDIP's prior needs it")
     validate_volume(mr, "MR", activity=False)
     mr_on_grid = sitk.GetArrayFromImage(resample_to_reference(mr, osem, name="MR")).astype(np.float32)
     osem_array = sitk.GetArrayFromImage(osem).astype(np.float32)
@@ -145,7 +145,7 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     stability_mean = float(std[head].mean(dtype=np.float64))
     network_output, stability = sinogram.image(mean), sinogram.image(std)
     denoised, stability_norm = blend_images(osem, network_output, stability, alpha, stability_mean)
-    record = {"device": str(device), "model_dir": str(config.model_dir), "model_sha256": manifest["sha256"],
+    record = {"device": str(device), "model_dir": str(model_dir), "model_sha256": manifest["sha256"],
               "model_config": manifest["config"]}
     info = {"fit_shape": list(osem_array.shape), "mr_resampled": not grids_match(mr, osem),
             "timings": {"prepare_s": prepared - started, "engine_s": engine_done - prepared,
@@ -174,7 +174,7 @@ def reconstruct(sinogram_path: Path, out_dir: Path, *, method: str = DEFAULT_REC
         out_dir: the run folder. An earlier run there is replaced as a whole; a folder holding anything else is
             refused.
         method: one of ``settings.RECONSTRUCTION_METHODS``: ``osem``, or ``ddip`` (needs ``mr_path`` and a prior
-            in ``ddip.model_dir``).
+            in ``ddip.model_dir``, or the bundled diffusion model if that is one).
         mr_path: the subject's MR, registered to the PET (any grid); DDIP only.
         iterations, subsets: OSEM's (default: the simulator's brain scanner, 4 x 21); DDIP starts from this image.
         ddip: DDIP's settings (:class:`DDIPConfig`).
