@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diffusion only: drop the low-dose condition of this fraction of the patches, so that the "
                         "model is also the prior p(PET | MR) of 'petstab reconstruct --method ddip' (e.g. 0.2)")
     p.add_argument("--bf16", action="store_true",
-                   help="run the network in bfloat16: about 2.5x faster on CPUs with AMX (Xeon Sapphire Rapids "
-                        "and later) and on recent GPUs, much slower elsewhere")
+                   help="run the network in bfloat16: about 2x faster on CPUs with AMX (Xeon Sapphire Rapids "
+                        "and later); can be slower on CPUs without bfloat16 units")
     p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)

@@ -52,8 +52,8 @@ class TrainingSettings:
     # A DDPM only: the probability that a patch's low-dose condition is dropped (set to DROPPED_CONDITION), so
     # that the model also learns p(PET | MR), the prior of the sinogram reconstruction DDIP.
     condition_dropout: float = 0.0
-    # Run the network in bfloat16 (autocast; weights and optimiser stay float32). About 2.5x faster on CPUs with
-    # AMX (Xeon Sapphire Rapids and later) and on recent GPUs; much slower on CPUs without bfloat16 units.
+    # Run the network in bfloat16 (autocast; weights and optimiser stay float32). About 2x faster on CPUs with
+    # AMX (benchmarks/bench_training.py); CPUs without bfloat16 units can be slower.
     bf16: bool = False
 
     def __post_init__(self) -> None:
