@@ -386,12 +386,6 @@ def merge_parts(parts: Sequence[dict]) -> dict:
     return merged
 
 
-def read_record(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> Optional[dict]:
-    """The cached record of one case if all its parts are complete and made with these settings, else None."""
-    parts = [read_part(cache_dir, settings, subject, realisation, part) for part in case_parts(settings, realisation)]
-    return None if any(p is None for p in parts) else merge_parts(cast(List[dict], parts))
-
-
 def cached_record(cache_dir: Path, settings: StudySettings, subject: Subject, realisation: int) -> dict:
     """The cached record of one case; raises with what to do when it is missing or stale (for ``--replot``)."""
     where = f"{subject.name}, realisation {realisation}, condition '{settings.condition}'"
