@@ -111,8 +111,9 @@ def test_condition_dropout_drops_the_low_dose_channel_only():
     assert 16 < int(is_dropped.sum()) < 48
     assert torch.equal(dropped[~is_dropped], conditions[~is_dropped])
     assert torch.equal(dropped[:, 1], conditions[:, 1])
+    assert (drop_low_dose(conditions, 1.0, generator)[:, 0] == DROPPED_CONDITION).all()  # a pure prior
     with pytest.raises(InputError, match="condition_dropout"):
-        TrainingSettings(condition_dropout=1.0)
+        TrainingSettings(condition_dropout=1.5)
 
 
 def test_a_tiny_ddip_run_gives_finite_volumes_on_the_pet_grid(slab, tiny_prior, tmp_path):

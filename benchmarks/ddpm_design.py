@@ -10,6 +10,9 @@ and run again.
 
     python benchmarks/ddpm_design.py --labels-dir ../shared/data/brainweb --work /tmp/ddpm_design \\
         --candidates ddpm_x0_full ddpm_x0_clean regression_clean --steps 500 --out docs/ddpm/design.json
+
+``--export DIR`` copies each candidate's model folder (its EMA weights) into ``DIR/<candidate>``, with the
+training data described in its manifest as ``petstab train-ddpm`` describes it: the folder to bundle.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -27,7 +31,7 @@ import torch
 
 from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
-from PETStabilityDenoiseLib.engine.ddpm.weights import MODEL_KINDS, model_kind, save_model
+from PETStabilityDenoiseLib.engine.ddpm.weights import MANIFEST_FILE, MODEL_KINDS, model_kind, save_model
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer
@@ -53,6 +57,9 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     # the denoiser anything? Do 48^3 patches (3.4 times the voxels per step) buy more than they cost?
     "ddpm_x0_clean_dropout": (DDPMConfig(), "truth_blurred", {"condition_dropout": 0.2}),
     "ddpm_x0_clean_p48": (DDPMConfig(patch_size=48), "truth_blurred", {}),
+    # DDIP's prior, a separate model since dropout costs the denoiser (above): p(PET | MR) only, on every timestep
+    # (DDIP's chain takes any steps from any start).
+    "ddip_prior": (DDPMConfig(), "truth_blurred", {"condition_dropout": 1.0}),
 }
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
@@ -106,6 +113,21 @@ def raw_model(folder: Path, config: Any, ema_dir: Path) -> Path:
     return save_model(network, config, folder / f"raw_model_step{state['step']}", manifest["info"]).parent
 
 
+def export_model(name: str, args, pairs: tuple, destination: Path) -> None:
+    """Copies candidate ``name``'s trained model into ``destination``, its training data recorded in the manifest.
+
+    The fields are those ``petstab train-ddpm`` records (a resumed training keeps its first segment's record, which
+    the design study began without them). The checksum covers the weights only, which are copied unchanged.
+    """
+    train_pairs, _ = pairs
+    shutil.copytree(args.work / "runs" / name / MODEL_DIR, destination, dirs_exist_ok=True)
+    manifest = model_manifest(destination)
+    manifest["info"] = {**manifest["info"], "training_subjects": sorted({p.subject for p in train_pairs}),
+                        "validation_subjects": list(VALIDATION_SUBJECTS), "doses": args.doses,
+                        "variants_per_subject": args.variants, "training_pairs": len(train_pairs)}
+    (destination / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
 def score_case(subject: str, dose: float, args, models: Dict[str, Path]) -> Dict[str, dict]:
     """Gaussian's best FWHM and every candidate on one held-out case, each cached in ``--work/scores``."""
     cache = args.work / "scores" / f"subject{subject}_dose{dose:g}"
@@ -157,12 +179,18 @@ def main() -> None:
                         help="score the EMA weights (what training saves) or the last raw weights (see raw_model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    parser.add_argument("--export", type=Path, help="copy each candidate's model folder into this folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
 
     pairs = training_pairs(args)
     models = {name: train_candidate(name, args, pairs) for name in args.candidates}
+    if args.export:
+        for name in models:
+            export_model(name, args, pairs, args.export / name)
+    # A pure prior (DDIP's) denoises nothing: benchmarks/ddip_study.py scores it.
+    models = {name: folder for name, folder in models.items() if CANDIDATES[name][2].get("condition_dropout", 0) < 1}
     table = {f"{s}@{d:g}": score_case(s, d, args, models) for s in args.score_subjects for d in args.score_doses}
     print(f"{'candidate':<20}" + "".join(f"{k:>14}" for k in (*SCORES, "dPSNR vs G")))
     for name in ["gaussian", *models]:

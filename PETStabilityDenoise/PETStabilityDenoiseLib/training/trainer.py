@@ -50,7 +50,8 @@ class TrainingSettings:
     seed: int = 0
     target: str = DEFAULT_TRAINING_TARGET  # one of settings.TRAINING_TARGETS
     # A DDPM only: the probability that a patch's low-dose condition is dropped (set to DROPPED_CONDITION), so
-    # that the model also learns p(PET | MR), the prior of the sinogram reconstruction DDIP.
+    # that the model also learns p(PET | MR), the prior of the sinogram reconstruction DDIP. 1: always dropped, a
+    # model that is only that prior (and is validated without the condition too).
     condition_dropout: float = 0.0
     # Run the network in bfloat16 (autocast; weights and optimiser stay float32). About 2x faster on CPUs with
     # AMX (benchmarks/bench_training.py); CPUs without bfloat16 units can be slower.
@@ -59,8 +60,8 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         if self.target not in TRAINING_TARGETS:
             raise InputError(f"unknown training target {self.target!r}; choose one of {', '.join(TRAINING_TARGETS)}")
-        if not 0 <= self.condition_dropout < 1:
-            raise InputError(f"condition_dropout must be in [0, 1); got {self.condition_dropout}")
+        if not 0 <= self.condition_dropout <= 1:
+            raise InputError(f"condition_dropout must be in [0, 1]; got {self.condition_dropout}")
 
 
 @dataclass
@@ -218,6 +219,8 @@ def train(
     validation = cast(Tuple[torch.Tensor, torch.Tensor], [torch.from_numpy(a).to(device) for a in random_patches(
         validation_pairs, settings.validation_patches, config.patch_size,
         np.random.default_rng(settings.seed + 1), use_mr=config.use_mr, target=settings.target)])  # the pair, so that mypy counts *validation
+    if settings.condition_dropout == 1:
+        validation[0][:, 0] = DROPPED_CONDITION  # a pure prior never sees the condition
     model.train()
     started, window_losses = time.perf_counter() - elapsed, []
     while step < settings.steps:
