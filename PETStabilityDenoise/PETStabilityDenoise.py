@@ -81,6 +81,7 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._parameterNodeGuiTag = None
         self._result = None
         self._shownOverlay = None
+        self._shownMethod = None
         self._alphaTimer = None
 
     def setup(self) -> None:
@@ -156,13 +157,18 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             if current:
                 current.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNode = inputParameterNode
+            self._shownMethod = inputParameterNode.method if inputParameterNode else None
             self._parameterNodeGuiTag = inputParameterNode.connectGui(self.ui) if inputParameterNode else None
         if self._parameterNode:
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Enables the chosen method's settings and Apply; shows a newly chosen stability map."""
+        """Enables the chosen method's settings and Apply; a newly chosen method brings its default alpha; shows a
+        newly chosen stability map."""
+        if self._parameterNode is not None and self._parameterNode.method != self._shownMethod:
+            self._shownMethod = self._parameterNode.method
+            self._parameterNode.alpha = settings.DEFAULT_ALPHAS[self._shownMethod.value]
         isDDPM = self._isDDPM()
         for widget in (self.ui.presetComboBox, self.ui.epochsSpinBox, self.ui.intervalSpinBox, self.ui.startSpinBox):
             widget.enabled = not isDDPM
@@ -335,7 +341,7 @@ class PETStabilityDenoiseLogic(ScriptedLoadableModuleLogic):
     def isRunning(self) -> bool:
         return self._engine is not None and self._engine.isRunning
 
-    def process(self, petNode, mrNode=None, method=settings.DEFAULT_METHOD, alpha=settings.DEFAULT_ALPHA,
+    def process(self, petNode, mrNode=None, method=settings.DEFAULT_METHOD, alpha=None,
                 preset=settings.DEFAULT_PRESET, wait=True, progress=None, finished=None, **engineParameters):
         """Denoises ``petNode`` (guided by ``mrNode``) into four new volume nodes; see the library logic's ``process``."""
         return self.engine.process(petNode, mrNode, method=method, alpha=alpha, preset=preset, wait=wait,

@@ -33,7 +33,7 @@ def test_defaults_are_the_library_defaults():
     args = batch.parse_arguments(REQUIRED)
     assert (args.pet, args.mr, args.out) == (Path("pet.nrrd"), Path("mr.nrrd"), Path("results"))
     assert (args.method, args.preset, args.alpha, args.format) == (
-        settings.DEFAULT_METHOD, settings.DEFAULT_PRESET, settings.DEFAULT_ALPHA, settings.DEFAULT_OUTPUT_FORMAT)
+        settings.DEFAULT_METHOD, settings.DEFAULT_PRESET, None, settings.DEFAULT_OUTPUT_FORMAT)
     assert batch.engine_parameters(args) == {}
 
 

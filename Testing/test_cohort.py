@@ -19,6 +19,7 @@ from PETStabilityDenoiseLib.cohort.schedulers import RaySettings, run_on_ray, ru
 from PETStabilityDenoiseLib.cohort.table import read_cohort
 from PETStabilityDenoiseLib.cohort.tasks import SUMMARY_COLUMNS, SubjectTask, not_run
 from PETStabilityDenoiseLib.errors import InputError
+from PETStabilityDenoiseLib.settings import DEFAULT_ALPHAS
 from PETStabilityDenoiseLib.volumes.run_folder import clean_up_interrupted
 
 DEFAULTS = dict(method="dip", preset="tiny", alpha=1.0, parameters={"device": "cpu"})
@@ -68,6 +69,14 @@ def test_rows_take_the_command_line_settings_and_their_own_overrides(tmp_path, c
     assert a.pet == tmp_path / "data" / "pet.nii.gz" and a.mr == tmp_path / "data" / "mr.nii.gz"
     assert a.config.epochs == 6 and a.alpha == 1.0 and a.config.device == "cpu"  # the tiny preset's epochs
     assert b.mr is None and b.config.epochs == 8 and b.alpha == 0.5 and b.config.channels == (4, 8)
+
+
+def test_without_an_alpha_each_row_takes_its_methods_default(tmp_path):
+    path = write_cohort(tmp_path / "cohort.csv", [["a", "pet.nii.gz", "mr.nii.gz", ""],
+                                                  ["b", "pet.nii.gz", "mr.nii.gz", "ddpm"]], extra_columns=("method",))
+    a, b = read_cohort(path, **dict(DEFAULTS, alpha=None))
+    assert (a.alpha, b.alpha) == (DEFAULT_ALPHAS["dip"], DEFAULT_ALPHAS["ddpm"])
+    assert DEFAULT_ALPHAS["dip"] != DEFAULT_ALPHAS["ddpm"]  # else this test could not tell them apart
 
 
 @pytest.mark.parametrize("rows, columns, message", [

@@ -20,7 +20,7 @@ from PETStabilityDenoiseLib.engine.blend import blend
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.evaluation import analysis, study
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise, below_least_noisy
-from PETStabilityDenoiseLib.settings import DEFAULT_ALPHA, DDPMSamplingConfig, get_preset
+from PETStabilityDenoiseLib.settings import DEFAULT_ALPHA, DEFAULT_ALPHAS, DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.volumes.geometry import array_to_image
 
 # A 2-epoch tiny DIP and short sweeps that still hold OSEM (FWHM 0) and the operating points (1.5, the default alpha).
@@ -211,8 +211,9 @@ def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
     rows = read_rows(sweep_run.out)
     ddpm = [(r["condition"], r["dose"], r["method"], r["setting_name"], r["setting"]) for r in rows
             if r["method"].startswith("ddpm")]
-    assert sorted(ddpm) == [("main", "0.1", "ddpm", "samples", "8"), *(  # the blend's alpha sweep, as DIP's
-        ("main", "0.1", "ddpm_blend", "alpha", alpha) for alpha in ("0.0", str(DEFAULT_ALPHA), "1.0"))]
+    assert sorted(ddpm) == [("main", "0.1", "ddpm", "samples", "8"), *(  # the blend's alpha sweep, as DIP's,
+        ("main", "0.1", "ddpm_blend", "alpha", alpha)  # and the DDPM's own default alpha
+        for alpha in ("0.0", str(DEFAULT_ALPHA), str(DEFAULT_ALPHAS["ddpm"]), "1.0"))]
     # The baseline runs wherever the DDPM does, with its windows and threads; its setting is its training steps.
     assert [(Path(d), s["threads"]) for d, s in sweep_run.baseline_calls] == [(sweep_run.baseline.resolve(), 2)]
     baseline = [(r["condition"], r["dose"], r["setting_name"], r["setting"]) for r in rows if r["method"] == "unet"]

@@ -17,6 +17,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip 
 import vtk  # noqa: E402 - after the skip: vtk comes with slicer-core
 
 from PETStabilityDenoiseLib.errors import InputError, WorkerFailed  # noqa: E402
+from PETStabilityDenoiseLib.settings import DEFAULT_ALPHAS  # noqa: E402
 from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic  # noqa: E402
 from PETStabilityDenoiseLib.slicer.mrml_volumes import node_to_image  # noqa: E402
 
@@ -137,7 +138,7 @@ def test_process_runs_the_diffusion_model(scene, pet_mr_nodes, tiny_ddpm_model_d
     # A relative model folder means the caller's folder, not the worker's.
     monkeypatch.chdir(tiny_ddpm_model_dir.parent)
     logic = PETStabilityDenoiseLogic(temp_root=str(tmp_path))
-    result = logic.process(pet, mr, method="ddpm", alpha=0.6, wait=True, progress=reports.append,
+    result = logic.process(pet, mr, method="ddpm", wait=True, progress=reports.append,
                            model_dir=tiny_ddpm_model_dir.name, samples=2, steps=2, device="cpu", threads=1)
 
     assert reports and all(r.loss is None and r.samples == 2 for r in reports)
@@ -148,6 +149,7 @@ def test_process_runs_the_diffusion_model(scene, pet_mr_nodes, tiny_ddpm_model_d
         assert node.GetImageData().GetDimensions() == pet.GetImageData().GetDimensions()
         assert np.isfinite(slicer.util.arrayFromVolume(node)).all()
     assert result.runInfo["method"] == "ddpm" and result.runInfo["n_samples"] == 2
+    assert result.alpha == result.runInfo["alpha"] == DEFAULT_ALPHAS["ddpm"]  # no alpha given: the method's
     assert result.runInfo["model_dir"] == str(tiny_ddpm_model_dir.resolve())
     assert result.stabilityMean > 0
 

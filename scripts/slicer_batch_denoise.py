@@ -3,7 +3,7 @@
 Run it with Slicer's own executable, so that the extension's module and its Python packages are available::
 
     Slicer --no-splash --no-main-window --python-script scripts/slicer_batch_denoise.py -- \\
-        --pet pet.nrrd --mr mr.nrrd --out results/ [--method dip] [--preset full] [--alpha 0.3] [--format nrrd]
+        --pet pet.nrrd --mr mr.nrrd --out results/ [--method dip] [--preset full] [--alpha A] [--format nrrd]
 
 With the extension installed, that is all. From a source checkout, make the module importable by adding
 ``--additional-module-paths PETStabilityDenoise`` before ``--python-script``.
@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"default: {settings.DEFAULT_METHOD}")
     parser.add_argument("--preset", default=settings.DEFAULT_PRESET, choices=settings.PRESET_NAMES,
                         help=f"DIP schedule (default: {settings.DEFAULT_PRESET})")
-    parser.add_argument("--alpha", default=settings.DEFAULT_ALPHA, type=_non_negative_float,
-                        help=f"blend strength; 0 gives the network output (default: {settings.DEFAULT_ALPHA})")
+    parser.add_argument("--alpha", type=_non_negative_float,
+                        help="blend strength; 0 gives the network output (default: the method's, "
+                             + ", ".join(f"{method} {alpha}" for method, alpha in settings.DEFAULT_ALPHAS.items()) + ")")
     # Files only: a DICOM output is derived from a PET DICOM series, and --pet here is a file.
     parser.add_argument("--format", default=settings.DEFAULT_OUTPUT_FORMAT, choices=settings.FILE_FORMATS,
                         help=f"output file format (default: {settings.DEFAULT_OUTPUT_FORMAT})")
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         config = settings.engine_config(args.method, args.preset, engine_parameters(args))
-        paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=args.alpha, fmt=args.format,
+        paths = denoise_into_folder(args.pet, args.mr, args.out, config,
+                                    alpha=settings.method_alpha(args.alpha, args.method), fmt=args.format,
                                     progress=print_progress)
     except InputError as error:
         print(f"ERROR: {error}", file=sys.stderr)

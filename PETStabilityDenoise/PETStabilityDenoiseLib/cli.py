@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional, Sequence
 from .errors import InputError, OutputError
 from .settings import (
     DEFAULT_ALPHA,
+    DEFAULT_ALPHAS,
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
     DEFAULT_OSEM_ITERATIONS,
@@ -55,6 +56,7 @@ from .settings import (
     EngineConfig,
     ddpm_config,
     dip_config,
+    method_alpha,
 )
 from .simulation.case import BRAINWEB_LABELS, brainweb_subjects
 from .simulation.scanners import REGIMES, SCANNERS
@@ -68,8 +70,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--method, --alpha, --format and --suv: what a run does with its PET, for denoise and batch."""
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS),
                         help="dip: fit the conditional DIP (default); ddpm: sample the diffusion model")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                        help=f"blend strength (default {DEFAULT_ALPHA}; 0 = network output)")
+    parser.add_argument("--alpha", type=float,
+                        help="blend strength (0 = network output); default: the method's, "
+                             + ", ".join(f"{method} {alpha}" for method, alpha in DEFAULT_ALPHAS.items()))
     parser.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=OUTPUT_FORMATS,
                         help=f"output format (default {DEFAULT_OUTPUT_FORMAT}); {DICOM_FORMAT}: a DICOM series "
                              "folder per volume, derived from the PET's DICOM series (the PET must be one)")
@@ -280,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
     p.add_argument("--dose", type=float, default=0.1, help="dose fraction of the simulated case (default 1/10)")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHAS["dip"])
     p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
     _add_dip_arguments(p)
 
@@ -357,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_TRAINING_TARGET})")
     p.add_argument("--condition-dropout", type=float,
                    help="diffusion only: drop the low-dose condition of this fraction of the patches, so that the "
-                        "model is also the prior p(PET | MR) of 'petstab reconstruct --method ddip' (e.g. 0.2)")
+                        "model is also the prior p(PET | MR) of 'petstab reconstruct --method ddip' (e.g. 0.2; 1: only that prior)")
     p.add_argument("--bf16", action="store_true",
                    help="run the network in bfloat16: about 2x faster on CPUs with AMX (Xeon Sapphire Rapids "
                         "and later); can be slower on CPUs without bfloat16 units")
@@ -381,8 +384,8 @@ def run_denoise(args: argparse.Namespace) -> int:
     _check_method_settings(args)
     config: EngineConfig = _ddpm_config(args) if args.method == "ddpm" else _dip_config(args)
     with make_reporter(args.progress) as report:
-        paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=args.alpha, fmt=args.format,
-                                    progress=report, overwrite=not args.no_overwrite, suv=args.suv)
+        paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=method_alpha(args.alpha, args.method),
+                                    fmt=args.format, progress=report, overwrite=not args.no_overwrite, suv=args.suv)
     log.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import InputError
-from ..settings import METHODS, SUV_TYPES, EngineConfig, check_alpha, engine_config, engine_parameters, parse_parameter
+from ..settings import METHODS, SUV_TYPES, EngineConfig, engine_config, engine_parameters, method_alpha, parse_parameter
 
 REQUIRED_COLUMNS = ("subject", "pet")
 # Per-row overrides that are not engine settings.
@@ -48,7 +48,7 @@ class CohortRow:
     suv: Optional[str] = None
 
 
-def read_cohort(path: Path, *, method: str, preset: str, alpha: float, parameters: Dict[str, object],
+def read_cohort(path: Path, *, method: str, preset: str, alpha: Optional[float], parameters: Dict[str, object],
                 suv: Optional[str] = None) -> List[CohortRow]:
     """The rows of the cohort file ``path``, each with the command line's settings and its own overrides.
 
@@ -56,7 +56,7 @@ def read_cohort(path: Path, *, method: str, preset: str, alpha: float, parameter
         path: the CSV file.
         method: the command line's method, for rows that give none.
         preset: the command line's DIP preset, for rows that give none.
-        alpha: the command line's blend strength.
+        alpha: the command line's blend strength, for rows that give none (None: each row's method's default).
         suv: the command line's SUV conversion (None: none), for rows that give none.
         parameters: the command line's engine settings (None keeps the default), for both methods:
             a row keeps those its method accepts.
@@ -92,7 +92,7 @@ def read_cohort(path: Path, *, method: str, preset: str, alpha: float, parameter
     return rows
 
 
-def _row(cells: Dict[str, str], folder: Path, method: str, preset: str, alpha: float,
+def _row(cells: Dict[str, str], folder: Path, method: str, preset: str, alpha: Optional[float],
          parameters: Dict[str, object], suv: Optional[str]) -> CohortRow:
     subject = cells["subject"]
     if not SUBJECT_NAME.fullmatch(subject) or subject == SUMMARY_FILE:
@@ -107,7 +107,7 @@ def _row(cells: Dict[str, str], folder: Path, method: str, preset: str, alpha: f
         row_alpha = float(cells["alpha"]) if cells.get("alpha") else alpha
     except ValueError:
         raise InputError(f"alpha must be a number; got {cells['alpha']!r}") from None
-    check_alpha(row_alpha)
+    row_alpha = method_alpha(row_alpha, method)
     suv = cells.get("suv") or suv
     if suv is not None and suv not in SUV_TYPES:
         raise InputError(f"unknown suv {suv!r}; choose one of {', '.join(SUV_TYPES)}, or leave it empty")

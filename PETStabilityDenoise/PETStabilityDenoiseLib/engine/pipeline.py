@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import Cancelled, InputError
-from ..settings import DEFAULT_ALPHA, DDPMSamplingConfig, EpochReport
+from ..settings import DEFAULT_ALPHAS, DDPMSamplingConfig, EpochReport
 from ..volumes.geometry import (
     CropPad,
     apply_crop_pad,
@@ -142,7 +142,7 @@ def denoise(
     mr: Optional[sitk.Image],
     config: DIPConfig,
     *,
-    alpha: float = DEFAULT_ALPHA,
+    alpha: float = DEFAULT_ALPHAS["dip"],
     progress: Optional[Callable[[EpochReport], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     output_epochs: Sequence[int] = (),
@@ -184,7 +184,7 @@ def denoise_ddpm(
     mr: Optional[sitk.Image],
     config: DDPMSamplingConfig = DDPMSamplingConfig(),
     *,
-    alpha: float = DEFAULT_ALPHA,
+    alpha: float = DEFAULT_ALPHAS["ddpm"],
     progress: Optional[Callable[[EpochReport], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> DenoiseResult:

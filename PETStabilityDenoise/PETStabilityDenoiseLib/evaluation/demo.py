@@ -23,7 +23,7 @@ from ..engine.filters import gaussian_fwhm
 from ..engine.pipeline import denoise
 from ..engine.progress import make_reporter
 from ..engine.run import write_run
-from ..settings import DEFAULT_ALPHA, DIPConfig
+from ..settings import DEFAULT_ALPHAS, DIPConfig
 from ..simulation import SimulationConfig, bundled_labels_path, dose_label, simulate_case
 from ..volumes.geometry import resample_to_reference
 from ..volumes.io import read_volume
@@ -86,7 +86,7 @@ def plot(path: Path, panels: dict, slices: dict, pet_vmax: float) -> None:
     plt.close(fig)
 
 
-def run_demo(out_dir: Path, *, dose: float, config: DIPConfig, alpha: float = DEFAULT_ALPHA,
+def run_demo(out_dir: Path, *, dose: float, config: DIPConfig, alpha: float = DEFAULT_ALPHAS["dip"],
              progress: str = "bar") -> dict:
     """Simulates, denoises, plots and scores one case; returns the metrics table."""
     out_dir = Path(out_dir)

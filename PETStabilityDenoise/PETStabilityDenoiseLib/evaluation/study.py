@@ -45,7 +45,7 @@ from ..engine.blend import blend
 from ..engine.filters import gaussian_fwhm
 from ..engine.pipeline import denoise, denoise_ddpm, predict_regression
 from ..errors import InputError
-from ..settings import DEFAULT_ALPHA, DDPMSamplingConfig, DIPConfig
+from ..settings import DEFAULT_ALPHAS, DDPMSamplingConfig, DIPConfig
 from ..simulation import SimulationConfig, simulate_case, simulation_config
 from ..volumes.io import read_volume
 from .scoring import Scorer
@@ -62,11 +62,11 @@ ALPHAS = tuple(round(float(a), 1) for a in np.arange(0.0, 1.01, 0.1))
 NLM_H_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 NLM_PATCH_SIZE, NLM_PATCH_DISTANCE = 3, 3
 DDPM_DOSES = (0.1, 0.2)
-DDPM_ALPHA = DEFAULT_ALPHA
+DDPM_ALPHA = DEFAULT_ALPHAS["ddpm"]
 # The operating points: the paper's Gaussian (METHOD.md §1) and the default alpha (docs/DEFAULTS.md), used for
 # the ROI plots, image panels and the targets;
 # DIP's is its last scored epoch, the DDPM's its number of samples (StudySettings.operating_points).
-OPERATING_POINTS = {"gaussian": 1.5, "nlm": 1.0, "blend": DEFAULT_ALPHA}
+OPERATING_POINTS = {"gaussian": 1.5, "nlm": 1.0, "blend": DEFAULT_ALPHAS["dip"]}
 METHOD_LABELS = {"gaussian": "OSEM + Gaussian", "nlm": "Non-local means", "dip": "Conditional DIP",
                  "blend": "Stability blend", "ddpm": "DDPM mean", "ddpm_blend": "DDPM blend",
                  "unet": "U-Net baseline"}

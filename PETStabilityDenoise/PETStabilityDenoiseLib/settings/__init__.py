@@ -13,12 +13,13 @@ from .config import (
            DIPConfig,
            EpochReport,
            check_alpha,
+           method_alpha,
            required_multiple,
            sample_epochs,
 )
 from .engine_config import EngineConfig, ddpm_config, dip_config, engine_config, engine_parameters, parse_parameter
 from .presets import DEFAULT_PRESET, PRESET_NAMES, PRESETS, get_preset
 
-__all__ = [*_choices, "DDIPConfig", "DDPMSamplingConfig", "DIPConfig", "EpochReport", "check_alpha", "required_multiple", "sample_epochs",
+__all__ = [*_choices, "DDIPConfig", "DDPMSamplingConfig", "DIPConfig", "EpochReport", "check_alpha", "method_alpha", "required_multiple", "sample_epochs",
            "EngineConfig", "engine_config", "engine_parameters", "parse_parameter", "dip_config", "ddpm_config", "DEFAULT_PRESET", "PRESET_NAMES", "PRESETS",
            "get_preset"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from ..errors import InputError
-from .choices import DEFAULT_DEVICE, DEVICES, INPUT_MODES, NETWORKS, OPTIMIZERS
+from .choices import DEFAULT_ALPHAS, DEFAULT_DEVICE, DEVICES, INPUT_MODES, METHODS, NETWORKS, OPTIMIZERS
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
@@ -26,6 +26,15 @@ def check_alpha(alpha: object) -> None:
     """The blend strength: a finite number >= 0 (0 gives the network output)."""
     if not (isinstance(alpha, numbers.Real) and math.isfinite(float(alpha)) and float(alpha) >= 0):
         raise InputError(f"alpha must be a finite number >= 0; got {alpha!r}")
+
+
+def method_alpha(alpha: Optional[float], method: str) -> float:
+    """``alpha``, checked; None gives ``method``'s default (:data:`DEFAULT_ALPHAS`)."""
+    check_choice("method", method, tuple(METHODS))
+    if alpha is None:
+        return DEFAULT_ALPHAS[method]
+    check_alpha(alpha)
+    return float(alpha)
 
 
 def check_runtime(device: object, threads: object, seed: object) -> None:

@@ -46,7 +46,6 @@ from .. import LIBRARY_PARENT
 from ..engine.blend import blend
 from ..errors import InputError, RunCancelled, WorkerFailed
 from ..settings import (
-    DEFAULT_ALPHA,
     DEFAULT_METHOD,
     DEFAULT_OVERLAY,
     DEFAULT_PRESET,
@@ -56,6 +55,7 @@ from ..settings import (
     check_alpha,
     engine_config,
     engine_parameters,
+    method_alpha,
 )
 from ..volumes.geometry import grids_match
 from ..volumes.io import read_volume
@@ -254,7 +254,7 @@ class PETStabilityDenoiseLogic:
     def isRunning(self) -> bool:
         return self._handle is not None and self._handle.state == "running"
 
-    def process(self, petNode, mrNode=None, method: str = DEFAULT_METHOD, alpha: float = DEFAULT_ALPHA,
+    def process(self, petNode, mrNode=None, method: str = DEFAULT_METHOD, alpha: Optional[float] = None,
                 preset: str = DEFAULT_PRESET,
                 wait: bool = True, progress: Optional[Callable[[EpochReport], None]] = None,
                 finished: Optional[Callable[[RunHandle], None]] = None, **engine_parameters):
@@ -263,8 +263,8 @@ class PETStabilityDenoiseLogic:
         Args:
             method: a key of :data:`METHODS`: ``dip`` fits the conditional DIP, ``ddpm``
                 samples the diffusion model.
-            alpha: blend strength of the denoised output (0 = network output); change it
-                later with :meth:`setAlpha`, without a new run.
+            alpha: blend strength of the denoised output (0 = network output; None: the method's
+                default, :data:`DEFAULT_ALPHAS`); change it later with :meth:`setAlpha`, without a new run.
             preset: a key of :data:`presets.PRESETS` (``full``, ``fast`` or ``tiny``); DIP only.
             wait: True blocks and returns a :class:`ProcessResult` (errors raise);
                 False returns a :class:`RunHandle` at once and reports through the callbacks.
@@ -278,7 +278,7 @@ class PETStabilityDenoiseLogic:
         """
         if self.isRunning:
             raise RuntimeError("a denoising run is already under way: cancel it or wait for it to finish")
-        check_alpha(alpha)
+        alpha = method_alpha(alpha, method)
         overrides = {name: value for name, value in engine_parameters.items() if value is not None}
         if overrides.get("model_dir"):
             # The worker runs in another folder: a relative path must mean the same there.

@@ -26,7 +26,8 @@ Denoises a PET volume with a <b>stability-map conditional deep image prior (DIP)
 A 3D U-Net that takes the subject's MR (registered to the PET) is fitted to the noisy PET.
 The spread of its outputs over the late epochs, the <i>stability map</i>, marks where the fit is unreliable;
 the denoised image blends the network output and the original PET voxel by voxel, weighted by that map.
-The <b>alpha</b> slider sets the blend and updates the image at once, with no new fit.
+The <b>alpha</b> slider sets the blend and updates the image at once, with no new fit; choosing a method
+sets it to that method's default, chosen by measurement.
 No training data is needed. Research software, not for clinical use.
 The other method, <b>Diffusion model (DDPM)</b>, samples a bundled conditional 3D diffusion model several
 times: the mean of the samples is the network output and their spread the stability map; it needs the MR.
@@ -35,7 +36,7 @@ See the <a href="{readme}">documentation</a>.
 <ul>
 <li>Stability-map conditional DIP: "a method for making a deep learning solution more reliable", applied to the
 conditional deep image prior for brain [18F]FDG PET denoising (stability map from intermediate network outputs,
-blend weighted by the map; default alpha 0.3, the paper's operating point is 0.6).</li>
+blend weighted by the map; the paper's operating point is alpha 0.6).</li>
 <li>Conditional DIP: K. Gong, C. Catana, J. Qi, Q. Li, "PET image reconstruction using deep image prior",
 IEEE Transactions on Medical Imaging 38(7):1655-1665, 2019.</li>
 <li>Deep image prior: D. Ulyanov, A. Vedaldi, V. Lempitsky, "Deep image prior", International Journal of

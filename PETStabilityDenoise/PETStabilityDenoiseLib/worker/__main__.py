@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import InputError, OutputError
-from ..settings import DEFAULT_ALPHA, DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESET_NAMES, engine_config
+from ..settings import DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESET_NAMES, engine_config, method_alpha
 from .protocol import (
     CPU_MEMORY_ADVICE,
     EXIT_DONE,
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS))
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES, help="DIP preset; ddpm ignores it")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
+    parser.add_argument("--alpha", type=float, help="blend strength; default: the method's")
     parser.add_argument("--parameters", default="{}",
                         help="JSON object of engine parameters: DIPConfig fields that override the preset, "
                              "e.g. '{\"epochs\": 50}', or DDPMSamplingConfig fields, e.g. '{\"samples\": 4}'")
@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> None:
     if not isinstance(parameters, dict):
         raise InputError("--parameters must be a JSON object of engine parameters")
     config = engine_config(args.method, args.preset, parameters)
-    paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=args.alpha, fmt=WORKER_FORMAT,
+    paths = denoise_into_folder(args.pet, args.mr, args.out, config, alpha=method_alpha(args.alpha, args.method),
+                                fmt=WORKER_FORMAT,
                                 progress=lambda report: emit("progress", **report.as_dict()))
     emit("done", outputs={name: path.name for name, path in paths.items() if name != "run"}, run=paths["run"].name)
 
