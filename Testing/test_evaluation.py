@@ -224,6 +224,13 @@ def test_ddpm_plumbing_with_a_stand_in_model(sweep_run):
     assert "DDPM mean (8) − OSEM + Gaussian" in text and "| DDPM mean | 1/10 dose |" in text
     assert "U-Net baseline (7) − OSEM + Gaussian" in text
     assert "Spearman(S, abs. error of the output" in text
+    # The diffusion model's own targets, at the one dose it ran at, with the baseline's comparison.
+    assert "## Targets of the diffusion model" in text
+    [ddpm_targets] = json.loads((sweep_run.out / "targets.json").read_text())["ddpm"]
+    assert ddpm_targets["dose"] == 0.1 and ddpm_targets["alpha"] == DEFAULT_ALPHAS["ddpm"]
+    for name in ("f1_psnr_vs_best_gaussian", "f2_psnr_vs_unet", "f3_ssim_vs_best_gaussian", "f7_std_error_spearman"):
+        assert ddpm_targets["targets"][name]["cases"] == 1, name  # one case ran the DDPM
+        assert ddpm_targets["targets"][name]["status"] in ("PASS", "MISS"), name
 
 
 @pytest.mark.slow

@@ -329,6 +329,62 @@ def targets(results: Results, settings: StudySettings, dose: float = TARGET_DOSE
     return out
 
 
+def ddpm_targets(results: Results, settings: StudySettings, dose: float) -> dict:
+    """The diffusion model's targets at ``dose``, over the cases of the main condition that ran it.
+
+    f1) its mean's PSNR against the blurred truth >= the best Gaussian FWHM's + 2 dB; f2) and >= the U-Net
+    baseline's (when it ran); f3) its mean's SSIM against the blurred truth >= the Gaussian sweep's best;
+    f4, f5) at the mean's WM CoV against the Gaussian sweep: lesion CR and hypo recovery >= Gaussian's;
+    f6) |ROI bias against full-dose OSEM| <= 3 % in every paper ROI; f7) the Spearman correlation of its std with
+    the absolute error of its mean (blurred truth) >= 0.6. f4 to f6 are also given for its blend at its alpha.
+    """
+    condition, op = settings.condition, settings.operating_points()
+    samples, alpha = op["ddpm"], op["ddpm_blend"]
+    out: Dict[str, Any] = {"condition": condition, "dose": dose, "samples": samples, "alpha": alpha,
+                           "available": dose in settings.ddpm_doses_for(0), "targets": {}}
+    if not out["available"]:
+        return out
+
+    def key_of(method: str, setting: float, key: str) -> Dict[Case, float]:
+        return results.per_case(condition, lambda c: results.row(condition, c, dose, method, setting)[key])
+
+    def best_gaussian(key: str) -> Dict[Case, float]:
+        return results.per_case(condition, lambda c: max(r[key] for r in results.sweep(condition, c, dose, "gaussian"))
+                                if results.at(condition, c, dose, "ddpm", samples) else math.nan)
+
+    found = out["targets"]
+    psnr, ssim = key_of("ddpm", samples, "psnr_blurred"), key_of("ddpm", samples, "ssim_blurred")
+    gaussian_psnr = best_gaussian("psnr_blurred")
+    found["f1_psnr_vs_best_gaussian"] = _target(
+        "mean PSNR vs blurred truth − best Gaussian's >= +2 dB", {c: psnr[c] - gaussian_psnr[c] for c in psnr}, 2.0,
+        True, unit="dB")
+    if "unet" in op:
+        unet = key_of("unet", op["unet"], "psnr_blurred")
+        found["f2_psnr_vs_unet"] = _target("mean PSNR vs blurred truth − the U-Net baseline's >= 0 dB",
+                                           {c: psnr[c] - unet[c] for c in psnr}, 0.0, True, unit="dB")
+    gaussian_ssim = best_gaussian("ssim_blurred")
+    found["f3_ssim_vs_best_gaussian"] = _target("mean SSIM vs blurred truth − the Gaussian sweep's best >= 0",
+                                                {c: ssim[c] - gaussian_ssim[c] for c in ssim}, 0.0, True)
+    for method, setting, label in (("ddpm", samples, "mean"), ("ddpm_blend", alpha, f"blend (alpha {alpha:g})")):
+        for number, key, what in ((4, "lesion_cr", "lesion CR"), (5, "hypo_recovery", "hypo recovery")):
+            gains = matched_gain(results, condition, dose, method, setting, "gaussian", key)
+            found[f"f{number}_{method}_{key}_gain_vs_gaussian"] = _target(
+                f"{label} {what} >= Gaussian's at its WM CoV", gains, 0.0, True)
+        biases = {roi: key_of(method, setting, f"bias_fulldose_{roi}") for roi in PAPER_ROIS}
+        per_roi = {roi: summarise_cases(b).mean for roi, b in biases.items()}
+        worst = {case: max(abs(b[case]) for b in biases.values()) for case in psnr}
+        line = _target(f"{label}: |ROI bias vs full-dose OSEM| <= 3 % in every paper ROI (the largest |mean|)",
+                       worst, 0.03, False, measured=max((abs(v) for v in per_roi.values() if not math.isnan(v)),
+                                                        default=math.nan), unit="relative")
+        line["per_roi"] = per_roi
+        found[f"f6_{method}_roi_bias_vs_full_dose_osem"] = line
+    ranking = {(f["subject"], f["realisation"]): f[ERROR_RANKING_KEY] for f in results.fits
+               if f["condition"] == condition and f["dose"] == dose and f["method"] == "ddpm" and ERROR_RANKING_KEY in f}
+    found["f7_std_error_spearman"] = _target("Spearman(std, |mean − blurred truth|) over the head >= 0.6", ranking,
+                                             0.6, True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Count sweep and stress condition
 
