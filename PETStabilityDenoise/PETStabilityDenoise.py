@@ -51,7 +51,8 @@ class PETStabilityDenoiseParameterNode:
     """The module's parameters, saved with the scene; the choices and defaults are PETStabilityDenoiseLib.settings'.
 
     inputMR None runs the plain DIP (the diffusion model needs the MR). epochs, interval, start: 0 is the preset's
-    value. ddimSteps: the DDPM's steps per draw. seed: of the DIP's initial weights or of the DDPM's sampling noise.
+    value. seed: of the DIP's initial weights or of the DDPM's sampling noise. (The bundled DDPM samples only with
+    the steps it was trained for, so the panel offers no DDIM steps; the API and petstab take them for other models.)
     """
 
     inputPET: vtkMRMLScalarVolumeNode
@@ -62,7 +63,6 @@ class PETStabilityDenoiseParameterNode:
     interval: Annotated[int, WithinRange(0, 10000)] = 0
     start: Annotated[int, WithinRange(0, 10000)] = 0
     samples: Annotated[int, WithinRange(2, 32)] = DDPM_DEFAULTS.samples
-    ddimSteps: Annotated[int, WithinRange(1, 100)] = DDPM_DEFAULTS.steps
     device: panel.Device = panel.Device[settings.DEFAULT_DEVICE]
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     alpha: Annotated[float, WithinRange(0, 3)] = settings.DEFAULT_ALPHA
@@ -172,8 +172,7 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         isDDPM = self._isDDPM()
         for widget in (self.ui.presetComboBox, self.ui.epochsSpinBox, self.ui.intervalSpinBox, self.ui.startSpinBox):
             widget.enabled = not isDDPM
-        for widget in (self.ui.samplesSpinBox, self.ui.ddimStepsSpinBox):
-            widget.enabled = isDDPM
+        self.ui.samplesSpinBox.enabled = isDDPM
         if self._parameterNode is not None and self._parameterNode.stabilityMap != self._shownOverlay:
             self._updateOverlay()
         self._checkCanApply()

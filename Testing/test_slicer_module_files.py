@@ -44,7 +44,6 @@ EXPECTED_WIDGET_CLASSES = {
     "deviceComboBox": "QComboBox",
     "seedSpinBox": "QSpinBox",
     "samplesSpinBox": "QSpinBox",
-    "ddimStepsSpinBox": "QSpinBox",
     "applyButton": "QPushButton",
     "loadRunButton": "QPushButton",
     "progressBar": "QProgressBar",
@@ -377,14 +376,14 @@ def test_parameters_default_to_the_library_settings():
     cls = class_def(module_tree(), PARAMETER_NODE_CLASS)
     defaults = {node.target.id: ast.unparse(node.value) for node in cls.body
                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None}
-    for parameter, expression in (("samples", "DDPM_DEFAULTS.samples"), ("ddimSteps", "DDPM_DEFAULTS.steps"),
+    for parameter, expression in (("samples", "DDPM_DEFAULTS.samples"),
                                   ("alpha", "settings.DEFAULT_ALPHA"), ("method", "panel.Method[settings.DEFAULT_METHOD]"),
                                   ("preset", "panel.Preset[settings.DEFAULT_PRESET]"),
                                   ("device", "panel.Device[settings.DEFAULT_DEVICE]"),
                                   ("stabilityMap", "panel.Overlay[settings.DEFAULT_OVERLAY]")):
         assert defaults[parameter] == expression, f"{PARAMETER_NODE_CLASS}.{parameter} must default to {expression}"
     widgets = ui_widgets()
-    for parameter, field in (("samples", "samples"), ("ddimSteps", "steps")):
+    for parameter, field in (("samples", "samples"),):
         expected = str(getattr(DDPMSamplingConfig(), field))
         assert own_property(widgets[f"{parameter}SpinBox"], "value") == expected, f"{parameter}SpinBox's value"
 

@@ -27,7 +27,7 @@ def test_labels_are_readable():
 
 
 def parameters(**changes):
-    fields = dict(method=panel.Method.dip, epochs=0, interval=5, start=0, samples=8, ddimSteps=2,
+    fields = dict(method=panel.Method.dip, epochs=0, interval=5, start=0, samples=8,
                   device=panel.Device.cpu, seed=3)
     return types.SimpleNamespace(**{**fields, **changes})
 
@@ -37,9 +37,8 @@ def test_dip_settings_turn_zero_into_the_preset_value():
                                                    "seed": 3}
 
 
-def test_ddpm_settings_rename_ddim_steps():
-    assert panel.engine_settings(parameters(method=panel.Method.ddpm)) == {"samples": 8, "steps": 2, "device": "cpu",
-                                                                          "seed": 3}
+def test_ddpm_settings_leave_the_steps_to_the_model():
+    assert panel.engine_settings(parameters(method=panel.Method.ddpm)) == {"samples": 8, "device": "cpu", "seed": 3}
 
 
 def test_panel_settings_make_valid_engine_configs():

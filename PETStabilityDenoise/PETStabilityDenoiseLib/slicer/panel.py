@@ -84,12 +84,12 @@ Overlay = _choice_enum("Overlay", OVERLAYS)
 def engine_settings(panel) -> dict:
     """The engine settings of the panel's chosen method, from its parameter node (or any object with its fields).
 
-    The DIP schedule's 0 (shown as "preset") becomes None: the preset's value.
-    The panel's ``ddimSteps`` is the DDPM's ``steps``.
+    The DIP schedule's 0 (shown as "preset") becomes None: the preset's value. The DDPM samples with its
+    default steps, the only ones the bundled model was trained for.
     """
     shared = {"device": panel.device.value, "seed": panel.seed}
     if panel.method.value == "ddpm":
-        return {"samples": panel.samples, "steps": panel.ddimSteps, **shared}
+        return {"samples": panel.samples, **shared}
     return {"epochs": panel.epochs or None, "interval": panel.interval or None, "start": panel.start or None,
             **shared}
 
