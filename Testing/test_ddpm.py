@@ -170,6 +170,9 @@ def test_the_bundled_model_loads_is_small_and_has_a_model_card():
     assert (directory / WEIGHTS_FILE).stat().st_size <= 25 * 1024 ** 2
     assert config.use_mr and manifest["info"]["validation_subjects"] == ["50", "51", "52", "53", "54"]
     assert not set(manifest["info"]["training_subjects"]) & set(manifest["info"]["validation_subjects"])
+    # Issue 13's budget and target: 4x the first model's 1,000 CPU steps, on the PSF-blurred truth.
+    training = manifest["info"]["training"]
+    assert training["steps"] >= 4000 and training["target"] == "truth_blurred"
     card = (directory / MODEL_CARD_FILE).read_text()
     for section in ("Training data", "Training settings", "Validation", "Licence", "Intended use", "Limits"):
         assert f"## {section}" in card, f"the model card has no '{section}' section"

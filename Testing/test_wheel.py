@@ -43,7 +43,7 @@ def test_the_wheel_alone_runs_the_bundled_diffusion_model(small_pet_mr, tmp_path
     env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
     completed = subprocess.run(
         [sys.executable, "-m", "PETStabilityDenoiseLib.cli", "denoise", "--method", "ddpm", "--pet", "pet.nii.gz",
-         "--mr", "mr.nii.gz", "--out", "run", "--samples", "2", "--steps", "1", "--device", "cpu", "--threads", "2",
+         "--mr", "mr.nii.gz", "--out", "run", "--samples", "2", "--device", "cpu", "--threads", "2",
          "--progress", "none"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr
     record = json.loads((tmp_path / "run" / "run.json").read_text())
