@@ -208,6 +208,21 @@ def matched_gain(results: Results, condition: str, dose: float, method: str, set
     return results.per_case(condition, gain, realisation)
 
 
+def matched_or_least_noisy_gain(results: Results, condition: str, dose: float, method: str, setting: float,
+                                reference: str, key: str) -> Dict[Case, float]:
+    """Per case: ``method`` at ``setting`` minus the ``reference`` sweep at the same WM CoV or, where ``method`` is
+    less noisy than every setting of the sweep, minus its least noisy setting (then a gain >= 0 means ``method``
+    has less noise and at least as much ``key``)."""
+    def gain(case: Case) -> float:
+        point = results.row(condition, case, dose, method, setting)
+        other = matched(results, condition, case, dose, point, reference, key)
+        if math.isnan(other):
+            other = least_noisy(results, condition, case, dose, point, reference, key)
+        return point[key] - other
+
+    return results.per_case(condition, gain)
+
+
 def dip_psnr_gain(results: Results, condition: str, dose: float, epoch: float,
                   realisation: Optional[int] = None) -> Dict[Case, float]:
     """Per case: DIP's PSNR against the PSF-blurred truth at ``epoch`` minus the best Gaussian FWHM's."""
@@ -334,7 +349,8 @@ def ddpm_targets(results: Results, settings: StudySettings, dose: float) -> dict
 
     f1) its mean's PSNR against the blurred truth >= the best Gaussian FWHM's + 2 dB; f2) and >= the U-Net
     baseline's (when it ran); f3) its mean's SSIM against the blurred truth >= the Gaussian sweep's best;
-    f4, f5) at the mean's WM CoV against the Gaussian sweep: lesion CR and hypo recovery >= Gaussian's;
+    f4, f5) at the mean's WM CoV against the Gaussian sweep: lesion CR and hypo recovery >= Gaussian's (where the
+    mean is less noisy than every FWHM, >= the least noisy FWHM's);
     f6) |ROI bias against full-dose OSEM| <= 3 % in every paper ROI; f7) the Spearman correlation of its std with
     the absolute error of its mean (blurred truth) >= 0.6. f4 to f6 are also given for its blend at its alpha.
     """
@@ -367,9 +383,10 @@ def ddpm_targets(results: Results, settings: StudySettings, dose: float) -> dict
                                                 {c: ssim[c] - gaussian_ssim[c] for c in ssim}, 0.0, True)
     for method, setting, label in (("ddpm", samples, "mean"), ("ddpm_blend", alpha, f"blend (alpha {alpha:g})")):
         for number, key, what in ((4, "lesion_cr", "lesion CR"), (5, "hypo_recovery", "hypo recovery")):
-            gains = matched_gain(results, condition, dose, method, setting, "gaussian", key)
+            gains = matched_or_least_noisy_gain(results, condition, dose, method, setting, "gaussian", key)
             found[f"f{number}_{method}_{key}_gain_vs_gaussian"] = _target(
-                f"{label} {what} >= Gaussian's at its WM CoV", gains, 0.0, True)
+                f"{label} {what} >= Gaussian's at its WM CoV (less noisy than every FWHM: the least noisy one's)",
+                gains, 0.0, True)
         biases = {roi: key_of(method, setting, f"bias_fulldose_{roi}") for roi in PAPER_ROIS}
         per_roi = {roi: summarise_cases(b).mean for roi, b in biases.items()}
         worst = {case: max(abs(b[case]) for b in biases.values()) for case in psnr}
