@@ -28,9 +28,15 @@ def check_alpha(alpha: object) -> None:
         raise InputError(f"alpha must be a finite number >= 0; got {alpha!r}")
 
 
+def check_method(method: object) -> None:
+    """A denoising method: a key of :data:`METHODS`."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 def method_alpha(alpha: Optional[float], method: str) -> float:
     """``alpha``, checked; None gives ``method``'s default (:data:`DEFAULT_ALPHAS`)."""
-    check_choice("method", method, tuple(METHODS))
+    check_method(method)
     if alpha is None:
         return DEFAULT_ALPHAS[method]
     check_alpha(alpha)

@@ -11,8 +11,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..errors import InputError
-from .choices import METHODS
-from .config import DDPMSamplingConfig, DIPConfig
+from .config import DDPMSamplingConfig, DIPConfig, check_method
 from .presets import get_preset
 
 EngineConfig = Union[DIPConfig, DDPMSamplingConfig]
@@ -20,8 +19,7 @@ EngineConfig = Union[DIPConfig, DDPMSamplingConfig]
 
 def config_class(method: str) -> type:
     """The config dataclass of ``method``: DIPConfig or DDPMSamplingConfig."""
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_method(method)
     return DDPMSamplingConfig if method == "ddpm" else DIPConfig
 
 
