@@ -159,9 +159,8 @@ def targets_section(found: dict) -> List[str]:
               f"'{found['condition']}', mean over {found['cases']} (subject, realisation) cases. The margin is "
               "positive when a target is met; 'cases' counts the cases that meet it on their own.", ""]
     lines += target_table(found["targets"])
-    per_roi = found["targets"]["d_roi_bias_vs_full_dose_osem"]["per_roi"]
     lines += ["", "Target d, each paper ROI's mean bias of the blend against full-dose OSEM: "
-              + ", ".join(f"{roi.replace('_', ' ')} {v:+.1%}" for roi, v in per_roi.items()) + ".", ""]
+              + per_roi_text(found["targets"]["d_roi_bias_vs_full_dose_osem"]), ""]
     return lines
 
 
@@ -179,9 +178,13 @@ def ddpm_targets_section(found: List[dict]) -> List[str]:
         for name, t in one["targets"].items():
             if "per_roi" in t:
                 lines += [f"{name.split('_')[0]} ({t['description'].split(':')[0]}), each paper ROI's mean bias: "
-                          + ", ".join(f"{roi.replace('_', ' ')} {v:+.1%}" for roi, v in t["per_roi"].items())
-                          + ".", ""]
+                          + per_roi_text(t), ""]
     return lines
+
+
+def per_roi_text(line: dict) -> str:
+    """An ROI-bias target's mean bias per paper ROI, as a sentence's end."""
+    return ", ".join(f"{roi.replace('_', ' ')} {v:+.1%}" for roi, v in line["per_roi"].items()) + "."
 
 
 def target_table(targets: dict) -> List[str]:
