@@ -27,6 +27,7 @@ from PETStabilityDenoiseLib.engine.ddpm.weights import (
     MODEL_CARD_FILE,
     WEIGHTS_FILE,
     bundled_model_dir,
+    bundled_prior_dir,
     load_model,
     save_model,
 )
@@ -164,16 +165,23 @@ def test_patches_are_normalised_by_the_low_dose_head_mean():
         random_patches([pair], 1, 40, np.random.default_rng(0))
 
 
-def test_the_bundled_model_loads_is_small_and_has_a_model_card():
-    directory = bundled_model_dir()
+@pytest.mark.parametrize("directory, condition_dropout", [(bundled_model_dir(), 0.0), (bundled_prior_dir(), 1.0)],
+                         ids=["denoiser", "ddip_prior"])
+def test_the_bundled_models_load_and_have_a_model_card(directory, condition_dropout):
     model, config, manifest = load_model(directory)
-    assert (directory / WEIGHTS_FILE).stat().st_size <= 25 * 1024 ** 2
     assert config.use_mr and manifest["info"]["validation_subjects"] == ["50", "51", "52", "53", "54"]
     assert not set(manifest["info"]["training_subjects"]) & set(manifest["info"]["validation_subjects"])
-    # Issue 13's budget and target: 4x the first model's 1,000 CPU steps, on the PSF-blurred truth.
+    # Issue 13's budget and target: 4x the first model's 1,000 CPU steps, on the PSF-blurred truth. The prior
+    # (issue 14) never sees the low-dose condition: it models p(PET | MR).
     training = manifest["info"]["training"]
     assert training["steps"] >= 4000 and training["target"] == "truth_blurred"
+    assert training["condition_dropout"] == condition_dropout
     card = (directory / MODEL_CARD_FILE).read_text()
     for section in ("Training data", "Training settings", "Validation", "Licence", "Intended use", "Limits"):
         assert f"## {section}" in card, f"the model card has no '{section}' section"
     assert manifest["sha256"] in card, "the model card must name the checksum of the weights it describes"
+
+
+def test_the_bundled_models_share_the_25_mb_budget():
+    sizes = [(directory / WEIGHTS_FILE).stat().st_size for directory in (bundled_model_dir(), bundled_prior_dir())]
+    assert sum(sizes) <= 25 * 1024 ** 2

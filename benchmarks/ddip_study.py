@@ -1,34 +1,40 @@
 """DDIP against the OSEM-based pipelines, with its ablations, on held-out simulated brains (docs/RECONSTRUCTION.md).
 
-Each case is a held-out BrainWeb subject simulated as ``petstab evaluate`` does (realisation 0, brain scanner),
-at a low dose, with its sinogram kept; ``--amyloid`` adds each subject at the first dose in the amyloid-negative
-regime, where the FDG-trained prior is out of its distribution. Rows per case:
+Each case is a held-out BrainWeb subject simulated exactly as ``petstab evaluate`` simulates its realisation 0
+(the same doses, so the same noise), at one low dose, with its sinogram kept. ``--amyloid`` adds each subject at
+the first dose in the amyloid-negative regime, where the FDG-trained prior is out of its distribution. Rows per case:
 
-- ``osem``; ``gaussian``: OSEM filtered at every FWHM of the evaluation (the sweep gives the matched-noise curve,
-  and its best PSNR against the truth is the row ``gaussian_best``);
-- ``dip_blend`` (``--dip``): OSEM denoised by the conditional DIP (preset full) and blended at the default alpha;
-- ``ddpm`` (``--ddpm``): OSEM denoised by the diffusion model (the bundled one, or ``--ddpm-model``);
-- ``ddip``, and with ``--ablations`` its variants: no fine-tuning, beta 0 (plain MLEM in the data step), LoRA rank
-  1 and 8, T' 0.2 and 0.6, beta 0.3 and 3. DDIP rows score the mean (``network_output``) and the blend.
+- ``osem``; ``gaussian``: OSEM filtered at every FWHM of the evaluation (the sweep gives the matched-noise curve;
+  its best PSNR against the truth is the row ``gaussian_best``);
+- with ``--evaluation RESULTS_CSV`` (realistic cases): the evaluation's own rows of the same case, after checking
+  that its Gaussian sweep equals this one: ``dip_blend`` (OSEM + the DIP blend at DIP's default alpha),
+  ``ddpm`` (OSEM + the diffusion model's mean), ``ddpm_blend`` (at the DDPM's alpha) and ``unet`` (its baseline);
+- ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
+- ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
+  ``ABLATIONS`` (realistic cases only). DDIP rows score the mean (``network_output``) and the blend.
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
 hypometabolism recovery, ROI bias against full-dose OSEM), plus lesion and hypometabolism recovery minus
-Gaussian's at the same WM CoV, and the seconds each row took. Every row is cached in ``--work``, so that the
-script can be stopped and run again.
+Gaussian's at the same WM CoV (``scoring.at_matched_noise``; where a row is less noisy than every FWHM, minus
+the least noisy FWHM's, flagged ``*_vs_gaussian_least_noisy``), and the seconds each row took. Every computed
+row is cached in ``--work``, so that the script can be stopped and run again, a few rows at a time.
 
-    python benchmarks/ddip_study.py --labels-dir ../shared/data/brainweb --prior prior/model --work /tmp/ddip \\
-        --subjects 50 51 --doses 0.1 0.2 --amyloid --ablations --ddpm --out docs/reconstruction/study.json
+    python benchmarks/ddip_study.py --labels-dir ../shared/data/brainweb --work /tmp/ddip --subjects 50 \
+        --doses 0.1 0.2 --amyloid --ddpm --evaluation docs/evaluation/results.csv \
+        --ablations ddip_no_finetune ddip_beta0 --out docs/reconstruction/study.json
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,17 +43,25 @@ import torch
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise, denoise_ddpm
 from PETStabilityDenoiseLib.engine.reconstruct import ddip_image, osem_image
-from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise
-from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, StudySettings
-from PETStabilityDenoiseLib.settings import DDIPConfig, DDPMSamplingConfig, get_preset
-from PETStabilityDenoiseLib.simulation import simulate_case
+from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS, with_mean_bias
+from PETStabilityDenoiseLib.evaluation.plots import image_panel
+from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise, below_least_noisy
+from PETStabilityDenoiseLib.evaluation.study import (
+    FULL_DOSE,
+    GAUSSIAN_FWHMS,
+    MAIN_CONDITION,
+    StudySettings,
+    panel_slice_index,
+)
+from PETStabilityDenoiseLib.settings import DEFAULT_ALPHAS, DDIPConfig, DDPMSamplingConfig, get_preset
+from PETStabilityDenoiseLib.simulation import DEFAULT_DOSES, simulate_case
 from PETStabilityDenoiseLib.simulation.case import labels_path
 
 log = logging.getLogger("ddip_study")
 
 ABLATIONS = {
     "ddip_no_finetune": {"finetune_steps": 0},
-    "ddip_one_pass": {"refresh_estimate": False},
+    "ddip_refresh": {"refresh_estimate": True},
     "ddip_beta0": {"beta": 0.0},
     "ddip_rank1": {"lora_rank": 1},
     "ddip_rank8": {"lora_rank": 8},
@@ -57,85 +71,154 @@ ABLATIONS = {
     "ddip_beta3": {"beta": 3.0},
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
+# The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
+EVALUATION_ROWS = {"dip_blend": ("blend", DEFAULT_ALPHAS["dip"]), "ddpm": ("ddpm", None),
+                   "ddpm_blend": ("ddpm_blend", DEFAULT_ALPHAS["ddpm"]), "unet": ("unet", None)}
+
+
+def evaluation_rows(results_csv: Path, subject: str, dose: float, sweep: List[dict]) -> Dict[str, dict]:
+    """The evaluation's rows of realisation 0 of ``subject`` at ``dose`` (EVALUATION_ROWS), after checking that the
+    evaluation scored the same images: its Gaussian sweep must equal ``sweep``."""
+    with open(results_csv, newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["condition"] == MAIN_CONDITION
+                and row["subject"] == f"subject{subject}" and row["realisation"] == "0" and float(row["dose"]) == dose]
+
+    def numbers(row: dict) -> dict:
+        return {k: float(v) for k, v in row.items() if k not in ("condition", "scanner", "regime", "subject",
+                                                                   "method", "setting_name") and v != ""}
+
+    theirs = sorted((numbers(r) for r in rows if r["method"] == "gaussian"), key=lambda r: r["setting"])
+    if [round(r["psnr"], 6) for r in theirs] != [round(r["psnr"], 6) for r in sweep]:
+        raise SystemExit(f"{results_csv} scored other images of subject {subject} at dose {dose:g}: its Gaussian "
+                         "sweep differs from this simulation's")
+    found = {}
+    for name, (method, setting) in EVALUATION_ROWS.items():
+        match = [numbers(r) for r in rows if r["method"] == method and (setting is None or
+                                                                       float(r["setting"]) == setting)]
+        if match:
+            found[name] = {"rows": match[0], "seconds": None, "source": str(results_csv)}
+    return found
 
 
 def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     """Every row of one case, each computed once and cached in ``--work``."""
     cache = args.work / f"subject{subject}_{regime}_dose{dose:g}"
     cache.mkdir(parents=True, exist_ok=True)
-    settings = StudySettings(doses=(FULL_DOSE, dose), dip=get_preset("full", threads=args.threads), regime=regime)
+    # The evaluation's doses, so that each dose's noise is its realisation 0's.
+    settings = StudySettings(doses=DEFAULT_DOSES, dip=get_preset("full", threads=args.threads), regime=regime)
     case = simulate_case(sitk.ReadImage(str(labels_path(subject, args.labels_dir))), settings.simulation(0),
                          keep_sinograms=True)
     scorer = Scorer(case, sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32))
     sinogram = case.sinograms[dose]
     osem = osem_image(sinogram)  # the simulator's own OSEM of these data
     osem_array = sitk.GetArrayFromImage(osem)
-    prior = DDIPConfig(model_dir=str(args.prior), device=args.device, threads=args.threads)
+    z = panel_slice_index(case)
+    panels_path = cache / "panels.npz"  # one axial slice of each image, for --figures
+    panels = dict(np.load(panels_path)) if panels_path.is_file() else {
+        "truth": sitk.GetArrayFromImage(case.truth)[z], "osem_full": sitk.GetArrayFromImage(case.osem[FULL_DOSE])[z],
+        f"osem_dose{dose}": osem_array[z]}
+    prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, device=args.device, threads=args.threads)
 
-    def ddip_row(config: DDIPConfig) -> dict:
+    def ddip_row(config: DDIPConfig, keep_panels: bool = False) -> dict:
         result = ddip_image(sinogram, osem, case.mr, config)
-        mean, blended = (sitk.GetArrayFromImage(image) for image in (result.network_output, result.denoised))
+        mean, blended, std = (sitk.GetArrayFromImage(image) for image in
+                              (result.network_output, result.denoised, result.stability))
+        if keep_panels:
+            panels.update({f"ddip_dose{dose}": mean[z], f"ddip_blend_dose{dose}": blended[z],
+                           f"ddip_std_dose{dose}": std[z]})
         return {**scorer(mean), "blend": scorer(blended),
-                **scorer.error_ranking(mean, sitk.GetArrayFromImage(result.stability))}
+                **scorer.error_ranking(mean, std)}
 
     def dip_row() -> dict:
         return scorer(sitk.GetArrayFromImage(denoise(osem, case.mr, settings.dip).denoised))
 
     def ddpm_row() -> dict:
         config = DDPMSamplingConfig(model_dir=str(args.ddpm_model) if args.ddpm_model else None, threads=args.threads)
-        return scorer(sitk.GetArrayFromImage(denoise_ddpm(osem, case.mr, config).network_output))
+        mean = sitk.GetArrayFromImage(denoise_ddpm(osem, case.mr, config).network_output)
+        panels[f"ddpm_dose{dose}"] = mean[z]
+        return scorer(mean)
 
     rows: Dict[str, Callable[[], object]] = {
         "osem": lambda: scorer(osem_array),
         "gaussian": lambda: [{"fwhm_voxels": f, **scorer(gaussian_fwhm(osem_array, f))} for f in GAUSSIAN_FWHMS],
-        "ddip": lambda: ddip_row(prior),
+        "ddip": lambda: ddip_row(prior, keep_panels=True),
     }
     if args.dip:
         rows["dip_blend"] = dip_row
     if args.ddpm:
         rows["ddpm"] = ddpm_row
-    if args.ablations and regime == "realistic":
-        rows.update({name: (lambda c=changes: ddip_row(dataclasses.replace(prior, **c)))
-                     for name, changes in ABLATIONS.items()})
-    results = {}
-    for name, compute in rows.items():
+    if regime == "realistic":
+        rows.update({name: (lambda c=ABLATIONS[name]: ddip_row(dataclasses.replace(prior, **c)))
+                     for name in args.ablations})
+    results: Dict[str, dict] = {}
+
+    def run(name: str) -> None:
         path = cache / f"{name}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
-            continue
+            return
         log.info("subject %s, %s, dose %g: %s", subject, regime, dose, name)
         started = time.perf_counter()
-        value = compute()
+        value = rows[name]()
         record = {"rows": value, "seconds": time.perf_counter() - started}
         path.write_text(json.dumps(record, indent=1))
+        np.savez_compressed(panels_path, **panels)
         results[name] = record
+
+    run("osem")
+    run("gaussian")
     sweep = results["gaussian"]["rows"]
-    summary = {"gaussian_best": max(sweep, key=lambda row: row["psnr"])}
+    best = max(sweep, key=lambda row: row["psnr_blurred"])["fwhm_voxels"]
+    panels[f"gaussian_dose{dose}"] = gaussian_fwhm(osem_array, best)[z]
+    np.savez_compressed(panels_path, **panels)
+    # Checked before the long rows run: the imported rows must be of these very images.
+    imported = evaluation_rows(args.evaluation, subject, dose, sweep) if args.evaluation and regime == "realistic" else {}
+    for name in rows:
+        if name not in imported:
+            run(name)
+    results.update({name: record for name, record in imported.items() if name not in results})
+    summary = {"gaussian_best": max(sweep, key=lambda row: row["psnr"]),
+               "gaussian_best_blurred": max(sweep, key=lambda row: row["psnr_blurred"])}
+    def summarised(scores: dict, seconds) -> dict:
+        row = dict(with_mean_bias(scores), seconds=seconds)
+        row["max_abs_bias_fulldose"] = max(abs(row[f"bias_fulldose_{roi}"]) for roi in PAPER_ROIS)
+        for key in MATCHED_KEYS:
+            matched = at_matched_noise(sweep, row["wm_cov"], key)
+            row[f"{key}_vs_gaussian_least_noisy"] = math.isnan(matched)
+            if math.isnan(matched):
+                matched = below_least_noisy(sweep, row["wm_cov"], key)
+            row[f"{key}_vs_gaussian"] = row[key] - matched
+        return row
+
     for name, record in results.items():
         if name == "gaussian":
             continue
-        row = dict(record["rows"], seconds=record["seconds"])
-        for key in MATCHED_KEYS:
-            row[f"{key}_vs_gaussian"] = row[key] - at_matched_noise(sweep, row["wm_cov"], key)
-        summary[name] = row
+        scores = dict(record["rows"])
+        blend = scores.pop("blend", None)  # a DDIP row's blend at the default alpha: a row of its own
+        summary[name] = summarised(scores, record["seconds"])
+        if blend is not None:
+            summary[f"{name}_blend"] = summarised(blend, None)
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels-dir", type=Path, required=True)
-    parser.add_argument("--prior", type=Path, required=True, help="a model trained with --condition-dropout")
+    parser.add_argument("--prior", type=Path, help="a model trained with --condition-dropout (default: the bundled prior)")
     parser.add_argument("--work", type=Path, required=True, help="the cache of every row (resumable)")
     parser.add_argument("--subjects", nargs="+", default=["50", "51"])
     parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])
     parser.add_argument("--amyloid", action="store_true", help="also each subject at the first dose, amyloid-like")
-    parser.add_argument("--ablations", action="store_true")
+    parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS),
+                        help="DDIP variants to run on the realistic cases")
+    parser.add_argument("--evaluation", type=Path, help="the evaluation's results.csv: import its rows of each case")
     parser.add_argument("--dip", action="store_true", help="also OSEM + the DIP blend (about 7 minutes a case)")
     parser.add_argument("--ddpm", action="store_true", help="also OSEM + the diffusion model")
     parser.add_argument("--ddpm-model", type=Path, help="the diffusion model of --ddpm (default: the bundled one)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write every case's rows as JSON here")
+    parser.add_argument("--figures", type=Path, help="draw each case's image panel into this folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -144,14 +227,22 @@ def main() -> None:
     if args.amyloid:
         cases += [(s, args.doses[0], "amyloid") for s in args.subjects]
     table = {f"{s}_{regime}@{d:g}": case_rows(s, d, regime, args) for s, d, regime in cases}
-    columns = ("psnr", "ssim", "wm_cov", "lesion_cr_vs_gaussian", "hypo_recovery_vs_gaussian", "seconds")
+    columns = ("psnr", "psnr_blurred", "ssim", "wm_cov", "lesion_cr_vs_gaussian", "hypo_recovery_vs_gaussian",
+               "max_abs_bias_fulldose", "seconds")
     for key, rows in table.items():
         print(f"\n{key}\n{'row':<18}" + "".join(f"{c:>16}" for c in columns))
         for name, row in rows.items():
-            print(f"{name:<18}" + "".join(f"{row.get(c, float('nan')):>16.3f}" for c in columns))
+            print(f"{name:<18}" + "".join(f"{row.get(c) if row.get(c) is not None else math.nan:>16.3f}"
+                                          for c in columns))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(table, indent=1))
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        for subject, dose, regime in cases:
+            panels = dict(np.load(args.work / f"subject{subject}_{regime}_dose{dose:g}" / "panels.npz"))
+            image_panel(panels, dose, f"subject {subject} ({regime})",
+                        args.figures / f"panel_subject{subject}_{regime}_dose{dose:g}.png")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from .settings import (
     dip_config,
     method_alpha,
 )
-from .simulation.case import BRAINWEB_LABELS, brainweb_subjects
+from .simulation.case import BRAINWEB_LABELS, DEFAULT_DOSES, brainweb_subjects
 from .simulation.scanners import REGIMES, SCANNERS
 
 log = logging.getLogger("petstab")
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("simulate", help="simulate a brain FDG PET/MR case with known truth")
     p.add_argument("--labels", type=Path, help="tissue label volume (BrainWeb labels); default: the bundled subject 04")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1], help="dose fractions")
+    p.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES), help="dose fractions")
     p.add_argument("--lesions", type=int, default=3, help="PET-only hot lesions (absent from the MR)")
     p.add_argument("--seed", type=int, default=0, help="the phantom (lesions, texture, misregistration) and noise")
     p.add_argument("--noise-seed", type=int, help="another noise realisation of the same phantom")
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--method", default=DEFAULT_RECONSTRUCTION_METHOD, choices=RECONSTRUCTION_METHODS,
                    help="osem: the simulator's OSEM (default); ddip: the MR-conditioned diffusion prior, started from "
-                        "OSEM's image and tied to the data (needs --mr and --ddip-model)")
+                        "OSEM's image and tied to the data (needs --mr)")
     p.add_argument("--mr", type=Path, help="the subject's MR, registered to the PET (any grid); DDIP only")
     p.add_argument("--iterations", type=int, default=DEFAULT_OSEM_ITERATIONS,
                    help=f"OSEM iterations (default {DEFAULT_OSEM_ITERATIONS})")
@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bar: a progress bar on stderr; jsonl: one JSON object per OSEM iteration or DDIP step on "
                         "stdout")
     group = p.add_argument_group("DDIP settings (docs/RECONSTRUCTION.md)")
-    group.add_argument("--ddip-model", type=Path, help="a diffusion model trained with --condition-dropout (the prior)")
+    group.add_argument("--ddip-model", type=Path,
+                       help="the prior: a diffusion model trained with --condition-dropout (default: the bundled one)")
     group.add_argument("--samples", type=int, help=f"independent runs: mean and std (default {DDIP_DEFAULTS.samples})")
     group.add_argument("--steps", type=int, help=f"DDIM steps (default {DDIP_DEFAULTS.steps})")
     group.add_argument("--start-fraction", type=float,
@@ -296,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the report")
     p.add_argument("--labels", type=Path, nargs="+",
                    help="label volumes (BrainWeb label values) to use as subjects; default: the bundled subject 04")
-    p.add_argument("--doses", type=float, nargs="+", default=[1.0, 0.5, 0.2, 0.1],
+    p.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES),
                    help="dose fractions (full dose, the reference of the ROI bias, is always simulated)")
     p.add_argument("--realisations", type=int, default=3,
                    help="noise realisations per subject: the same phantom with noise seeds 0..N-1 (default 3)")

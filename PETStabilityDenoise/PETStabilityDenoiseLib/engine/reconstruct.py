@@ -102,8 +102,8 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     Args:
         osem: the OSEM image of ``sinogram`` (:func:`osem_image`): the chain's start and the blend's input.
         mr: the subject's MR, registered to the PET, on any grid.
-        config: see :class:`DDIPConfig`; ``config.model_dir`` (None: the bundled diffusion model) must hold a prior,
-            a diffusion model trained with condition dropout.
+        config: see :class:`DDIPConfig`; ``config.model_dir`` (None: the bundled prior) must hold a prior, a
+            diffusion model trained with condition dropout.
         progress: called after each DDIM step of each sample (``loss`` None).
         should_stop: polled after each step; True raises :class:`Cancelled`.
 
@@ -113,19 +113,19 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     import torch
 
     from .ddip import ddip_reconstruct
-    from .ddpm.weights import bundled_model_dir, load_model
+    from .ddpm.weights import bundled_prior_dir, load_model
     from .device import resolve_device
 
     started = time.perf_counter()
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    model_dir = Path(config.model_dir) if config.model_dir else bundled_model_dir()
+    model_dir = Path(config.model_dir) if config.model_dir else bundled_prior_dir()
     model, model_config, manifest = load_model(model_dir, device)
     if not manifest.get("info", {}).get("training", {}).get("condition_dropout"):
-        which = f"the diffusion model in {model_dir}" if config.model_dir else "the bundled diffusion model"
-        raise InputError(f"{which} was trained without condition dropout, so it is no prior p(PET | MR): train one "
-                         "with 'petstab train-ddpm --condition-dropout 0.2' and give its folder (--ddip-model)")
+        raise InputError(f"the diffusion model in {model_dir} was trained without condition dropout, so it is no "
+                         "prior p(PET | MR): give a prior (--ddip-model), such as one trained with 'petstab "
+                         "train-ddpm --condition-dropout 1', or leave --ddip-model out for the bundled prior")
     if not model_config.use_mr:
         raise InputError(f"the diffusion model in {model_dir} does not take the MR: DDIP's prior needs it")
     validate_volume(mr, "MR", activity=False)
@@ -173,8 +173,8 @@ def reconstruct(sinogram_path: Path, out_dir: Path, *, method: str = DEFAULT_REC
         sinogram_path: a ``.npz`` that ``petstab simulate --sinograms`` wrote, or one written to that format.
         out_dir: the run folder. An earlier run there is replaced as a whole; a folder holding anything else is
             refused.
-        method: one of ``settings.RECONSTRUCTION_METHODS``: ``osem``, or ``ddip`` (needs ``mr_path`` and a prior
-            in ``ddip.model_dir``, or the bundled diffusion model if that is one).
+        method: one of ``settings.RECONSTRUCTION_METHODS``: ``osem``, or ``ddip`` (needs ``mr_path``; its prior
+            is ``ddip.model_dir``, or the bundled one).
         mr_path: the subject's MR, registered to the PET (any grid); DDIP only.
         iterations, subsets: OSEM's (default: the simulator's brain scanner, 4 x 21); DDIP starts from this image.
         ddip: DDIP's settings (:class:`DDIPConfig`).

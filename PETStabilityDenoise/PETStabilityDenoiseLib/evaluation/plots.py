@@ -110,18 +110,21 @@ def roi_bias(rows: List[dict], doses: Sequence[float], entries: Sequence[tuple],
 
 
 def image_panel(panels: Dict[str, np.ndarray], dose: float, subject: str, path: Path) -> Path:
-    """One slice per image at one dose: truth, full-dose OSEM, OSEM, each method at its operating point, S."""
+    """One slice per image at one dose: truth, full-dose OSEM, OSEM, each method at its operating point, S; the
+    keys of ``panels`` that are absent are left out."""
     names = [("truth", "truth"), ("osem_full", "OSEM full dose"), (f"osem_dose{dose}", f"OSEM {dose_title(dose)}"),
              (f"gaussian_dose{dose}", "Gaussian"), (f"nlm_dose{dose}", "Non-local means"),
              (f"dip_dose{dose}", "DIP"), (f"blend_dose{dose}", "Stability blend"),
              (f"stability_dose{dose}", "stability map S"), (f"ddpm_dose{dose}", "DDPM mean"),
-             (f"ddpm_blend_dose{dose}", "DDPM blend"), (f"ddpm_std_dose{dose}", "DDPM std")]
+             (f"ddpm_blend_dose{dose}", "DDPM blend"), (f"ddpm_std_dose{dose}", "DDPM std"),
+             (f"ddip_dose{dose}", "DDIP mean"), (f"ddip_blend_dose{dose}", "DDIP blend"),
+             (f"ddip_std_dose{dose}", "DDIP std")]
     names = [(key, title) for key, title in names if key in panels]
     vmax = float(np.percentile(panels["truth"], 99.9)) * 1.1
     fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.7))
     for ax, (key, title) in zip(axes, names):
         image = np.flipud(panels[key])
-        if key.startswith(("stability", "ddpm_std")):
+        if key.startswith(("stability", "ddpm_std", "ddip_std")):
             ax.imshow(image, cmap="inferno")
         else:
             ax.imshow(image, cmap="gray_r", vmin=0, vmax=vmax)

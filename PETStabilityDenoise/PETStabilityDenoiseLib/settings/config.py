@@ -160,10 +160,12 @@ class DDIPConfig:
     1 weighs the network's estimate as much as the data there; 0 gives plain MLEM updates.
     ``finetune_steps`` 0 replaces the estimate by the data step instead of fine-tuning (the ablation).
     ``refresh_estimate``: after fine-tuning, run the adapted network again and take the DDIM step from its
-    estimate (two network passes per step); False takes the step from the data step's image, and the adapted
-    network serves from the next step on (one pass per step, and one more at the end).
-    ``model_dir``: a diffusion model trained with condition dropout (``petstab train-ddpm
-    --condition-dropout``). These defaults are provisional: not yet measured.
+    estimate (two network passes per step); off (the default) takes the step from the data step's image, and the
+    adapted network serves from the next step on (one pass per step, and one more at the end). Off, because with
+    it on the default run took 19.8 minutes on 2 CPU cores, past the 15-minute target.
+    ``model_dir``: a prior, a diffusion model trained with condition dropout (``petstab train-ddpm
+    --condition-dropout``); None: the bundled prior. The measured effect of each setting is in
+    docs/RECONSTRUCTION.md.
     """
 
     samples: int = 2
@@ -175,7 +177,7 @@ class DDIPConfig:
     learning_rate: float = 1e-3
     beta: float = 1.0
     em_updates: int = 2
-    refresh_estimate: bool = True
+    refresh_estimate: bool = False
     overlap: float = 0.25
     seed: int = 0
     device: str = DEFAULT_DEVICE

@@ -4,7 +4,15 @@
 See docs/SIMULATOR.md for the model and its calibration.
 """
 
-from .case import SimulatedCase, SimulationConfig, bundled_labels_path, dose_label, simulate_case, simulation_config
+from .case import (
+    DEFAULT_DOSES,
+    SimulatedCase,
+    SimulationConfig,
+    bundled_labels_path,
+    dose_label,
+    simulate_case,
+    simulation_config,
+)
 
-__all__ = ["SimulatedCase", "SimulationConfig", "bundled_labels_path", "dose_label", "simulate_case",
+__all__ = ["DEFAULT_DOSES", "SimulatedCase", "SimulationConfig", "bundled_labels_path", "dose_label", "simulate_case",
            "simulation_config"]

@@ -58,6 +58,10 @@ def brainweb_subjects(labels_dir: Path) -> list:
 
 BRAIN = SCANNERS["brain"]
 
+# The doses simulated by default, full dose first. Each dose's noise stream is chosen by its position in the
+# tuple, so the same tuple gives the same noise (``petstab simulate`` and ``petstab evaluate`` share it).
+DEFAULT_DOSES = (1.0, 0.5, 0.2, 0.1)
+
 
 @dataclass(frozen=True)
 class SimulationConfig:
@@ -68,7 +72,7 @@ class SimulationConfig:
     first simulator's regime, where the PET is a function of the MR; ``for_scanner()`` switches scanner.
     """
 
-    doses: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)
+    doses: tuple[float, ...] = DEFAULT_DOSES
     seed: int = 0  # the phantom: lesion layout, texture, misregistration, MR noise (and the PET noise by default)
     noise_seed: Optional[int] = None  # the PET counts alone, so that noise realisations share one phantom
     # Truth

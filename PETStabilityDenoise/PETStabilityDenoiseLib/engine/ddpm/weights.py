@@ -39,8 +39,14 @@ def model_kind(config: Any) -> str:
 
 
 def bundled_model_dir() -> Path:
-    """The model shipped with the library, in ``data/ddpm`` (in Slicer, in the repository and in the wheel)."""
+    """The diffusion denoiser shipped with the library, in ``data/ddpm`` (in Slicer, the repository and the wheel)."""
     return DATA_DIR / "ddpm"
+
+
+def bundled_prior_dir() -> Path:
+    """DDIP's prior p(PET | MR) shipped with the library, in ``data/ddip_prior``: the same network, trained with
+    its low-dose condition always dropped."""
+    return DATA_DIR / "ddip_prior"
 
 
 def sha256_of(path: Path) -> str:
@@ -82,7 +88,7 @@ def load_model(directory: Path, device: torch.device = torch.device("cpu"),
     manifest_path, weights = directory / MANIFEST_FILE, directory / WEIGHTS_FILE
     if not manifest_path.is_file() or not weights.is_file():
         raise FileNotFoundError(f"no trained model in {directory}: expected {MANIFEST_FILE} and {WEIGHTS_FILE}. "
-                                "The bundled model ships in PETStabilityDenoiseLib/data/ddpm; reinstall "
+                                "The bundled models ship in PETStabilityDenoiseLib/data; reinstall "
                                 "PETStabilityDenoise, or give a model folder written by 'petstab train-ddpm'.")
     restore = ("Reinstall PETStabilityDenoise to restore the bundled model, or train a model again with "
                "'petstab train-ddpm'.")
