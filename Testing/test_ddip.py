@@ -75,6 +75,11 @@ def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab
     expected = tomography.expected_counts(anchor, *terms[1:])
     mlem = anchor * projector.back(data.multiplicative * data.prompts / expected) / projector.back(data.multiplicative)
     np.testing.assert_allclose(tomography.penalized_em(*terms, anchor, 0.0, 1), mlem, rtol=1e-4, atol=1e-6)
+    # Ordered subsets (as OSEM) move further towards the data in one update than MLEM, at the same weight.
+    ordered = tomography.penalized_em(*terms, anchor, unit, 1, n_subsets=8)
+    assert misfit(ordered) < misfit(tomography.penalized_em(*terms, anchor, unit, 1)) < misfit(anchor)
+    with pytest.raises(ValueError, match="do not split into 5 subsets"):
+        tomography.penalized_em(*terms, anchor, unit, 1, n_subsets=5)
 
 
 def test_lora_adapters_start_at_zero_and_only_they_train():
@@ -151,6 +156,8 @@ def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, 
         reconstruct(sinogram, out, method="ddip", ddip=DDIPConfig(model_dir=str(tiny_prior)))
     with pytest.raises(InputError, match="without condition dropout"):
         reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(tiny_ddpm_model_dir)))
+    with pytest.raises(InputError, match="5 EM subsets do not divide the sinogram's 168 angles"):
+        reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(tiny_prior), em_subsets=5))
     assert not out.exists()
     assert main(["reconstruct", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr)]) == 2
     assert "apply to --method ddip only" in caplog.text

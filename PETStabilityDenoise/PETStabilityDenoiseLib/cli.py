@@ -134,7 +134,7 @@ DDPM_DEFAULTS = DDPMSamplingConfig()
 DDIP_DEFAULTS = DDIPConfig()
 # petstab reconstruct's DDIP options: argparse destinations named after the DDIPConfig fields they set.
 DDIP_SETTINGS = ("samples", "steps", "start_fraction", "lora_rank", "finetune_steps", "beta", "em_updates",
-                 "refresh_estimate", "device", "seed", "threads")
+                 "em_subsets", "refresh_estimate", "device", "seed", "threads")
 # Settings that only one method has, as argparse destinations: giving them to the other is refused.
 DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode", "network",
                      "inner_iterations")
@@ -271,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"adapter fine-tuning steps per DDIM step; 0: no fine-tuning "
                             f"(default {DDIP_DEFAULTS.finetune_steps})")
     group.add_argument("--beta", type=float, help=f"HQS weight of the network's estimate against the data, relative "
-                                                  f"to the data's (default {DDIP_DEFAULTS.beta}); 0: plain MLEM")
-    group.add_argument("--em-updates", type=int, help=f"MLEM updates per DDIM step (default {DDIP_DEFAULTS.em_updates})")
+                                                  f"to the data's (default {DDIP_DEFAULTS.beta}); 0: plain EM")
+    group.add_argument("--em-updates", type=int, help=f"EM updates per DDIM step (default {DDIP_DEFAULTS.em_updates})")
+    group.add_argument("--em-subsets", type=int, help="subsets of angles in each EM update; must divide the angles; 1: "
+                                                      f"MLEM (default {DDIP_DEFAULTS.em_subsets})")
     group.add_argument("--refresh-estimate", action=argparse.BooleanOptionalAction,
                        help="run the adapted network again before each DDIM step (two passes per step); "
                             "--no-refresh-estimate steps from the data step's image (one pass) "

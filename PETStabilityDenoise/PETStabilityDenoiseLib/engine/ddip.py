@@ -6,8 +6,8 @@ channel set to ``DROPPED_CONDITION`` it models p(PET | MR). Each of ``config.sam
 1. starts from the OSEM image, in the network's range, noised to t' = ``start_fraction`` x T;
 2. at each of ``steps`` DDIM steps, on the whole volume:
    - the network estimates the clean image x0 from x_t (Tweedie, through sliding windows);
-   - the data step: ``em_updates`` MLEM updates tied to that estimate by ``beta`` (half-quadratic splitting,
-     ``tomography.penalized_em``), on the full PET grid, slice by slice;
+   - the data step: ``em_updates`` EM updates over ``em_subsets`` ordered subsets, tied to that estimate by
+     ``beta`` (half-quadratic splitting, ``tomography.penalized_em``), on the full PET grid, slice by slice;
    - LoRA adapters (``lora.py``) are fine-tuned for ``finetune_steps`` steps so that the network's estimate on
      random patches moves towards the data step's image; with ``config.refresh_estimate`` the network
      estimates x0 again, adapted; otherwise the data step's image is the estimate of this step, and the adapted
@@ -171,7 +171,8 @@ def ddip_reconstruct(
         for step, (t, alpha_bar) in enumerate(zip(timesteps, alpha_bars)):
             estimate = run.estimate(x_t, conditions, t, alpha_bar)
             data_image = tomography.penalized_em(counts, projector, multiplicative, additive,
-                                                 from_model_space(to_grid(estimate), scale), beta, config.em_updates)
+                                                 from_model_space(to_grid(estimate), scale), beta, config.em_updates,
+                                                 config.em_subsets)
             target = to_network(to_model_space(data_image, scale)[None])
             last = step + 1 == len(timesteps)
             if run.adapters:

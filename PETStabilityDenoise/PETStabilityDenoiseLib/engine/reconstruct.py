@@ -112,6 +112,9 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     """
     import torch
 
+    if sinogram.shape[1] % config.em_subsets:
+        raise InputError(f"DDIP's {config.em_subsets} EM subsets do not divide the sinogram's {sinogram.shape[1]} "
+                         "angles: choose a divisor (--em-subsets)")
     from .ddip import ddip_reconstruct
     from .ddpm.weights import bundled_prior_dir, load_model
     from .device import resolve_device

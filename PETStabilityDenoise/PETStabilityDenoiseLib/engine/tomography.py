@@ -109,6 +109,43 @@ class ParallelBeamProjector:
         return np.ascontiguousarray((self.matrix.T @ cols).T).reshape(sinogram.shape[0], *self.image_shape)
 
 
+class _Subsets:
+    """The data split into subsets of interleaved angles, in column layout: the volume as (pixels, nz) and each
+    subset's sinogram as (rays, nz), with its rows of the system matrix and its sensitivity A_s^T m_s."""
+
+    def __init__(self, counts: np.ndarray, projector: ParallelBeamProjector, multiplicative: np.ndarray,
+                 background: np.ndarray, n_subsets: int) -> None:
+        if n_subsets < 1 or projector.n_angles % n_subsets:
+            raise ValueError(f"{projector.n_angles} angles do not split into {n_subsets} subsets")
+        self.nz, self.image_shape = counts.shape[0], projector.image_shape
+        y, m, b = (np.ascontiguousarray(np.moveaxis(v.astype(np.float32, copy=False), 0, -1))
+                   for v in (counts, multiplicative, background))  # (n_angles, n_bins, nz)
+        self.parts = []
+        for s in range(n_subsets):
+            angles = np.arange(s, projector.n_angles, n_subsets)
+            rows = (angles[:, None] * projector.n_bins + np.arange(projector.n_bins)).ravel()
+            a_s = projector.matrix[rows]
+            y_s, m_s, b_s = (v[angles].reshape(-1, self.nz) for v in (y, m, b))
+            sens = np.asarray(a_s.T @ m_s, dtype=np.float32)
+            self.parts.append((a_s, a_s.T.tocsr(), y_s, m_s, b_s, sens))
+        self.n_rays = projector.n_angles * projector.n_bins
+        self.totals = y.reshape(self.n_rays, self.nz), m.reshape(self.n_rays, self.nz), b.reshape(self.n_rays, self.nz)
+
+    def to_columns(self, image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image.reshape(self.nz, -1).T.astype(np.float32))
+
+    def to_image(self, columns: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(columns.T).reshape(self.nz, *self.image_shape)
+
+
+def _em_image(x: np.ndarray, part: tuple) -> np.ndarray:
+    """One subset's EM image of the columns ``x``: x A_s^T (m_s y_s / (m_s A_s x + b_s)) / sensitivity_s."""
+    a_s, a_s_t, y_s, m_s, b_s, sens = part
+    expected = m_s * (a_s @ x) + b_s
+    ratio = np.divide(y_s, expected, out=np.zeros_like(expected), where=expected > 0)
+    return x * np.divide(a_s_t @ (m_s * ratio), sens, out=np.zeros_like(x), where=sens > 0)
+
+
 def osem(
     counts: np.ndarray,
     projector: ParallelBeamProjector,
@@ -125,37 +162,18 @@ def osem(
     is multiplicative from a positive start, which keeps the image non-negative. ``progress`` is called with the
     number of iterations done after each one.
     """
-    nz = counts.shape[0]
-    if projector.n_angles % n_subsets:
-        raise ValueError(f"{projector.n_angles} angles do not split into {n_subsets} subsets")
-    n_rays = projector.n_angles * projector.n_bins
-
-    def as_cols(sino: np.ndarray) -> np.ndarray:  # (nz, n_angles, n_bins) -> (n_angles, n_bins, nz)
-        return np.ascontiguousarray(np.moveaxis(sino.astype(np.float32, copy=False), 0, -1))
-
-    y, m, b = as_cols(counts), as_cols(multiplicative), as_cols(background)
-    subsets = []
-    for s in range(n_subsets):
-        angles = np.arange(s, projector.n_angles, n_subsets)
-        rows = (angles[:, None] * projector.n_bins + np.arange(projector.n_bins)).ravel()
-        a_s = projector.matrix[rows]
-        y_s, m_s, b_s = (v[angles].reshape(-1, nz) for v in (y, m, b))
-        sens = np.asarray(a_s.T @ m_s, dtype=np.float32)
-        subsets.append((a_s, a_s.T.tocsr(), y_s, m_s, b_s, sens))
-
+    data = _Subsets(counts, projector, multiplicative, background, n_subsets)
+    y, m, b = data.totals
     # Start from the uniform image whose projection holds the measured net counts.
     ones_proj = projector.matrix @ np.ones((projector.matrix.shape[1], 1), dtype=np.float32)
-    net = np.maximum(y.reshape(n_rays, nz) - b.reshape(n_rays, nz), 0.0).sum()
-    start = net / max(float((m.reshape(n_rays, nz) * ones_proj).sum()), 1e-12)
-    x = np.full((projector.matrix.shape[1], nz), start, dtype=np.float32)
+    start = np.maximum(y - b, 0.0).sum() / max(float((m * ones_proj).sum()), 1e-12)
+    x = np.full((projector.matrix.shape[1], data.nz), start, dtype=np.float32)
     for iteration in range(n_iterations):
-        for a_s, a_s_t, y_s, m_s, b_s, sens in subsets:
-            expected = m_s * (a_s @ x) + b_s
-            ratio = np.divide(y_s, expected, out=np.zeros_like(expected), where=expected > 0)
-            x *= np.divide(a_s_t @ (m_s * ratio), sens, out=np.zeros_like(x), where=sens > 0)
+        for part in data.parts:
+            x = _em_image(x, part)
         if progress is not None:
             progress(iteration + 1)
-    return np.ascontiguousarray(x.T).reshape(nz, *projector.image_shape)
+    return data.to_image(x)
 
 
 def expected_counts(image: np.ndarray, projector: ParallelBeamProjector, multiplicative: np.ndarray,
@@ -178,27 +196,30 @@ def penalized_em(
     anchor: np.ndarray,
     beta: float,
     n_updates: int,
+    n_subsets: int = 1,
 ) -> np.ndarray:
-    """The data step of half-quadratic splitting: MLEM updates tied to ``anchor`` by (beta / 2) ||x - anchor||^2.
+    """The data step of half-quadratic splitting: EM updates tied to ``anchor`` by (beta / 2) ||x - anchor||^2.
 
-    Starts from the anchor (clipped at 0). Each update is the EM image x_em of the current x followed, per voxel,
-    by the positive root of beta x^2 + (s - beta z) x - s x_em = 0 (De Pierro's surrogate), where z is the anchor
-    and s = A^T multiplicative the sensitivity. ``beta`` 0 gives plain MLEM; a large beta keeps the anchor.
-    Arrays are (nz, ny, nx) images and (nz, n_angles, n_bins) sinograms; ``beta`` is in counts per activity^2.
+    Starts from the anchor (clipped at 0). Each update is, for each of ``n_subsets`` subsets of interleaved angles,
+    the subset's EM image x_em of the current x followed, per voxel, by the positive root of
+    b x^2 + (s - b z) x - s x_em = 0 (De Pierro's surrogate), where z is the anchor, s = A_s^T multiplicative the
+    subset's sensitivity and b = beta / n_subsets its share of the penalty (ordered subsets, as OSEM). One subset
+    is MLEM. ``beta`` 0 gives plain MLEM or OSEM; a large beta keeps the anchor. Arrays are (nz, ny, nx) images
+    and (nz, n_angles, n_bins) sinograms; ``beta`` is in counts per activity^2.
     """
     if beta < 0 or n_updates < 0:
         raise ValueError(f"beta and n_updates must be >= 0; got {beta}, {n_updates}")
-    anchor = np.maximum(anchor.astype(np.float32), 0.0)
-    sensitivity = projector.back(multiplicative)
-    x = anchor.copy()
+    data = _Subsets(counts, projector, multiplicative, background, n_subsets)
+    anchor_columns = data.to_columns(np.maximum(anchor, 0.0))
+    x = anchor_columns.copy()
+    share = beta / n_subsets
     for _ in range(n_updates):
-        expected = expected_counts(x, projector, multiplicative, background)
-        ratio = np.divide(counts, expected, out=np.zeros_like(expected), where=expected > 0)
-        x_em = np.divide(x * projector.back(multiplicative * ratio), sensitivity, out=np.zeros_like(x),
-                         where=sensitivity > 0)
-        if beta == 0:
-            x = x_em
-            continue
-        offset = anchor - sensitivity / beta
-        x = 0.5 * (offset + np.sqrt(offset * offset + 4.0 * x_em * sensitivity / beta))
-    return x.astype(np.float32)
+        for part in data.parts:
+            x_em = _em_image(x, part)
+            if beta == 0:
+                x = x_em
+                continue
+            sensitivity = part[5]
+            offset = anchor_columns - sensitivity / share
+            x = 0.5 * (offset + np.sqrt(offset * offset + 4.0 * x_em * sensitivity / share))
+    return data.to_image(x).astype(np.float32)

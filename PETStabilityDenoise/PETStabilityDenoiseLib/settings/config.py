@@ -154,7 +154,8 @@ class DDIPConfig:
 
     Each of ``samples`` independent runs starts from the OSEM image noised to t' = ``start_fraction`` x T and
     takes ``steps`` DDIM steps. At each step the network's estimate is pulled towards the data by
-    ``em_updates`` MLEM updates tied to it with weight ``beta`` (half-quadratic splitting), and the network's
+    ``em_updates`` EM updates (each over ``em_subsets`` ordered subsets of the angles; 1: MLEM) tied to it with
+    weight ``beta`` (half-quadratic splitting), and the network's
     LoRA adapters of rank ``lora_rank`` are fine-tuned towards that image for ``finetune_steps`` steps on
     ``finetune_batch`` random patches. ``beta`` is relative to the data's curvature at the head-mean activity:
     1 weighs the network's estimate as much as the data there; 0 gives plain MLEM updates.
@@ -177,6 +178,7 @@ class DDIPConfig:
     learning_rate: float = 1e-3
     beta: float = 1.0
     em_updates: int = 2
+    em_subsets: int = 1
     refresh_estimate: bool = False
     overlap: float = 0.25
     seed: int = 0
@@ -186,7 +188,7 @@ class DDIPConfig:
 
     def __post_init__(self) -> None:
         check_sampling(self.samples, self.steps, self.start_fraction, self.overlap)
-        for name in ("lora_rank", "finetune_batch", "em_updates"):
+        for name in ("lora_rank", "finetune_batch", "em_updates", "em_subsets"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.finetune_steps < 0 or self.beta < 0 or not self.learning_rate > 0:
