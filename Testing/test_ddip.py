@@ -156,11 +156,14 @@ def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, 
         reconstruct(sinogram, out, method="ddip", ddip=DDIPConfig(model_dir=str(tiny_prior)))
     with pytest.raises(InputError, match="without condition dropout"):
         reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(tiny_ddpm_model_dir)))
-    with pytest.raises(InputError, match="5 EM subsets do not divide the sinogram's 168 angles"):
+    with pytest.raises(InputError, match=r"5 DDIP EM subsets \(--em-subsets\) do not divide the sinogram's 168 angles"):
         reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(tiny_prior), em_subsets=5))
     assert not out.exists()
     assert main(["reconstruct", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr)]) == 2
     assert "apply to --method ddip only" in caplog.text
+    assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
+                 "--ddip-model", str(tiny_prior), "--em-subsets", "5"]) == 2
+    assert "choose one of 1, 2, 3, 4, 6, 7, 8" in caplog.text and not out.exists()
     with pytest.raises(InputError, match="samples must be >= 2"):
         DDIPConfig(samples=1)
 

@@ -62,7 +62,7 @@ log = logging.getLogger("ddip_study")
 ABLATIONS = {
     "ddip_no_finetune": {"finetune_steps": 0},
     "ddip_refresh": {"refresh_estimate": True},
-    "ddip_os21": {"em_subsets": 21},
+    "ddip_mlem": {"em_subsets": 1},
     "ddip_beta0": {"beta": 0.0},
     "ddip_rank1": {"lora_rank": 1},
     "ddip_rank8": {"lora_rank": 8},

@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   f"to the data's (default {DDIP_DEFAULTS.beta}); 0: plain EM")
     group.add_argument("--em-updates", type=int, help=f"EM updates per DDIM step (default {DDIP_DEFAULTS.em_updates})")
     group.add_argument("--em-subsets", type=int, help="subsets of angles in each EM update; must divide the angles; 1: "
-                                                      f"MLEM (default {DDIP_DEFAULTS.em_subsets})")
+                                                      "MLEM (default: --subsets)")
     group.add_argument("--refresh-estimate", action=argparse.BooleanOptionalAction,
                        help="run the adapted network again before each DDIM step (two passes per step); "
                             "--no-refresh-estimate steps from the data step's image (one pass) "
@@ -441,6 +441,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         raise InputError("--mr, --ddip-model and the DDIP settings apply to --method ddip only")
     if args.ddip_model:
         ddip["model_dir"] = str(args.ddip_model.resolve())
+    if args.method == "ddip":
+        ddip.setdefault("em_subsets", args.subsets)  # the data step splits the angles as OSEM does
     label = ("DDIP", "step") if args.method == "ddip" else ("OSEM", "iteration")
     with make_reporter(args.progress, label=label) as report:
         paths = reconstruct(args.sinogram, args.out, method=args.method, mr_path=args.mr, iterations=args.iterations,

@@ -53,10 +53,15 @@ def check_osem_settings(sinogram: SinogramData, iterations: int, subsets: int) -
     """
     if iterations < 1 or subsets < 1:
         raise InputError(f"OSEM needs at least 1 iteration and 1 subset; got {iterations} and {subsets}")
+    check_subsets(sinogram, subsets, "subsets")
+
+
+def check_subsets(sinogram: SinogramData, subsets: int, what: str) -> None:
+    """Refuses ``subsets`` (named ``what`` in the message) that do not divide the sinogram's angles."""
     n_angles = sinogram.shape[1]
     if n_angles % subsets:
         divisors = [d for d in range(1, n_angles + 1) if n_angles % d == 0]
-        raise InputError(f"{subsets} subsets do not divide the sinogram's {n_angles} angles; choose one of "
+        raise InputError(f"{subsets} {what} do not divide the sinogram's {n_angles} angles; choose one of "
                          f"{', '.join(str(d) for d in divisors)}")
 
 
@@ -112,9 +117,7 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     """
     import torch
 
-    if sinogram.shape[1] % config.em_subsets:
-        raise InputError(f"DDIP's {config.em_subsets} EM subsets do not divide the sinogram's {sinogram.shape[1]} "
-                         "angles: choose a divisor (--em-subsets)")
+    check_subsets(sinogram, config.em_subsets, "DDIP EM subsets (--em-subsets)")
     from .ddip import ddip_reconstruct
     from .ddpm.weights import bundled_prior_dir, load_model
     from .device import resolve_device

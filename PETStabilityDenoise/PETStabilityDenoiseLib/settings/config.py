@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from ..errors import InputError
-from .choices import DEFAULT_ALPHAS, DEFAULT_DEVICE, DEVICES, INPUT_MODES, METHODS, NETWORKS, OPTIMIZERS
+from .choices import (
+    DEFAULT_ALPHAS,
+    DEFAULT_DEVICE,
+    DEFAULT_OSEM_SUBSETS,
+    DEVICES,
+    INPUT_MODES,
+    METHODS,
+    NETWORKS,
+    OPTIMIZERS,
+)
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
@@ -178,7 +187,7 @@ class DDIPConfig:
     learning_rate: float = 1e-3
     beta: float = 1.0
     em_updates: int = 2
-    em_subsets: int = 1
+    em_subsets: int = DEFAULT_OSEM_SUBSETS
     refresh_estimate: bool = False
     overlap: float = 0.25
     seed: int = 0
