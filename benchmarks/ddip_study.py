@@ -11,7 +11,7 @@ the first dose in the amyloid-negative regime, where the FDG-trained prior is ou
   ``ddpm`` (OSEM + the diffusion model's mean), ``ddpm_blend`` (at the DDPM's alpha) and ``unet`` (its baseline);
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
 - ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
-  ``ABLATIONS`` (realistic cases only). DDIP rows score the mean (``network_output``) and the blend.
+  ``ABLATIONS`` (on the realistic cases at the first dose only). DDIP rows score the mean (``network_output``) and the blend.
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
 hypometabolism recovery, ROI bias against full-dose OSEM), plus lesion and hypometabolism recovery minus
@@ -59,17 +59,20 @@ from PETStabilityDenoiseLib.simulation.case import labels_path
 
 log = logging.getLogger("ddip_study")
 
+# Variants of the default: the changes to DDIPConfig's defaults. The ``ddip_beta1*`` rows are the first defaults
+# (beta 1), and two ablations of them.
 ABLATIONS = {
+    "ddip_beta1": {"beta": 1.0},
+    "ddip_beta1_mlem": {"beta": 1.0, "em_subsets": 1},
+    "ddip_beta1_no_finetune": {"beta": 1.0, "finetune_steps": 0},
+    "ddip_beta0.3": {"beta": 0.3},
+    "ddip_beta3": {"beta": 3.0},
     "ddip_no_finetune": {"finetune_steps": 0},
     "ddip_refresh": {"refresh_estimate": True},
-    "ddip_mlem": {"em_subsets": 1},
-    "ddip_beta0": {"beta": 0.0},
     "ddip_rank1": {"lora_rank": 1},
     "ddip_rank8": {"lora_rank": 8},
     "ddip_start0.2": {"start_fraction": 0.2},
     "ddip_start0.6": {"start_fraction": 0.6},
-    "ddip_beta0.3": {"beta": 0.3},
-    "ddip_beta3": {"beta": 3.0},
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
@@ -148,7 +151,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         rows["dip_blend"] = dip_row
     if args.ddpm:
         rows["ddpm"] = ddpm_row
-    if regime == "realistic":
+    if regime == "realistic" and dose == args.doses[0]:
         rows.update({name: (lambda c=ABLATIONS[name]: ddip_row(dataclasses.replace(prior, **c)))
                      for name in args.ablations})
     results: Dict[str, dict] = {}
