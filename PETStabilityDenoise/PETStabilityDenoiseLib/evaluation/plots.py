@@ -117,6 +117,7 @@ def image_panel(panels: Dict[str, np.ndarray], dose: float, subject: str, path: 
              (f"dip_dose{dose}", "DIP"), (f"blend_dose{dose}", "Stability blend"),
              (f"stability_dose{dose}", "stability map S"), (f"ddpm_dose{dose}", "DDPM mean"),
              (f"ddpm_blend_dose{dose}", "DDPM blend"), (f"ddpm_std_dose{dose}", "DDPM std"),
+             (f"unet_dose{dose}", "U-Net baseline"),
              (f"ddip_dose{dose}", "DDIP mean"), (f"ddip_blend_dose{dose}", "DDIP blend"),
              (f"ddip_std_dose{dose}", "DDIP std")]
     names = [(key, title) for key, title in names if key in panels]
