@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -140,6 +141,18 @@ def test_bf16_training_is_recorded_and_learns_like_float32(tmp_path):
         # The same data and noise, rounded differently: close after 4 steps, but not equal.
         torch.testing.assert_close(bf16[0].state_dict()[name], tensor, rtol=0.05, atol=0.01)
     assert any(not torch.equal(bf16[0].state_dict()[n], t) for n, t in float32[0].state_dict().items())
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_bf16_on_a_cpu_without_bf16_support_warns(monkeypatch, caplog, supported):
+    from PETStabilityDenoiseLib.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: supported)
+    with caplog.at_level(logging.WARNING, logger=trainer.__name__):
+        trainer.warn_if_slow_bf16(dataclasses.replace(QUICK, bf16=True), torch.device("cpu"))
+        trainer.warn_if_slow_bf16(QUICK, torch.device("cpu"))  # float32: never a warning
+    assert ("has no bfloat16 support" in caplog.text) is not supported
+    assert len(caplog.records) == (0 if supported else 1)
 
 
 def test_the_ema_warms_up_so_that_a_short_run_forgets_its_first_weights():

@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model is also the prior p(PET | MR) of 'petstab reconstruct --method ddip' (e.g. 0.2; 1: only that prior)")
     p.add_argument("--bf16", action="store_true",
                    help="run the network in bfloat16: about 2x faster on CPUs with AMX (Xeon Sapphire Rapids "
-                        "and later); can be slower on CPUs without bfloat16 units")
+                        "and later); dozens of times slower on CPUs without bfloat16 support, where it warns")
     p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
