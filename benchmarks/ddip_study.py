@@ -11,7 +11,8 @@ the first dose in the amyloid-negative regime, where the FDG-trained prior is ou
   ``ddpm`` (OSEM + the diffusion model's mean), ``ddpm_blend`` (at the DDPM's alpha) and ``unet`` (its baseline);
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
 - ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
-  ``ABLATIONS`` (on the realistic cases at the first dose only). DDIP rows score the mean (``network_output``) and the blend.
+  ``ABLATIONS`` (on the realistic cases at the first dose only). DDIP rows score the mean (``network_output``) and the blend;
+  the default row also its blend at each of the evaluation's alphas (rows ``ddip_blend_alpha<a>``).
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
 hypometabolism recovery, ROI bias against full-dose OSEM), plus lesion and hypometabolism recovery minus
@@ -40,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from PETStabilityDenoiseLib.engine.blend import blend
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise, denoise_ddpm
 from PETStabilityDenoiseLib.engine.reconstruct import ddip_image, osem_image
@@ -47,6 +49,7 @@ from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS, with_mean_bia
 from PETStabilityDenoiseLib.evaluation.plots import image_panel
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise, below_least_noisy
 from PETStabilityDenoiseLib.evaluation.study import (
+    ALPHAS,
     FULL_DOSE,
     GAUSSIAN_FWHMS,
     MAIN_CONDITION,
@@ -123,15 +126,19 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         f"osem_dose{dose}": osem_array[z]}
     prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, device=args.device, threads=args.threads)
 
-    def ddip_row(config: DDIPConfig, keep_panels: bool = False) -> dict:
+    def ddip_row(config: DDIPConfig, default: bool = False) -> dict:
         result = ddip_image(sinogram, osem, case.mr, config)
         mean, blended, std = (sitk.GetArrayFromImage(image) for image in
                               (result.network_output, result.denoised, result.stability))
-        if keep_panels:
+        row = {**scorer(mean), "blend": scorer(blended), **scorer.error_ranking(mean, std)}
+        if default:
             panels.update({f"ddip_dose{dose}": mean[z], f"ddip_blend_dose{dose}": blended[z],
                            f"ddip_std_dose{dose}": std[z]})
-        return {**scorer(mean), "blend": scorer(blended),
-                **scorer.error_ranking(mean, std)}
+            # The blend at each of the evaluation's alphas, from this run's own mean and std (DDIP's alpha is DIP's).
+            row["blend_sweep"] = [{"alpha": alpha, **scorer(blend(osem_array, mean, std, alpha,
+                                                                  stability_mean=result.stability_mean)[0])}
+                                  for alpha in ALPHAS]
+        return row
 
     def dip_row() -> dict:
         return scorer(sitk.GetArrayFromImage(denoise(osem, case.mr, settings.dip).denoised))
@@ -145,7 +152,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     rows: Dict[str, Callable[[], object]] = {
         "osem": lambda: scorer(osem_array),
         "gaussian": lambda: [{"fwhm_voxels": f, **scorer(gaussian_fwhm(osem_array, f))} for f in GAUSSIAN_FWHMS],
-        "ddip": lambda: ddip_row(prior, keep_panels=True),
+        "ddip": lambda: ddip_row(prior, default=True),
     }
     if args.dip:
         rows["dip_blend"] = dip_row
@@ -198,10 +205,13 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         if name == "gaussian":
             continue
         scores = dict(record["rows"])
-        blend = scores.pop("blend", None)  # a DDIP row's blend at the default alpha: a row of its own
+        blended = scores.pop("blend", None)  # a DDIP row's blend at the default alpha: a row of its own
+        sweep_rows = scores.pop("blend_sweep", [])
         summary[name] = summarised(scores, record["seconds"])
-        if blend is not None:
-            summary[f"{name}_blend"] = summarised(blend, None)
+        if blended is not None:
+            summary[f"{name}_blend"] = summarised(blended, None)
+        for row in sweep_rows:
+            summary[f"{name}_blend_alpha{row.pop('alpha'):g}"] = summarised(row, None)
     return summary
 
 
