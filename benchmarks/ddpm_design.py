@@ -57,6 +57,12 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     # the denoiser anything? Do 48^3 patches (3.4 times the voxels per step) buy more than they cost?
     "ddpm_x0_clean_dropout": (DDPMConfig(), "truth_blurred", {"condition_dropout": 0.2}),
     "ddpm_x0_clean_p48": (DDPMConfig(patch_size=48), "truth_blurred", {}),
+    # Model size, within the 25 MB that the denoiser and DDIP's prior (7 MB) share: a fourth level (more context
+    # per voxel, 11.6 MB, about the same time per window) or wider levels (15.8 MB, about twice the time).
+    "ddpm_x0_clean_matched_deep": (DDPMConfig(channels=(16, 32, 64, 64), matched_steps=2, matched_start_fraction=0.5),
+                                   "truth_blurred", {}),
+    "ddpm_x0_clean_matched_wide": (DDPMConfig(channels=(24, 48, 96), norm_num_groups=8, matched_steps=2,
+                                              matched_start_fraction=0.5), "truth_blurred", {}),
     # DDIP's prior, a separate model since dropout costs the denoiser (above): p(PET | MR) only, on every timestep
     # (DDIP's chain takes any steps from any start).
     "ddip_prior": (DDPMConfig(), "truth_blurred", {"condition_dropout": 1.0}),
