@@ -93,6 +93,24 @@ def test_window_blending_has_no_seams_on_a_constant_input():
     assert window_count((50, 45, 40), 16, 0.25) == 4 * 4 * 3
 
 
+def test_windows_give_the_same_output_one_or_several_per_network_call():
+    """The bundled prior over a volume of several windows (as DDIP's estimate runs it): batching the windows
+    must change the speed only."""
+    model, config, _ = load_model(bundled_prior_dir())
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn((1, 3, 40, 44, 36), generator=generator)
+    timesteps = torch.full((4,), 300)
+
+    def predictor(windows):
+        return model(windows, timesteps=timesteps[:windows.shape[0]])
+
+    with torch.no_grad():
+        one = blend_windows(inputs, predictor, config.patch_size, overlap=0.25, windows_per_call=1)
+        batched = blend_windows(inputs, predictor, config.patch_size, overlap=0.25, windows_per_call=4)
+    assert window_count(inputs.shape[2:], config.patch_size, 0.25) == 8 and one.abs().mean() > 0.1
+    torch.testing.assert_close(batched, one, rtol=0, atol=1e-4)
+
+
 def test_volume_output_scales_with_the_input_units(tiny_ddpm_model_dir):
     model, config, _ = load_model(tiny_ddpm_model_dir)
     rng = np.random.default_rng(0)

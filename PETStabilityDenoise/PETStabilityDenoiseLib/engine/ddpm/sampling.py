@@ -41,6 +41,10 @@ from .model import (
 SAMPLING_DEFAULTS = DDPMSamplingConfig()
 # The network's output is kept this far beyond the head mask, so that the switch to the input lies in air.
 HEAD_MARGIN_VOXELS = 2
+# Windows per predictor call. On a 2-core AVX2 CPU the bundled network took 0.49 to 0.54 s per 32^3 window one at
+# a time, against 0.11 to 0.13 s two to four at a time (torch's 3D convolutions at batch 1); the DDPM's predictor
+# still samples its windows one by one.
+WINDOWS_PER_CALL = 4
 
 
 def matched_timesteps(config: DDPMConfig) -> List[int]:
@@ -93,14 +97,16 @@ def window_count(shape: Tuple[int, ...], window: int, overlap: float) -> int:
 
 
 def blend_windows(inputs: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor], window: int,
-                  overlap: float) -> torch.Tensor:
-    """Runs ``predictor`` on overlapping cubic windows and blends the outputs with Gaussian weights.
+                  overlap: float, windows_per_call: int = WINDOWS_PER_CALL) -> torch.Tensor:
+    """Runs ``predictor`` on overlapping cubic windows, ``windows_per_call`` at a time (stacked on the batch axis),
+    and blends the outputs with Gaussian weights.
 
     Volumes smaller than a window are padded by edge replication, not zeros, which would
     read as activity in the model's range.
     """
-    blended = sliding_window_inference(inputs, roi_size=(window,) * 3, sw_batch_size=1, predictor=predictor,
-                                       overlap=overlap, mode="gaussian", padding_mode="replicate")
+    blended = sliding_window_inference(inputs, roi_size=(window,) * 3, sw_batch_size=windows_per_call,
+                                       predictor=predictor, overlap=overlap, mode="gaussian",
+                                       padding_mode="replicate")
     return cast(torch.Tensor, blended)  # a tensor, as the predictor returns one
 
 
