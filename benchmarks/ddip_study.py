@@ -11,8 +11,9 @@ the first dose in the amyloid-negative regime, where the FDG-trained prior is ou
   ``ddpm`` (OSEM + the diffusion model's mean), ``ddpm_blend`` (at the DDPM's alpha) and ``unet`` (its baseline);
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
 - ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
-  ``ABLATIONS`` (on the realistic cases at the first dose only). DDIP rows score the mean (``network_output``) and the blend;
-  the default row also its blend at each of the evaluation's alphas (rows ``ddip_blend_alpha<a>``).
+  ``ABLATIONS`` (on the realistic cases at the first dose only, of ``--ablation-subjects``). DDIP rows score
+  the mean (``network_output``) and the blend; the default row also its blend at each of the evaluation's
+  alphas (rows ``ddip_blend_alpha<a>``).
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
 hypometabolism recovery, ROI bias against full-dose OSEM), plus lesion and hypometabolism recovery minus
@@ -158,7 +159,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         rows["dip_blend"] = dip_row
     if args.ddpm:
         rows["ddpm"] = ddpm_row
-    if regime == "realistic" and dose == args.doses[0]:
+    if regime == "realistic" and dose == args.doses[0] and subject in (args.ablation_subjects or [subject]):
         rows.update({name: (lambda c=ABLATIONS[name]: ddip_row(dataclasses.replace(prior, **c)))
                      for name in args.ablations})
     results: Dict[str, dict] = {}
@@ -215,6 +216,30 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     return summary
 
 
+def mean_over_subjects(table: Dict[str, Dict[str, dict]]) -> Dict[str, Dict[str, dict]]:
+    """Per regime and dose, ``mean_<regime>@<dose>``: each row's numeric scores averaged over the subjects that
+    have it, with ``subjects`` their count, and ``psnr_minus_gaussian_best``: each row's mean PSNR gain over the
+    best Gaussian of its own case (against the truth)."""
+    groups: Dict[str, List[Dict[str, dict]]] = {}
+    for key, rows in table.items():
+        groups.setdefault(f"mean_{key.split('_', 1)[1]}", []).append(rows)
+    means = {}
+    for key, cases in groups.items():
+        names = [name for name in cases[0] if all(name in case for case in cases)]
+        summary: Dict[str, dict] = {}
+        for name in names:
+            numbers = [{k: v for k, v in case[name].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and not math.isnan(v)} for case in cases]
+            summary[name] = {k: float(np.mean([n[k] for n in numbers])) for k in numbers[0]
+                             if all(k in n for n in numbers)}
+        summary["psnr_minus_gaussian_best"] = {
+            "subjects": len(cases),
+            **{name: float(np.mean([case[name]["psnr"] - case["gaussian_best"]["psnr"] for case in cases]))
+               for name in names if "psnr" in cases[0][name]}}
+        means[key] = summary
+    return means
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels-dir", type=Path, required=True)
@@ -225,6 +250,7 @@ def main() -> None:
     parser.add_argument("--amyloid", action="store_true", help="also each subject at the first dose, amyloid-like")
     parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS),
                         help="DDIP variants to run on the realistic cases")
+    parser.add_argument("--ablation-subjects", nargs="+", help="run the ablations on these subjects only (default: all)")
     parser.add_argument("--evaluation", type=Path, help="the evaluation's results.csv: import its rows of each case")
     parser.add_argument("--dip", action="store_true", help="also OSEM + the DIP blend (about 7 minutes a case)")
     parser.add_argument("--ddpm", action="store_true", help="also OSEM + the diffusion model")
@@ -248,9 +274,17 @@ def main() -> None:
         for name, row in rows.items():
             print(f"{name:<18}" + "".join(f"{row.get(c) if row.get(c) is not None else math.nan:>16.3f}"
                                           for c in columns))
+    means = mean_over_subjects(table)
+    for key, rows in means.items():
+        print(f"\n{key}: {rows['psnr_minus_gaussian_best']['subjects']} subjects\n{'row':<18}"
+              + "".join(f"{c:>16}" for c in (*columns[:-1], "psnr - gaussian")))
+        for name, row in rows.items():
+            if name != "psnr_minus_gaussian_best":
+                gain = rows["psnr_minus_gaussian_best"].get(name, math.nan)
+                print(f"{name:<18}" + "".join(f"{row.get(c, math.nan):>16.3f}" for c in columns[:-1]) + f"{gain:>16.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(table, indent=1))
+        args.out.write_text(json.dumps({**table, **means}, indent=1))
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         for subject, dose, regime in cases:
