@@ -172,8 +172,12 @@ def check_training_folder(out_dir: Path, resume: bool) -> None:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN, which runs torch's CPU convolutions, has bfloat16 kernels for this CPU."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether oneDNN, which runs torch's CPU convolutions, has bfloat16 kernels for this CPU (True when the
+    build cannot tell: the check is private to torch, and only decides a warning)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def warn_if_slow_bf16(settings: TrainingSettings, device: torch.device) -> None:
