@@ -149,6 +149,33 @@ def test_a_tiny_ddip_run_gives_finite_volumes_on_the_pet_grid(slab, tiny_prior, 
     assert (moved / "osem.nii.gz").is_file()
 
 
+def test_ddip_keeps_the_osem_image_outside_the_head(slab, tiny_prior):
+    """Beyond the head's margin the mean is the OSEM image and the std 0, as for the DDPM denoiser."""
+    from scipy import ndimage
+
+    from PETStabilityDenoiseLib.engine.ddip import ddip_reconstruct
+    from PETStabilityDenoiseLib.engine.ddpm.sampling import HEAD_MARGIN_VOXELS
+    from PETStabilityDenoiseLib.engine.ddpm.weights import load_model
+    from PETStabilityDenoiseLib.engine.reconstruct import osem_image, sinogram_projector
+    from PETStabilityDenoiseLib.volumes.geometry import resample_to_reference
+
+    case, _, _ = slab
+    data = case.sinograms[0.2]
+    osem_volume = osem_image(data)
+    osem = sitk.GetArrayFromImage(osem_volume).astype(np.float32)
+    mr = sitk.GetArrayFromImage(resample_to_reference(case.mr, osem_volume, name="MR")).astype(np.float32)
+    head = np.zeros(osem.shape, bool)  # the slab is all head: a smaller one, to leave air around it
+    head[:, 10:40, 8:32] = True
+    model, model_config, _ = load_model(tiny_prior)
+    mean, std = ddip_reconstruct((data.prompts, data.additive, data.multiplicative), sinogram_projector(data), osem,
+                                 mr, head, model, model_config, DDIPConfig(**TINY_DDIP))
+    far = ~ndimage.binary_dilation(head, iterations=HEAD_MARGIN_VOXELS)
+    assert far.any()
+    np.testing.assert_array_equal(mean[far], osem[far])
+    assert (std[far] == 0).all() and std[head].mean() > 0
+    assert not np.allclose(mean[head], osem[head])
+
+
 def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, tmp_path, caplog):
     _, sinogram, mr = slab
     out = tmp_path / "out"
