@@ -21,7 +21,7 @@ from PETStabilityDenoiseLib.engine.ddpm.model import DROPPED_CONDITION, DDPMConf
 from PETStabilityDenoiseLib.engine.lora import add_lora  # noqa: E402
 from PETStabilityDenoiseLib.engine.reconstruct import reconstruct  # noqa: E402
 from PETStabilityDenoiseLib.errors import InputError  # noqa: E402
-from PETStabilityDenoiseLib.settings import DDIPConfig  # noqa: E402
+from PETStabilityDenoiseLib.settings import DDIP_ALPHA, DEFAULT_ALPHAS, DDIPConfig  # noqa: E402
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case  # noqa: E402
 from PETStabilityDenoiseLib.training.trainer import TrainingSettings, drop_low_dose, train  # noqa: E402
 from PETStabilityDenoiseLib.volumes.sinogram import write_sinogram  # noqa: E402
@@ -228,5 +228,6 @@ def test_network_passes_per_run(slab, tiny_prior, tmp_path, monkeypatch, refresh
     config = DDIPConfig(**{**TINY_DDIP, "samples": 2, "finetune_steps": finetune_steps},
                         refresh_estimate=refresh, model_dir=str(tiny_prior))
     _, sinogram, mr = slab
-    reconstruct(sinogram, tmp_path / "out", method="ddip", mr_path=mr, ddip=config)
+    paths = reconstruct(sinogram, tmp_path / "out", method="ddip", mr_path=mr, ddip=config)
     assert len(calls) == 2 * passes
+    assert json.loads(paths["run"].read_text())["alpha"] == DDIP_ALPHA != DEFAULT_ALPHAS["dip"], "DDIP's own alpha"

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from .errors import InputError, OutputError
 from .settings import (
-    DEFAULT_ALPHA,
+    DDIP_ALPHA,
     DEFAULT_ALPHAS,
     DEFAULT_DEVICE,
     DEFAULT_METHOD,
@@ -252,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"OSEM iterations (default {DEFAULT_OSEM_ITERATIONS})")
     p.add_argument("--subsets", type=int, default=DEFAULT_OSEM_SUBSETS,
                    help=f"OSEM subsets; must divide the number of angles (default {DEFAULT_OSEM_SUBSETS})")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                   help=f"DDIP: blend strength with the OSEM image (default {DEFAULT_ALPHA}; 0 = the DDIP mean)")
+    p.add_argument("--alpha", type=float, default=DDIP_ALPHA,
+                   help=f"DDIP: blend strength with the OSEM image (default {DDIP_ALPHA}; 0 = the DDIP mean)")
     p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
     p.add_argument("--no-overwrite", action="store_true", help="refuse an --out that already holds a run")
     p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,

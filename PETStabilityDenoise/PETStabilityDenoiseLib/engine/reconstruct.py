@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..settings import (
-    DEFAULT_ALPHA,
+    DDIP_ALPHA,
     DEFAULT_OSEM_ITERATIONS,
     DEFAULT_OSEM_SUBSETS,
     DEFAULT_OUTPUT_FORMAT,
@@ -100,7 +100,7 @@ def sinogram_projector(sinogram: SinogramData) -> tomography.ParallelBeamProject
 
 
 def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config: DDIPConfig = DDIPConfig(), *,
-               alpha: float = DEFAULT_ALPHA, progress: Optional[Callable[[EpochReport], None]] = None,
+               alpha: float = DDIP_ALPHA, progress: Optional[Callable[[EpochReport], None]] = None,
                should_stop: Optional[Callable[[], bool]] = None) -> DenoiseResult:
     """DDIP on ``sinogram``, blended with its OSEM image: a :class:`DenoiseResult` whose ``pet`` is ``osem``.
 
@@ -170,7 +170,7 @@ def sinogram_sha256(sinogram: SinogramData) -> str:
 
 def reconstruct(sinogram_path: Path, out_dir: Path, *, method: str = DEFAULT_RECONSTRUCTION_METHOD,
                 mr_path: Optional[Path] = None, iterations: int = DEFAULT_OSEM_ITERATIONS,
-                subsets: int = DEFAULT_OSEM_SUBSETS, ddip: DDIPConfig = DDIPConfig(), alpha: float = DEFAULT_ALPHA,
+                subsets: int = DEFAULT_OSEM_SUBSETS, ddip: DDIPConfig = DDIPConfig(), alpha: float = DDIP_ALPHA,
                 fmt: str = DEFAULT_OUTPUT_FORMAT, overwrite: bool = True,
                 progress: Optional[Callable[[EpochReport], None]] = None) -> Dict[str, Path]:
     """Reconstructs a sinogram file (docs/RECONSTRUCTION.md) into the run folder ``out_dir``.

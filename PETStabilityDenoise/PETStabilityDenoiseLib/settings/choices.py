@@ -59,12 +59,14 @@ DEFAULT_OSEM_SUBSETS = 21
 # rule (most targets met, then the alpha nearest the paper's operating point, 0.6): DIP's in docs/DEFAULTS.md,
 # the diffusion model's in docs/DDPM.md.
 DEFAULT_ALPHAS: Dict[str, float] = {"dip": 0.3, "ddpm": 0.6}
-# The default method's. DDIP's blend with its OSEM image uses it too, provisionally: that one is not yet measured.
+# The default method's.
 DEFAULT_ALPHA = DEFAULT_ALPHAS[DEFAULT_METHOD]
+# DDIP's blend with its OSEM image, chosen by the same rule on the same tuning subjects (docs/RECONSTRUCTION.md).
+DDIP_ALPHA = 0.2
 
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "FILE_FORMATS", "DICOM_FORMAT",
            "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT", "SUV_TYPES", "TRAINING_TARGETS", "DEFAULT_TRAINING_TARGET",
            "TRAINING_OBJECTIVES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY",
            "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "RECONSTRUCTION_METHODS", "DEFAULT_RECONSTRUCTION_METHOD",
-           "DEFAULT_OSEM_ITERATIONS", "DEFAULT_OSEM_SUBSETS", "DEFAULT_ALPHAS", "DEFAULT_ALPHA"]
+           "DEFAULT_OSEM_ITERATIONS", "DEFAULT_OSEM_SUBSETS", "DEFAULT_ALPHAS", "DEFAULT_ALPHA", "DDIP_ALPHA"]
