@@ -7,20 +7,29 @@ sampling and blending, as a user's run does. Targets: 15 min or less on
 2 CPU cores, 60 s or less on a GPU.
 
     python benchmarks/bench_ddpm.py --threads 2 --device cpu [--out bench.json]
+
+``--baseline MODEL_DIR`` times the U-Net baseline on the same volume instead: twice with ``WINDOWS_PER_CALL``
+windows per network call and twice with one.
+
+    python benchmarks/bench_ddpm.py --threads 2 --baseline docs/ddpm/unet_baseline
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
 from pathlib import Path
+from unittest import mock
 
 import SimpleITK as sitk
 import torch
 
-from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm
+from PETStabilityDenoiseLib.engine.ddpm import regression
+from PETStabilityDenoiseLib.engine.ddpm.sampling import WINDOWS_PER_CALL, blend_windows
+from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
 from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case
 
@@ -32,6 +41,20 @@ def padded_to_field_of_view(image: sitk.Image) -> sitk.Image:
     return sitk.ConstantPad(image, [m // 2 for m in missing], [m - m // 2 for m in missing], 0.0)
 
 
+def time_baseline(pet: sitk.Image, mr: sitk.Image, model_dir: Path, device: str, threads: int) -> dict:
+    """Seconds per volume of the U-Net baseline, per number of windows per network call (two runs each)."""
+    seconds: dict = {WINDOWS_PER_CALL: [], 1: []}
+    for per_call in (WINDOWS_PER_CALL, 1) * 2:
+        batched = functools.partial(blend_windows, windows_per_call=per_call)
+        with mock.patch.object(regression, "blend_windows", batched):
+            started = time.perf_counter()
+            predict_regression(pet, mr, model_dir, device=device, threads=threads)
+            seconds[per_call].append(round(time.perf_counter() - started, 1))
+    return {"volume_xyz": list(pet.GetSize()), "model_dir": str(model_dir),
+            "device_name": platform.processor() or device, "threads": torch.get_num_threads(),
+            "seconds_by_windows_per_call": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -39,10 +62,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, help="override the default number of samples")
     parser.add_argument("--steps", type=int, help="override the default number of DDIM steps")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    parser.add_argument("--baseline", type=Path, help="time this U-Net baseline instead (see above)")
     args = parser.parse_args()
 
     case = simulate_case(sitk.ReadImage(str(bundled_labels_path())), SimulationConfig(doses=(0.1,)))
     pet = padded_to_field_of_view(case.osem[0.1])
+    if args.baseline:
+        print(json.dumps(time_baseline(pet, case.mr, args.baseline, args.device, args.threads), indent=1))
+        return
     overrides = {k: v for k, v in (("samples", args.samples), ("steps", args.steps)) if v}
     config = DDPMSamplingConfig(device=args.device, threads=args.threads, **overrides)
     reports = []
