@@ -12,8 +12,9 @@ the first dose in the amyloid-negative regime, where the FDG-trained prior is ou
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
 - ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
   ``ABLATIONS`` (on the realistic cases at the first dose only, of ``--ablation-subjects``). DDIP rows score
-  the mean (``network_output``) and the blend; the default row also its blend at each of the evaluation's
-  alphas (rows ``ddip_blend_alpha<a>``).
+  the mean (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha
+  that was the default when the row was computed); the default row also its blend at each of the evaluation's
+  alphas.
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
 hypometabolism recovery, ROI bias against full-dose OSEM), plus lesion and hypometabolism recovery minus
@@ -57,7 +58,7 @@ from PETStabilityDenoiseLib.evaluation.study import (
     StudySettings,
     panel_slice_index,
 )
-from PETStabilityDenoiseLib.settings import DEFAULT_ALPHAS, DDIPConfig, DDPMSamplingConfig, get_preset
+from PETStabilityDenoiseLib.settings import DDIP_ALPHA, DEFAULT_ALPHAS, DDIPConfig, DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.simulation import DEFAULT_DOSES, simulate_case
 from PETStabilityDenoiseLib.simulation.case import labels_path
 
@@ -77,6 +78,8 @@ ABLATIONS = {
     "ddip_rank8": {"lora_rank": 8},
     "ddip_start0.2": {"start_fraction": 0.2},
     "ddip_start0.6": {"start_fraction": 0.6},
+    "ddip_finetune4": {"finetune_steps": 4},
+    "ddip_lr3e-3": {"learning_rate": 3e-3},
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
@@ -131,11 +134,11 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         result = ddip_image(sinogram, osem, case.mr, config)
         mean, blended, std = (sitk.GetArrayFromImage(image) for image in
                               (result.network_output, result.denoised, result.stability))
-        row = {**scorer(mean), "blend": scorer(blended), **scorer.error_ranking(mean, std)}
+        row = {**scorer(mean), "blend": {"alpha": DDIP_ALPHA, **scorer(blended)}, **scorer.error_ranking(mean, std)}
         if default:
             panels.update({f"ddip_dose{dose}": mean[z], f"ddip_blend_dose{dose}": blended[z],
                            f"ddip_std_dose{dose}": std[z]})
-            # The blend at each of the evaluation's alphas, from this run's own mean and std (DDIP's alpha is DIP's).
+            # The blend at each of the evaluation's alphas, from this run's own mean and std.
             row["blend_sweep"] = [{"alpha": alpha, **scorer(blend(osem_array, mean, std, alpha,
                                                                   stability_mean=result.stability_mean)[0])}
                                   for alpha in ALPHAS]
@@ -206,11 +209,11 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         if name == "gaussian":
             continue
         scores = dict(record["rows"])
-        blended = scores.pop("blend", None)  # a DDIP row's blend at the default alpha: a row of its own
+        blended = scores.pop("blend", None)  # a DDIP row's blend at the default alpha of its day: a row of its own
         sweep_rows = scores.pop("blend_sweep", [])
         summary[name] = summarised(scores, record["seconds"])
         if blended is not None:
-            summary[f"{name}_blend"] = summarised(blended, None)
+            summary[f"{name}_blend_alpha{blended.pop('alpha'):g}"] = summarised(blended, None)
         for row in sweep_rows:
             summary[f"{name}_blend_alpha{row.pop('alpha'):g}"] = summarised(row, None)
     return summary
