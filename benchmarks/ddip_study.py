@@ -131,7 +131,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, device=args.device, threads=args.threads)
 
     def ddip_row(config: DDIPConfig, default: bool = False) -> dict:
-        result = ddip_image(sinogram, osem, case.mr, config)
+        result = ddip_image(sinogram, osem, case.mr, config, alpha=DDIP_ALPHA)
         mean, blended, std = (sitk.GetArrayFromImage(image) for image in
                               (result.network_output, result.denoised, result.stability))
         row = {**scorer(mean), "blend": {"alpha": DDIP_ALPHA, **scorer(blended)}, **scorer.error_ranking(mean, std)}
