@@ -11,7 +11,15 @@ import torch
 from conftest import synthetic_training_pairs
 from scipy import ndimage
 
-from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig, build_model, to_model_space, training_scheduler
+from PETStabilityDenoiseLib.engine.ddpm.model import (
+    DDPMConfig,
+    acceleration_point,
+    add_residual_noise,
+    build_model,
+    residual_ddim_step,
+    to_model_space,
+    training_scheduler,
+)
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig, predict_volume
 from PETStabilityDenoiseLib.engine.ddpm.sampling import HEAD_MARGIN_VOXELS, denoise_volume, matched_timesteps
 from PETStabilityDenoiseLib.engine.ddpm.weights import load_model
@@ -25,7 +33,7 @@ from PETStabilityDenoiseLib.training.dataset import (
     save_pairs,
     variant_config,
 )
-from PETStabilityDenoiseLib.training.trainer import TrainingSettings, diffusion_loss, train
+from PETStabilityDenoiseLib.training.trainer import TrainingSettings, diffusion_loss, same_config, train
 
 QUICK = TrainingSettings(steps=4, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
                          validation_patches=2)
@@ -128,6 +136,48 @@ def test_a_matched_short_schedule_trains_and_samples_at_the_same_timesteps(monke
     pair = synthetic_training_pairs(1)[0]
     with pytest.raises(InputError, match="--steps 2 --start-fraction 0.5"):
         denoise_volume(model, config, pair.low, pair.mr, pair.head, samples=2, steps=4, start_fraction=0.5)
+
+
+def test_the_residual_process_starts_at_the_noised_low_dose_image_and_its_reverse_step_is_exact():
+    config = DDPMConfig(matched_steps=2, residual=True)
+    alphas_cumprod = training_scheduler(config).alphas_cumprod
+    start = acceleration_point(config)
+    assert abs(float(alphas_cumprod[start].sqrt()) - 0.5) < 0.01 and matched_timesteps(config) == [start, 0]
+    generator = torch.Generator().manual_seed(0)
+    clean, low_dose, noise = (torch.randn(2, 1, 4, 4, 4, generator=generator) for _ in range(3))
+    noised_low_dose = training_scheduler(config).add_noise(low_dose, noise, torch.tensor([start, start]))
+    torch.testing.assert_close(add_residual_noise(alphas_cumprod, clean, low_dose, noise, torch.tensor([start] * 2)),
+                               noised_low_dose, rtol=0, atol=0.01 * float(clean.abs().max()))
+    # Given the true x0, a reverse step lands on the forward process at the earlier step, with the same noise.
+    for t, previous in ((start, 183), (183, 0)):
+        x = add_residual_noise(alphas_cumprod, clean, low_dose, noise, torch.tensor([t, t]))
+        expected = add_residual_noise(alphas_cumprod, clean, low_dose, noise, torch.tensor([previous] * 2))
+        torch.testing.assert_close(residual_ddim_step(alphas_cumprod, clean, low_dose, x, t, previous), expected)
+    x = add_residual_noise(alphas_cumprod, clean, low_dose, noise, torch.tensor([0, 0]))
+    torch.testing.assert_close(residual_ddim_step(alphas_cumprod, clean, low_dose, x, 0, -1), clean)
+
+
+def test_a_residual_model_trains_on_its_chain_and_denoises(tmp_path):
+    pairs = synthetic_training_pairs()
+    config = DDPMConfig(channels=(16, 16), patch_size=16, matched_steps=2, residual=True)
+    model, _, _ = load_model(train(config, QUICK, pairs[:1], pairs[1:], tmp_path / "residual"))
+    pair = pairs[0]
+    mean, std = denoise_volume(model, config, pair.low, pair.mr, pair.head, samples=2, steps=2)
+    assert mean.shape == pair.low.shape and np.isfinite(mean).all() and (std[pair.head] > 0).all()
+    with pytest.raises(InputError, match="--steps 2"):
+        denoise_volume(model, config, pair.low, pair.mr, pair.head, samples=2, steps=3)
+    with pytest.raises(InputError, match="cannot drop"):
+        train(config, dataclasses.replace(QUICK, condition_dropout=0.2), pairs[:1], pairs[1:], tmp_path / "dropout")
+    with pytest.raises(ValueError, match="residual"):
+        DDPMConfig(residual=True)  # it needs a matched chain
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_stays_resumable():
+    recorded = dataclasses.asdict(DDPMConfig(matched_steps=2))
+    del recorded["residual"]
+    assert same_config(DDPMConfig(matched_steps=2), recorded)
+    assert not same_config(DDPMConfig(matched_steps=2, residual=True), recorded)
+    assert not same_config(DDPMConfig(matched_steps=2), {**recorded, "removed_field": 1})
 
 
 def test_bf16_training_is_recorded_and_learns_like_float32(tmp_path):

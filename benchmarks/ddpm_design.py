@@ -51,6 +51,9 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     "ddpm_eps_clean": (DDPMConfig(prediction_type="epsilon"), "truth_blurred", {}),
     # trained only at the sampler's default two timesteps (2 DDIM steps from 0.5 T)
     "ddpm_x0_clean_matched": (DDPMConfig(matched_steps=2, matched_start_fraction=0.5), "truth_blurred", {}),
+    # Resfusion's residual forward process on the same matched 2-step chain, started at its acceleration point
+    # (t = 367 against the matched chain's 333), where the noised low-dose image is exactly a training input.
+    "ddpm_x0_clean_resfusion": (DDPMConfig(matched_steps=2, residual=True), "truth_blurred", {}),
     "regression_full": (RegressionConfig(), "full_dose", {}),
     "regression_clean": (RegressionConfig(), "truth_blurred", {}),
     # Does dropping the low-dose condition of 20 % of the patches (so that the model is also DDIP's prior) cost

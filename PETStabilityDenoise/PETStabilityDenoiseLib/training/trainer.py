@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from ..engine.ddpm.model import DROPPED_CONDITION, DDPMConfig, count_parameters, training_scheduler
+from ..engine.ddpm.model import (
+    DROPPED_CONDITION,
+    DDPMConfig,
+    add_residual_noise,
+    count_parameters,
+    training_scheduler,
+)
 from ..engine.ddpm.sampling import matched_timesteps
 from ..engine.ddpm.weights import MODEL_KINDS, model_kind, save_model
 from ..errors import InputError
@@ -95,11 +101,13 @@ def ema_update(decay: float) -> Callable[[Sequence[torch.Tensor], Sequence[torch
 
 
 def diffusion_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
-                   prediction_type: str, generator: torch.Generator, timestep_choices: Sequence[int] = ()) -> torch.Tensor:
+                   prediction_type: str, generator: torch.Generator, timestep_choices: Sequence[int] = (),
+                   residual: bool = False) -> torch.Tensor:
     """Mean squared error of the network's prediction at uniformly drawn diffusion steps.
 
     Args:
         timestep_choices: draw the steps among these only (a matched short schedule); empty: among all.
+        residual: noise by Resfusion's forward process (towards the low-dose image, the first condition channel).
     """
     noise = torch.randn(targets.shape, generator=generator, device=generator.device).to(targets.device)
     if timestep_choices:
@@ -109,7 +117,10 @@ def diffusion_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, 
     else:
         timesteps = torch.randint(0, scheduler.num_train_timesteps, (targets.shape[0],), generator=generator,
                                   device=generator.device).to(targets.device)
-    noisy = scheduler.add_noise(targets, noise, timesteps)
+    if residual:
+        noisy = add_residual_noise(scheduler.alphas_cumprod, targets, conditions[:, :1], noise, timesteps)
+    else:
+        noisy = scheduler.add_noise(targets, noise, timesteps)
     prediction = model(torch.cat([noisy, conditions], dim=1), timesteps=timesteps)
     goal = {"sample": targets, "epsilon": noise}.get(prediction_type)
     if goal is None:
@@ -132,7 +143,7 @@ def training_loss(model: torch.nn.Module, config: Any, scheduler, conditions: to
     """The diffusion loss for a DDPM (``config`` a DDPMConfig); the squared error of the prediction for the baseline."""
     if isinstance(config, DDPMConfig):
         return diffusion_loss(model, scheduler, conditions, targets, config.prediction_type, generator,
-                              matched_timesteps(config))
+                              matched_timesteps(config), config.residual)
     return torch.nn.functional.mse_loss(model(conditions), targets)
 
 
@@ -160,6 +171,15 @@ def _write_log(path: Path, rows: list) -> None:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def same_config(config: Any, recorded: dict) -> bool:
+    """Whether a checkpoint's ``recorded`` config is ``config``; a field added since it was written counts at its
+    default, so that checkpoints written before stay resumable."""
+    try:
+        return type(config)(**recorded) == config
+    except TypeError:  # a field that the config no longer has
+        return False
 
 
 def check_training_folder(out_dir: Path, resume: bool) -> None:
@@ -214,6 +234,8 @@ def train(
     kind = model_kind(config)
     if settings.condition_dropout and not isinstance(config, DDPMConfig):
         raise InputError("condition dropout trains a diffusion prior; the regression baseline has no use for it")
+    if settings.condition_dropout and config.residual:
+        raise InputError("a residual (Resfusion) model noises towards the low-dose image: it cannot drop it")
     warn_if_slow_bf16(settings, device)
     model = MODEL_KINDS[kind][1](config).to(device)
     ema = AveragedModel(model, multi_avg_fn=ema_update(settings.ema_decay))
@@ -224,7 +246,7 @@ def train(
     step, elapsed = 0, 0.0
     if resume:
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state.get("kind", "ddpm") != kind or state["config"] != dataclasses.asdict(config):
+        if state.get("kind", "ddpm") != kind or not same_config(config, state["config"]):
             raise InputError(f"the checkpoint in {out_dir} was made with another network: "
                              f"{state.get('kind', 'ddpm')} {state['config']}")
         model.load_state_dict(state["model"])

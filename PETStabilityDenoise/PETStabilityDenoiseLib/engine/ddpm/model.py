@@ -74,6 +74,11 @@ class DDPMConfig(UNetConfig):
     # ``matched_start_fraction`` x T visit, and sampled with exactly those.
     matched_steps: int = 0
     matched_start_fraction: float = 1.0
+    # Resfusion's forward process (Shi et al., NeurIPS 2024), see ``add_residual_noise``: the chain starts at the
+    # acceleration point from the low-dose image, exactly as the model was trained there, which the truncated
+    # DDIM start is not. Such a model runs ``matched_steps`` steps from there (``matched_start_fraction`` unused)
+    # and predicts x0.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +87,8 @@ class DDPMConfig(UNetConfig):
         if self.matched_steps < 0 or not 0 < self.matched_start_fraction <= 1:
             raise ValueError(f"matched_steps must be >= 0 and matched_start_fraction in (0, 1]; got "
                              f"{self.matched_steps}, {self.matched_start_fraction}")
+        if self.residual and (not self.matched_steps or self.prediction_type != "sample"):
+            raise ValueError("a residual (Resfusion) model needs matched_steps >= 1 and prediction_type 'sample'")
 
 
 def build_model(config: DDPMConfig) -> DiffusionModelUNet:
@@ -107,6 +114,44 @@ def sampling_scheduler(config: DDPMConfig) -> DDIMScheduler:
     return DDIMScheduler(num_train_timesteps=config.num_train_timesteps, schedule="linear_beta",
                          beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,
                          prediction_type=config.prediction_type)
+
+
+def acceleration_point(config: DDPMConfig) -> int:
+    """The timestep where sqrt(alpha_bar) is nearest 1/2: where a residual model's chain starts (Resfusion)."""
+    roots = training_scheduler(config).alphas_cumprod.sqrt()
+    return int((roots - 0.5).abs().argmin())
+
+
+def add_residual_noise(alphas_cumprod: torch.Tensor, clean: torch.Tensor, low_dose: torch.Tensor,
+                       noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Resfusion's x_t = sqrt(a) x0 + (1 - sqrt(a)) (y - x0) + sqrt(1 - a) noise, a = alpha_bar at each timestep.
+
+    At the acceleration point (sqrt(a) = 1/2) its mean is y / 2: the low-dose image ``y`` noised by the plain
+    forward process, which is where sampling starts.
+
+    Args:
+        alphas_cumprod: the schedule's alpha_bar, (T,).
+        clean, low_dose, noise: (N, 1, D, H, W) in the model's range.
+        timesteps: (N,) integer steps.
+    """
+    root = alphas_cumprod.to(clean.device)[timesteps].sqrt().view(-1, *(1,) * (clean.dim() - 1))
+    return root * clean + (1 - root) * (low_dose - clean) + (1 - root ** 2).sqrt() * noise
+
+
+def residual_ddim_step(alphas_cumprod: torch.Tensor, predicted_clean: torch.Tensor, low_dose: torch.Tensor,
+                       x: torch.Tensor, timestep: int, previous: int) -> torch.Tensor:
+    """One deterministic (DDIM, eta 0) reverse step of the residual process, from ``timestep`` to ``previous``.
+
+    x_t - R follows the plain forward process from x0 - R (R = y - x0), so this is DDIM on that shifted variable,
+    with R estimated from the network's x0. It is exact: given the true x0, it maps ``add_residual_noise`` at
+    ``timestep`` onto ``add_residual_noise`` at ``previous`` with the same noise. ``previous`` < 0 returns x0.
+    """
+    residual = low_dose - predicted_clean
+    shifted_clean = predicted_clean - residual
+    now = alphas_cumprod[timestep]
+    before = alphas_cumprod[previous] if previous >= 0 else torch.ones(())
+    noise = (x - residual - now.sqrt() * shifted_clean) / (1 - now).sqrt()
+    return residual + before.sqrt() * shifted_clean + (1 - before).sqrt() * noise
 
 
 def to_model_space(volume: np.ndarray, scale: float) -> np.ndarray:

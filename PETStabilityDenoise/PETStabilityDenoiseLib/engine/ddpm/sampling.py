@@ -5,7 +5,9 @@ stability map, so that the blend of METHOD.md §1 applies unchanged.
 
 A truncated start (``start_fraction`` < 1) noises the low-dose image to step
 t' = start_fraction x T and runs the reverse chain from there, instead of from
-pure noise at T: fewer steps, and a chain that starts near the answer.
+pure noise at T: fewer steps, and a chain that starts near the answer. A
+residual model (``DDPMConfig.residual``, Resfusion) starts the same way at its
+acceleration point, where that start is exactly what it was trained on.
 
 Full volumes go through overlapping cubic windows blended with Gaussian
 weights (MONAI's ``sliding_window_inference``). Each window returns the mean
@@ -31,8 +33,10 @@ from ...errors import InputError
 from ...settings import DDPMSamplingConfig
 from .model import (
     DDPMConfig,
+    acceleration_point,
     conditions_in_model_space,
     from_model_space,
+    residual_ddim_step,
     sampling_scheduler,
     std_from_model_space,
 )
@@ -51,6 +55,8 @@ def matched_timesteps(config: DDPMConfig) -> List[int]:
     """The timesteps of a model trained on a matched short schedule (``config.matched_steps`` > 0), else []."""
     if not config.matched_steps:
         return []
+    if config.residual:  # evenly spaced from the acceleration point down to 0
+        return [round(t) for t in np.linspace(acceleration_point(config), 0, config.matched_steps)]
     return sampling_timesteps(sampling_scheduler(config), config.matched_steps, config.matched_start_fraction)
 
 
@@ -87,6 +93,24 @@ def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, sample
         t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
         prediction = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
         x, _ = scheduler.step(prediction, t, x)
+    return x
+
+
+@torch.no_grad()
+def sample_residual(model: torch.nn.Module, config: DDPMConfig, condition: torch.Tensor, *, samples: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """``samples`` draws of a residual model (``config.residual``) for one condition; as :func:`sample`."""
+    timesteps = matched_timesteps(config)
+    alphas_cumprod = sampling_scheduler(config).alphas_cumprod.to(condition.device)
+    conditions = condition.expand(samples, *condition.shape[1:])
+    low_dose = conditions[:, :1]
+    noise = torch.randn(low_dose.shape, generator=generator, device=generator.device).to(condition.device)
+    start = alphas_cumprod[timesteps[0]]
+    x = start.sqrt() * low_dose + (1 - start).sqrt() * noise
+    for t, previous in zip(timesteps, [*timesteps[1:], -1]):
+        t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
+        predicted_clean = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
+        x = residual_ddim_step(alphas_cumprod, predicted_clean, low_dose, x, t, previous)
     return x
 
 
@@ -139,11 +163,17 @@ def denoise_volume(
         low_dose: the PET to denoise; ``head`` is its head mask, over which the
             normalisation scale (the mean) is taken.
         mr: the MR on the PET grid, needed when ``config.use_mr``.
+        steps, start_fraction: the chain; a model trained on a matched schedule takes only its own, and a
+            residual model starts at its acceleration point whatever ``start_fraction`` says.
         progress: ``progress(windows_done, windows_total)`` after each window.
     """
     if samples < 2:
         raise ValueError(f"at least 2 samples are needed for a std map; got {samples}")
-    if config.matched_steps and (steps, start_fraction) != (config.matched_steps, config.matched_start_fraction):
+    if config.residual and steps != config.matched_steps:
+        raise InputError(f"this model was trained for {config.matched_steps} steps from its acceleration point "
+                         f"only: sample with --steps {config.matched_steps}")
+    if not config.residual and config.matched_steps and (steps, start_fraction) != (config.matched_steps,
+                                                                                    config.matched_start_fraction):
         raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
                          f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
                          f"--start-fraction {config.matched_start_fraction:g}")
@@ -158,8 +188,11 @@ def denoise_volume(
         nonlocal done
         stats = []
         for condition in windows.split(1):
-            draws = sample(model, scheduler, condition, samples=samples, steps=steps,
-                           start_fraction=start_fraction, generator=generator)
+            if config.residual:
+                draws = sample_residual(model, config, condition, samples=samples, generator=generator)
+            else:
+                draws = sample(model, scheduler, condition, samples=samples, steps=steps,
+                               start_fraction=start_fraction, generator=generator)
             stats.append(torch.cat([draws.mean(0, keepdim=True), draws.std(0, keepdim=True)], dim=1))
             done += 1
             if progress is not None:
