@@ -101,12 +101,13 @@ def sample_residual(model: torch.nn.Module, config: DDPMConfig, condition: torch
                     generator: torch.Generator) -> torch.Tensor:
     """``samples`` draws of a residual model (``config.residual``) for one condition; as :func:`sample`."""
     timesteps = matched_timesteps(config)
-    alphas_cumprod = sampling_scheduler(config).alphas_cumprod.to(condition.device)
+    scheduler = sampling_scheduler(config)
+    alphas_cumprod = scheduler.alphas_cumprod.to(condition.device)
     conditions = condition.expand(samples, *condition.shape[1:])
     low_dose = conditions[:, :1]
     noise = torch.randn(low_dose.shape, generator=generator, device=generator.device).to(condition.device)
-    start = alphas_cumprod[timesteps[0]]
-    x = start.sqrt() * low_dose + (1 - start).sqrt() * noise
+    start = torch.full((samples,), timesteps[0], dtype=torch.long, device=condition.device)
+    x = scheduler.add_noise(low_dose, noise, start)  # the plain forward process: equal here to the residual one
     for t, previous in zip(timesteps, [*timesteps[1:], -1]):
         t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
         predicted_clean = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
