@@ -233,16 +233,19 @@ def denoise_ddpm(
 
 
 def predict_regression(pet: sitk.Image, mr: Optional[sitk.Image], model_dir: Path, *, overlap: float = 0.25,
-                       device: str = "auto", threads: Optional[int] = None) -> sitk.Image:
+                       device: str = "auto", threads: Optional[int] = None,
+                       windows_per_call: Optional[int] = None) -> sitk.Image:
     """The regression baseline's prediction for ``pet`` on its grid (the evaluation's U-Net row; no stability map).
 
     Args:
         model_dir: a folder written by ``petstab train-ddpm --objective regression``.
         overlap: of the sliding windows.
+        windows_per_call: windows stacked into one network call; None: the sampler's default.
     """
     import torch
 
     from .ddpm.regression import predict_volume
+    from .ddpm.sampling import WINDOWS_PER_CALL
     from .ddpm.weights import load_model
     from .device import resolve_device
 
@@ -254,5 +257,6 @@ def predict_regression(pet: sitk.Image, mr: Optional[sitk.Image], model_dir: Pat
         raise InputError("the regression model was trained with the MR as a second condition: give the MR")
     prepared = _prepare(pet, mr, 1)
     predicted = predict_volume(model, model_config, prepared.cropped_pet, prepared.cropped_mr, prepared.cropped_mask,
-                               overlap=overlap, device=torch_device)
+                               overlap=overlap, device=torch_device,
+                               windows_per_call=windows_per_call or WINDOWS_PER_CALL)
     return array_to_image(prepared.to_pet_grid(predicted), pet)

@@ -17,7 +17,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 
 from .model import UNetConfig, conditions_in_model_space, from_model_space
-from .sampling import blend_windows, keep_input_outside_head, window_count
+from .sampling import WINDOWS_PER_CALL, blend_windows, keep_input_outside_head, window_count
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ def predict_volume(
     overlap: float,
     device: torch.device = torch.device("cpu"),
     progress: Optional[Callable[[int, int], None]] = None,
+    windows_per_call: int = WINDOWS_PER_CALL,
 ) -> np.ndarray:
     """The baseline's prediction for a (z, y, x) volume in the PET's units; outside the head, the input.
 
@@ -62,6 +63,7 @@ def predict_volume(
         low_dose, mr, head: as for :func:`~.sampling.denoise_volume`.
         overlap: of the sliding windows, which are blended with Gaussian weights.
         progress: ``progress(windows_done, windows_total)`` after each window.
+        windows_per_call: windows stacked into one network call (see :func:`~.sampling.blend_windows`).
     """
     inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device)
     model = model.to(device).eval()
@@ -75,6 +77,6 @@ def predict_volume(
             progress(done, total)
         return outputs
 
-    predicted = from_model_space(blend_windows(inputs, predictor, config.patch_size, overlap)[0, 0].cpu().numpy(),
-                                 scale)
+    blended = blend_windows(inputs, predictor, config.patch_size, overlap, windows_per_call)
+    predicted = from_model_space(blended[0, 0].cpu().numpy(), scale)
     return keep_input_outside_head(predicted, low_dose, head)
