@@ -12,6 +12,7 @@ from conftest import synthetic_training_pairs
 from PETStabilityDenoiseLib.engine.ddpm.model import (
     DDPMConfig,
     build_model,
+    ddim_step,
     from_model_space,
     sampling_scheduler,
     to_model_space,
@@ -75,6 +76,44 @@ def test_sampling_shapes_and_determinism(tiny_model):
     assert not torch.equal(first, draw(2))
     assert not torch.allclose(first[0], first[1]), "the samples of one batch must be independent draws"
     assert draw(1, start_fraction=0.2).shape == first.shape
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v_prediction"])
+def test_a_ddim_step_given_the_truth_lands_on_the_forward_process_at_the_previous_step(prediction_type):
+    scheduler = sampling_scheduler(DDPMConfig(prediction_type=prediction_type))
+    generator = torch.Generator().manual_seed(0)
+    clean, noise = (torch.randn(2, 1, 4, 4, 4, generator=generator) for _ in range(2))
+    for t, previous in ((999, 666), (333, 0), (333, 83), (0, -1)):
+        t_batch = torch.tensor([t, t])
+        x = scheduler.add_noise(clean, noise, t_batch)
+        truth = {"sample": clean, "epsilon": noise}.get(prediction_type)
+        if truth is None:
+            truth = scheduler.get_velocity(clean, noise, t_batch)
+        expected = clean if previous < 0 else scheduler.add_noise(clean, noise, torch.tensor([previous] * 2))
+        torch.testing.assert_close(ddim_step(scheduler.alphas_cumprod, truth, prediction_type, x, t, previous),
+                                   expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_sampling_chain_calls_the_network_at_each_timestep_with_that_timesteps_noise():
+    """With a network that knows the clean image, the chain's image at each listed timestep is the forward
+    process there, with the start's noise. MONAI's own DDIM step went from 333 to 83, not 0 (see ddim_step)."""
+    config = DDPMConfig(matched_steps=2, matched_start_fraction=0.5)
+    scheduler = sampling_scheduler(config)
+    clean = torch.rand(1, 1, 8, 8, 8) * 2 - 1
+    seen = []
+
+    def oracle(inputs, timesteps):
+        seen.append((int(timesteps[0]), inputs[:, :1].clone()))
+        return clean.expand(inputs.shape[0], -1, -1, -1, -1)
+
+    draws = sample(oracle, scheduler, torch.cat([clean, clean], dim=1), samples=2, steps=2, start_fraction=0.5,
+                   generator=torch.Generator().manual_seed(3))
+    noise = torch.randn((2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(3))
+    assert [t for t, _ in seen] == [333, 0]
+    for t, image in seen:
+        torch.testing.assert_close(image, scheduler.add_noise(clean.expand(2, -1, -1, -1, -1), noise,
+                                                              torch.tensor([t, t])), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(draws, clean.expand(2, -1, -1, -1, -1))
 
 
 def test_window_blending_has_no_seams_on_a_constant_input():

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from PETStabilityDenoiseLib.cli import main
 from PETStabilityDenoiseLib.engine.blend import blend
+from PETStabilityDenoiseLib.engine.ddpm import sampling
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.evaluation import analysis, study
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise, below_least_noisy
@@ -256,7 +257,7 @@ def test_a_new_ddpm_model_reruns_only_the_ddpm_rows(sweep_run, monkeypatch, tmp_
     assert sorted(r["method"] for r in after) == sorted(r["method"] for r in before)
 
 
-def test_cache_key_covers_what_changes_the_numbers(tmp_path):
+def test_cache_key_covers_what_changes_the_numbers(tmp_path, monkeypatch):
     def settings(dip_threads=None, **changes):
         fields = dict(doses=(0.1,), dip=get_preset("tiny", threads=dip_threads), dip_epochs=(2, 4, 6), realisations=2,
                       ddpm_realisations=1)
@@ -266,6 +267,10 @@ def test_cache_key_covers_what_changes_the_numbers(tmp_path):
     # The DDPM's rows have their own key: a new model or sampler reruns them only, not DIP.
     assert base.key(0) == other_ddpm.key(0) and base.ddpm_key(0) != other_ddpm.ddpm_key(0)
     assert base.ddpm_key(1) is None  # realisation 1 runs no DDPM
+    with monkeypatch.context() as patch:  # a revised sampling chain is a new sampler
+        patch.setattr(sampling, "SAMPLER_VERSION", sampling.SAMPLER_VERSION + 1)
+        revised = base.ddpm_key(0), base.key(0)
+    assert revised[0] != base.ddpm_key(0) and revised[1] == base.key(0)
     with_baseline = settings(baseline_model=str(tmp_path))  # a folder without a model: checksum "missing"
     assert with_baseline.ddpm_key(0) != base.ddpm_key(0) and with_baseline.key(0) == base.key(0)
     assert settings(dip_epochs=(2, 4)).ddpm_key(0) == base.ddpm_key(0)  # DIP's settings are not the DDPM's

@@ -15,7 +15,8 @@ uptake, texture, lesions and noise for each variant (seeds apart from the evalua
     python benchmarks/tune_diffusion_alpha.py --model MODEL_DIR --out docs/ddpm/alpha
     python benchmarks/tune_diffusion_alpha.py --method ddip --realisations 1 --out docs/reconstruction/alpha
 
-Each case is cached in ``<out>/cases/`` under the model's checksum. Writes results.json and prints the ranking.
+Each case is cached in ``<out>/cases/`` under the model's checksum (and the DDPM sampler's revision). Writes
+results.json and prints the ranking.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_defaults import ALPHAS, BRAINWEB, FWHMS, TARGETS, selection  # noqa: E402
 
 from PETStabilityDenoiseLib.engine.blend import blend  # noqa: E402
+from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_VERSION  # noqa: E402
 from PETStabilityDenoiseLib.engine.ddpm.weights import bundled_model_dir, bundled_prior_dir  # noqa: E402
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm  # noqa: E402
 from PETStabilityDenoiseLib.engine.pipeline import DenoiseResult, denoise_ddpm  # noqa: E402
@@ -80,6 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     args.model = args.model or (bundled_prior_dir() if args.method == "ddip" else bundled_model_dir())
     checksum = model_manifest(args.model)["sha256"][:12]
+    if args.method == "ddpm":  # results of an older sampling chain are not this one's
+        checksum += f"_sampler{SAMPLER_VERSION}"
     ddip = DDIPConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
     ddpm = DDPMSamplingConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
 
@@ -119,6 +123,7 @@ def main() -> None:
               + "  ".join(f"{key} {option['values'][key]:+.3f}" for key, _, _, _ in TARGETS))
     print(f"Chosen: alpha {ranking[0]['alpha']} (meets {', '.join(ranking[0]['met'])})")
     (args.out / "results.json").write_text(json.dumps({"model_sha256": model_manifest(args.model)["sha256"],
+                                                       "cache_tag": checksum,
                                                        "settings": vars(args) | {"model": str(args.model)},
                                                        "ranking": ranking, "records": records},
                                                       indent=1, default=str))

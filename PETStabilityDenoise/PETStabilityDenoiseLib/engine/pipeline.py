@@ -200,7 +200,7 @@ def denoise_ddpm(
     """
     import torch
 
-    from .ddpm.sampling import denoise_volume
+    from .ddpm.sampling import SAMPLER_VERSION, denoise_volume
     from .ddpm.weights import bundled_model_dir, load_model
     from .device import resolve_device
 
@@ -227,7 +227,7 @@ def denoise_ddpm(
                                samples=config.samples, steps=config.steps, start_fraction=config.start_fraction,
                                overlap=config.overlap, seed=config.seed, device=device, progress=window_done)
     record = {"device": str(device), "model_dir": str(model_dir), "model_sha256": manifest["sha256"],
-              "model_config": manifest["config"]}
+              "model_config": manifest["config"], "sampler_version": SAMPLER_VERSION}
     timings = {"prepare_s": t_prep - t0, "engine_s": time.perf_counter() - t_prep}
     return _finish(pet, mr, prepared, mean, std, alpha, "ddpm", config.samples, record, timings)
 

@@ -206,7 +206,7 @@ class StudySettings:
         # The simulated case and the scored alphas, not DIP's settings: a DIP change leaves the DDPM's rows be.
         fields = {"realisation": realisation, "simulation": self.simulation(realisation).to_dict(),
                   "alphas": self.alphas, "doses": doses, "alpha": self.ddpm_alpha, "config": config,
-                  "model_sha256": ddpm_model_checksum(self.ddpm)}
+                  "model_sha256": ddpm_model_checksum(self.ddpm), "sampler_version": ddpm_sampler_version()}
         if self.baseline_model:
             fields["baseline_sha256"] = model_manifest(Path(self.baseline_model)).get("sha256", "missing")
         return _hash(fields)
@@ -244,6 +244,13 @@ def ddpm_model_checksum(config: DDPMSamplingConfig) -> str:
     from ..engine.ddpm.weights import bundled_model_dir
 
     return model_manifest(Path(config.model_dir) if config.model_dir else bundled_model_dir()).get("sha256", "missing")
+
+
+def ddpm_sampler_version() -> int:
+    """The DDPM sampler's revision, so that results of an older chain are never read as the current one's."""
+    from ..engine.ddpm.sampling import SAMPLER_VERSION
+
+    return SAMPLER_VERSION
 
 
 def baseline_training_steps(model_dir: str) -> int:

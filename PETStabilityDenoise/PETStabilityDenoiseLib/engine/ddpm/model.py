@@ -138,20 +138,44 @@ def add_residual_noise(alphas_cumprod: torch.Tensor, clean: torch.Tensor, low_do
     return root * clean + (1 - root) * (low_dose - clean) + (1 - root ** 2).sqrt() * noise
 
 
+def ddim_step(alphas_cumprod: torch.Tensor, prediction: torch.Tensor, prediction_type: str, x: torch.Tensor,
+              timestep: int, previous: int) -> torch.Tensor:
+    """One deterministic (DDIM, eta 0) reverse step from ``timestep`` to ``previous`` (< 0: to x0).
+
+    It lands exactly on ``previous``: given the true x0 (or noise), it maps the forward process at ``timestep`` onto
+    the forward process at ``previous`` with the same noise. MONAI's ``DDIMScheduler.step`` (1.6) does not: it
+    steps back by T // N whatever the spacing of the N timesteps that its ``set_timesteps`` lists, so that a chain
+    over [333, 0] went from 333 to 83 and then called the network at t = 0 on an image with t = 83's noise (the
+    same bug as diffusers' DDIM with linspace spacing, huggingface/diffusers#12633).
+
+    Args:
+        alphas_cumprod: the schedule's alpha_bar, (T,).
+        prediction: the network's output at ``timestep``, of ``prediction_type`` ("sample", "epsilon" or
+            "v_prediction").
+        x: the chain's current image.
+    """
+    now = alphas_cumprod[timestep]
+    before = alphas_cumprod[previous] if previous >= 0 else torch.ones((), device=x.device)
+    if prediction_type == "sample":
+        clean, noise = prediction, (x - now.sqrt() * prediction) / (1 - now).sqrt()
+    elif prediction_type == "epsilon":
+        clean, noise = (x - (1 - now).sqrt() * prediction) / now.sqrt(), prediction
+    else:
+        clean = now.sqrt() * x - (1 - now).sqrt() * prediction
+        noise = now.sqrt() * prediction + (1 - now).sqrt() * x
+    return before.sqrt() * clean + (1 - before).sqrt() * noise
+
+
 def residual_ddim_step(alphas_cumprod: torch.Tensor, predicted_clean: torch.Tensor, low_dose: torch.Tensor,
                        x: torch.Tensor, timestep: int, previous: int) -> torch.Tensor:
     """One deterministic (DDIM, eta 0) reverse step of the residual process, from ``timestep`` to ``previous``.
 
-    x_t - R follows the plain forward process from x0 - R (R = y - x0), so this is DDIM on that shifted variable,
-    with R estimated from the network's x0. It is exact: given the true x0, it maps ``add_residual_noise`` at
-    ``timestep`` onto ``add_residual_noise`` at ``previous`` with the same noise. ``previous`` < 0 returns x0.
+    x_t - R follows the plain forward process from x0 - R (R = y - x0), so this is :func:`ddim_step` on that shifted
+    variable, with R estimated from the network's x0. It is exact: given the true x0, it maps ``add_residual_noise``
+    at ``timestep`` onto ``add_residual_noise`` at ``previous`` with the same noise. ``previous`` < 0 returns x0.
     """
     residual = low_dose - predicted_clean
-    shifted_clean = predicted_clean - residual
-    now = alphas_cumprod[timestep]
-    before = alphas_cumprod[previous] if previous >= 0 else torch.ones(())
-    noise = (x - residual - now.sqrt() * shifted_clean) / (1 - now).sqrt()
-    return residual + before.sqrt() * shifted_clean + (1 - before).sqrt() * noise
+    return residual + ddim_step(alphas_cumprod, predicted_clean - residual, "sample", x - residual, timestep, previous)
 
 
 def to_model_space(volume: np.ndarray, scale: float) -> np.ndarray:

@@ -35,6 +35,7 @@ from .model import (
     DDPMConfig,
     acceleration_point,
     conditions_in_model_space,
+    ddim_step,
     from_model_space,
     residual_ddim_step,
     sampling_scheduler,
@@ -43,6 +44,9 @@ from .model import (
 
 # One place for the sampling defaults: the config's (settings/config.py).
 SAMPLING_DEFAULTS = DDPMSamplingConfig()
+# The sampler's revision, which caches of DDPM results are keyed by beside the weights' checksum. 2: each DDIM
+# step lands on the next listed timestep (ddim_step); 1 (before 2026-12-01): MONAI's step, which did not.
+SAMPLER_VERSION = 2
 # The network's output is kept this far beyond the head mask, so that the switch to the input lies in air.
 HEAD_MARGIN_VOXELS = 2
 # Windows per predictor call. On a 2-core AVX2 CPU the bundled network took 0.49 to 0.54 s per 32^3 window one at
@@ -63,7 +67,7 @@ def matched_timesteps(config: DDPMConfig) -> List[int]:
 def sampling_timesteps(scheduler, steps: int, start_fraction: float) -> List[int]:
     """The descending DDIM timesteps: ``steps`` of them, none above ``start_fraction`` x T.
 
-    Sets the scheduler's spacing as a side effect, which ``scheduler.step`` relies on.
+    Lists them with the scheduler's own spacing (its ``set_timesteps``); :func:`~.model.ddim_step` walks them.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
@@ -83,16 +87,17 @@ def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, sample
     The first condition channel is the low-dose PET, from which a truncated chain starts.
     """
     timesteps = sampling_timesteps(scheduler, steps, start_fraction)
+    alphas_cumprod = scheduler.alphas_cumprod.to(condition.device)
     conditions = condition.expand(samples, *condition.shape[1:])
     shape = (samples, 1, *condition.shape[2:])
     x = torch.randn(shape, generator=generator, device=generator.device).to(condition.device)
     if start_fraction < 1:
         start = torch.full((samples,), timesteps[0], dtype=torch.long, device=condition.device)
         x = scheduler.add_noise(conditions[:, :1], x, start)
-    for t in timesteps:
+    for t, previous in zip(timesteps, [*timesteps[1:], -1]):
         t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
         prediction = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
-        x, _ = scheduler.step(prediction, t, x)
+        x = ddim_step(alphas_cumprod, prediction, scheduler.prediction_type, x, t, previous)
     return x
 
 
