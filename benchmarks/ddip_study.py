@@ -44,7 +44,7 @@ import SimpleITK as sitk
 import torch
 
 from PETStabilityDenoiseLib.engine.blend import blend
-from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_VERSION
+from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise, denoise_ddpm
 from PETStabilityDenoiseLib.engine.reconstruct import ddip_image, osem_image
@@ -170,7 +170,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
 
     def run(name: str) -> None:
         # A DDPM row of an older sampling chain is not this one's (docs/DDPM.md, the sampling chain).
-        path = cache / f"{name}{f'_sampler{SAMPLER_VERSION}' if name == 'ddpm' else ''}.json"
+        path = cache / f"{name}{SAMPLER_TAG if name == 'ddpm' else ''}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
             return

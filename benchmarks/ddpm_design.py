@@ -31,7 +31,7 @@ import torch
 
 from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
-from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_VERSION
+from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
 from PETStabilityDenoiseLib.engine.ddpm.weights import MANIFEST_FILE, MODEL_KINDS, model_kind, save_model
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
@@ -148,7 +148,7 @@ def score_case(subject: str, dose: float, args, models: Dict[str, Path]) -> Dict
     for name in ["gaussian", *models]:
         checksum = "" if name == "gaussian" else model_manifest(models[name])["sha256"][:12]
         if name != "gaussian" and not isinstance(CANDIDATES[name][0], RegressionConfig):
-            checksum += f"_sampler{SAMPLER_VERSION}"  # results of an older sampling chain are not this one's
+            checksum += SAMPLER_TAG  # results of an older sampling chain are not this one's
         path = cache / f"{name}{'_' + checksum if checksum else ''}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())

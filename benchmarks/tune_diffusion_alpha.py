@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_defaults import ALPHAS, BRAINWEB, FWHMS, TARGETS, selection  # noqa: E402
 
 from PETStabilityDenoiseLib.engine.blend import blend  # noqa: E402
-from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_VERSION  # noqa: E402
+from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG  # noqa: E402
 from PETStabilityDenoiseLib.engine.ddpm.weights import bundled_model_dir, bundled_prior_dir  # noqa: E402
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm  # noqa: E402
 from PETStabilityDenoiseLib.engine.pipeline import DenoiseResult, denoise_ddpm  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
     args.model = args.model or (bundled_prior_dir() if args.method == "ddip" else bundled_model_dir())
     checksum = model_manifest(args.model)["sha256"][:12]
     if args.method == "ddpm":  # results of an older sampling chain are not this one's
-        checksum += f"_sampler{SAMPLER_VERSION}"
+        checksum += SAMPLER_TAG
     ddip = DDIPConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
     ddpm = DDPMSamplingConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
 

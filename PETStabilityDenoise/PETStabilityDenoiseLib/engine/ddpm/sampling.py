@@ -47,6 +47,8 @@ SAMPLING_DEFAULTS = DDPMSamplingConfig()
 # The sampler's revision, which caches of DDPM results are keyed by beside the weights' checksum. 2: each DDIM
 # step lands on the next listed timestep (ddim_step); 1 (before 2026-12-01): MONAI's step, which did not.
 SAMPLER_VERSION = 2
+# The suffix that names a cached DDPM result of this revision (benchmarks' file caches).
+SAMPLER_TAG = f"_sampler{SAMPLER_VERSION}"
 # The network's output is kept this far beyond the head mask, so that the switch to the input lies in air.
 HEAD_MARGIN_VOXELS = 2
 # Windows per predictor call. On a 2-core AVX2 CPU the bundled network took 0.49 to 0.54 s per 32^3 window one at
