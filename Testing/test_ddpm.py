@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -13,13 +14,16 @@ from PETStabilityDenoiseLib.engine.ddpm.model import (
     DDPMConfig,
     build_model,
     ddim_step,
+    for_inference,
     from_model_space,
     sampling_scheduler,
     to_model_space,
 )
 from PETStabilityDenoiseLib.engine.ddpm.sampling import (
+    CPU_INPUTS_PER_CALL,
     blend_windows,
     denoise_volume,
+    predict,
     sample,
     sampling_timesteps,
     window_count,
@@ -114,6 +118,27 @@ def test_the_sampling_chain_calls_the_network_at_each_timestep_with_that_timeste
         torch.testing.assert_close(image, scheduler.add_noise(clean.expand(2, -1, -1, -1, -1), noise,
                                                               torch.tensor([t, t])), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(draws, clean.expand(2, -1, -1, -1, -1))
+
+
+def test_the_cpu_inference_path_changes_the_speed_only(tiny_model):
+    """Channels-last weights (for_inference) and a few inputs per network call (predict) give the plain call's
+    output, each input with its own timestep."""
+    inputs = torch.rand(5, 3, 16, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    timesteps = torch.tensor([900, 700, 500, 300, 100])
+    fast = for_inference(copy.deepcopy(tiny_model), torch.device("cpu"))
+    calls = []
+
+    def recording(chunk, timesteps):
+        calls.append(chunk.shape[0])
+        return fast(chunk, timesteps=timesteps)
+
+    with torch.no_grad():
+        plain = tiny_model(inputs, timesteps=timesteps)
+        output = predict(recording, inputs, timesteps)
+    assert next(fast.parameters()).device.type == "cpu" and not fast.training
+    assert sum(calls) == 5 and max(calls) == CPU_INPUTS_PER_CALL < 5
+    assert plain.abs().mean() > 0.01
+    torch.testing.assert_close(output, plain, rtol=0, atol=1e-4)
 
 
 def test_window_blending_has_no_seams_on_a_constant_input():

@@ -104,6 +104,21 @@ def build_model(config: DDPMConfig) -> DiffusionModelUNet:
     )
 
 
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """The networks' weight layout on ``device``: channels-last 3D on the CPU, as it was elsewhere.
+
+    On a 2-core AVX2 CPU, channels-last took 18 % less time per whole sampling run of the bundled model
+    (docs/DDPM.md, "Speed") and about 20 % less per training step, to within 2e-5 of the same output. On a GPU
+    it was never measured.
+    """
+    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
+def for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device`` in eval mode, in :func:`memory_format_for` ``device``."""
+    return model.to(device, memory_format=memory_format_for(device)).eval()
+
+
 def training_scheduler(config: DDPMConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, schedule="linear_beta",
                          beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False,

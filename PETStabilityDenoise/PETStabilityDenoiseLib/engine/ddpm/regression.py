@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
-from .model import UNetConfig, conditions_in_model_space, from_model_space
+from .model import UNetConfig, conditions_in_model_space, for_inference, from_model_space
 from .sampling import WINDOWS_PER_CALL, blend_windows, keep_input_outside_head, window_count
 
 
@@ -66,7 +66,7 @@ def predict_volume(
         windows_per_call: windows stacked into one network call (see :func:`~.sampling.blend_windows`).
     """
     inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device)
-    model = model.to(device).eval()
+    model = for_inference(model, device)
     total, done = window_count(low_dose.shape, config.patch_size, overlap), 0
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from .model import (
     acceleration_point,
     conditions_in_model_space,
     ddim_step,
+    for_inference,
     from_model_space,
     residual_ddim_step,
     sampling_scheduler,
@@ -55,6 +56,10 @@ HEAD_MARGIN_VOXELS = 2
 # a time, against 0.11 to 0.13 s two to four at a time (torch's 3D convolutions at batch 1); the DDPM's predictor
 # still samples its windows one by one.
 WINDOWS_PER_CALL = 4
+# Network inputs per call on the CPU when sampling. On the same CPU, with channels-last weights (for_inference),
+# whole default runs of the bundled model took 146 to 156 s two inputs at a time against 166 to 179 s with each
+# window's 8 samples at once (docs/DDPM.md, "Speed"). A GPU takes them all at once.
+CPU_INPUTS_PER_CALL = 2
 
 
 def matched_timesteps(config: DDPMConfig) -> List[int]:
@@ -81,6 +86,14 @@ def sampling_timesteps(scheduler, steps: int, start_fraction: float) -> List[int
     return [int(t) for t in scheduler.timesteps if t <= highest][:steps]
 
 
+def predict(model: torch.nn.Module, inputs: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """``model(inputs, timesteps=timesteps)``, ``CPU_INPUTS_PER_CALL`` inputs at a time on the CPU."""
+    if inputs.device.type != "cpu":
+        return cast(torch.Tensor, model(inputs, timesteps=timesteps))
+    return torch.cat([model(chunk, timesteps=steps) for chunk, steps in
+                      zip(inputs.split(CPU_INPUTS_PER_CALL), timesteps.split(CPU_INPUTS_PER_CALL))])
+
+
 @torch.no_grad()
 def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, samples: int, steps: int,
            start_fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -98,7 +111,7 @@ def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, sample
         x = scheduler.add_noise(conditions[:, :1], x, start)
     for t, previous in zip(timesteps, [*timesteps[1:], -1]):
         t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
-        prediction = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
+        prediction = predict(model, torch.cat([x, conditions], dim=1), t_batch)
         x = ddim_step(alphas_cumprod, prediction, scheduler.prediction_type, x, t, previous)
     return x
 
@@ -117,7 +130,7 @@ def sample_residual(model: torch.nn.Module, config: DDPMConfig, condition: torch
     x = scheduler.add_noise(low_dose, noise, start)  # the plain forward process: equal here to the residual one
     for t, previous in zip(timesteps, [*timesteps[1:], -1]):
         t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
-        predicted_clean = model(torch.cat([x, conditions], dim=1), timesteps=t_batch)
+        predicted_clean = predict(model, torch.cat([x, conditions], dim=1), t_batch)
         x = residual_ddim_step(alphas_cumprod, predicted_clean, low_dose, x, t, previous)
     return x
 
@@ -187,7 +200,7 @@ def denoise_volume(
                          f"--start-fraction {config.matched_start_fraction:g}")
     inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device)
 
-    model = model.to(device).eval()
+    model = for_inference(model, device)
     scheduler = sampling_scheduler(config)
     generator = torch.Generator(device=device).manual_seed(seed)
     total, done = window_count(low_dose.shape, config.patch_size, overlap), 0
