@@ -28,6 +28,7 @@ from ..engine.ddpm.model import (
     DDPMConfig,
     add_residual_noise,
     count_parameters,
+    memory_format_for,
     training_scheduler,
 )
 from ..engine.ddpm.sampling import matched_timesteps
@@ -237,7 +238,7 @@ def train(
     if settings.condition_dropout and config.residual:
         raise InputError("a residual (Resfusion) model noises towards the low-dose image: it cannot drop it")
     warn_if_slow_bf16(settings, device)
-    model = MODEL_KINDS[kind][1](config).to(device)
+    model = MODEL_KINDS[kind][1](config).to(device, memory_format=memory_format_for(device))
     ema = AveragedModel(model, multi_avg_fn=ema_update(settings.ema_decay))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     scheduler = training_scheduler(config) if isinstance(config, DDPMConfig) else None
