@@ -38,7 +38,15 @@ import torch
 from ..errors import Cancelled
 from ..settings import DDIPConfig
 from . import tomography
-from .ddpm.model import DROPPED_CONDITION, DDPMConfig, from_model_space, sampling_scheduler, to_model_space
+from .ddpm.model import (
+    DROPPED_CONDITION,
+    DDPMConfig,
+    ddim_step,
+    from_model_space,
+    memory_format_for,
+    sampling_scheduler,
+    to_model_space,
+)
 from .ddpm.sampling import blend_windows, keep_input_outside_head, sampling_timesteps
 from .lora import add_lora
 
@@ -79,6 +87,7 @@ class _Run:
         self.model = copy.deepcopy(model).to(device).eval()
         self.model_config, self.config = model_config, config
         self.adapters = add_lora(self.model, config.lora_rank) if config.finetune_steps else []
+        self.model.to(memory_format=memory_format_for(device))  # the adapters' weights too; the same Parameters
         self.optimiser = torch.optim.AdamW(self.adapters, lr=config.learning_rate) if self.adapters else None
 
     @torch.no_grad()
@@ -166,6 +175,7 @@ def ddip_reconstruct(
     scheduler = sampling_scheduler(model_config)
     timesteps = sampling_timesteps(scheduler, config.steps, config.start_fraction)
     alpha_bars = [float(scheduler.alphas_cumprod[t]) for t in timesteps]
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     total, done, started = config.samples * len(timesteps), 0, time.perf_counter()
@@ -188,9 +198,7 @@ def ddip_reconstruct(
             adapted = run.adapters and (config.refresh_estimate or last)
             estimate = run.estimate(x_t, conditions, t, alpha_bar) if adapted else target
             if not last:
-                noise_estimate = (x_t - alpha_bar ** 0.5 * estimate) / (1.0 - alpha_bar) ** 0.5
-                next_alpha_bar = alpha_bars[step + 1]
-                x_t = next_alpha_bar ** 0.5 * estimate + (1.0 - next_alpha_bar) ** 0.5 * noise_estimate
+                x_t = ddim_step(alphas_cumprod, estimate, "sample", x_t, t, timesteps[step + 1])
             done += 1
             if progress is not None:
                 progress(done, total, time.perf_counter() - started)
