@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from conftest import synthetic_training_pairs
 from scipy import ndimage
@@ -17,13 +19,22 @@ from PETStabilityDenoiseLib.engine.ddpm.model import (
     add_residual_noise,
     build_model,
     residual_ddim_step,
+    sampling_scheduler,
     to_model_space,
     training_scheduler,
 )
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig, predict_volume
-from PETStabilityDenoiseLib.engine.ddpm.sampling import HEAD_MARGIN_VOXELS, denoise_volume, matched_timesteps
-from PETStabilityDenoiseLib.engine.ddpm.weights import load_model
+from PETStabilityDenoiseLib.engine.ddpm.sampling import (
+    HEAD_MARGIN_VOXELS,
+    denoise_volume,
+    matched_timesteps,
+    sample_corrective,
+    sample_residual,
+)
+from PETStabilityDenoiseLib.engine.ddpm.weights import BASE_DIR, attach_base, load_base, load_model
+from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm
 from PETStabilityDenoiseLib.errors import InputError, ModelError
+from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
 from PETStabilityDenoiseLib.simulation import SimulationConfig
 from PETStabilityDenoiseLib.simulation.scanners import SCANNERS
 from PETStabilityDenoiseLib.training.dataset import (
@@ -32,6 +43,7 @@ from PETStabilityDenoiseLib.training.dataset import (
     random_patches,
     save_pairs,
     variant_config,
+    with_base_predictions,
 )
 from PETStabilityDenoiseLib.training.trainer import TrainingSettings, diffusion_loss, same_config, train
 
@@ -157,6 +169,27 @@ def test_the_residual_process_starts_at_the_noised_low_dose_image_and_its_revers
     torch.testing.assert_close(residual_ddim_step(alphas_cumprod, clean, low_dose, x, 0, -1), clean)
 
 
+def test_the_residual_chain_given_the_true_clean_image_returns_it_at_its_own_timesteps():
+    config = DDPMConfig(matched_steps=2, residual=True)
+    clean, low_dose = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8) + 1
+    seen = []
+
+    def oracle(inputs, timesteps):
+        seen.append((int(timesteps[0]), inputs[:, :1].clone()))
+        return clean.expand(inputs.shape[0], -1, -1, -1, -1)
+
+    draws = sample_residual(oracle, config, torch.cat([low_dose, low_dose], dim=1), samples=2,
+                            generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(0))
+    assert [t for t, _ in seen] == matched_timesteps(config)
+    alphas_cumprod = training_scheduler(config).alphas_cumprod
+    for t, image in seen[1:]:  # the start is the noised low-dose image, to 1 % (see the test above)
+        torch.testing.assert_close(image, add_residual_noise(alphas_cumprod, clean.expand(2, -1, -1, -1, -1),
+                                                             low_dose.expand(2, -1, -1, -1, -1), noise,
+                                                             torch.tensor([t, t])), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(draws, clean.expand(2, -1, -1, -1, -1))
+
+
 def test_a_residual_model_trains_on_its_chain_and_denoises(tmp_path):
     pairs = synthetic_training_pairs()
     config = DDPMConfig(channels=(16, 16), patch_size=16, matched_steps=2, residual=True)
@@ -225,3 +258,78 @@ def test_the_ema_warms_up_so_that_a_short_run_forgets_its_first_weights():
     average = [torch.tensor([1.0])]
     update(average, [torch.tensor([0.0])], torch.tensor(5000))
     assert float(average[0]) == pytest.approx(0.995)  # past the warm-up, the plain decay
+
+
+def test_corrective_patches_condition_on_the_base_and_target_the_scaled_residual():
+    pair = synthetic_training_pairs(1)[0]
+    pair = dataclasses.replace(pair, clean=np.full_like(pair.clean, 3.0), base=np.full_like(pair.clean, 2.0))
+    conditions, targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0),
+                                         target="truth_blurred", residual_scale=0.05)
+    assert conditions.shape[1] == 3, "the low-dose PET, the base, the MR"
+    np.testing.assert_allclose(conditions[:, 1], to_model_space(np.float32(2.0), 1.0))
+    np.testing.assert_allclose(targets, (to_model_space(np.float32(3.0), 1.0) - to_model_space(np.float32(2.0), 1.0))
+                               / 0.05, rtol=1e-5)
+    with pytest.raises(InputError, match="base predictions"):
+        random_patches([dataclasses.replace(pair, base=None)], 1, 16, np.random.default_rng(0), residual_scale=0.05)
+
+
+def test_a_corrective_chain_starts_from_pure_noise_and_returns_the_base_plus_the_scaled_residual():
+    """With a network that knows the residual, the chain sees the forward process of the residual at each of its
+    timesteps (999, then 500) with the start's noise, and its draws are the base plus residual_scale times it."""
+    config = DDPMConfig(channels=(16, 16), patch_size=16, corrective=True, residual_scale=0.1, matched_steps=2)
+    assert matched_timesteps(config) == [999, 500] and config.condition_channels == 3
+    scheduler = sampling_scheduler(config)
+    residual = torch.rand(1, 1, 8, 8, 8) * 2 - 1
+    base = torch.rand(1, 1, 8, 8, 8)
+    seen = []
+
+    def oracle(inputs, timesteps):
+        seen.append((int(timesteps[0]), inputs[:, :1].clone()))
+        return residual.expand(inputs.shape[0], -1, -1, -1, -1)
+
+    draws = sample_corrective(oracle, config, torch.cat([base * 3, base, base * 5], dim=1), samples=2,
+                              generator=torch.Generator().manual_seed(3))
+    noise = torch.randn((2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(seen[0][1], noise)
+    # Exact but for the start, where pure noise stands for the forward process at t = 999 (sqrt(alpha_bar) 0.0064).
+    torch.testing.assert_close(seen[1][1], scheduler.add_noise(residual.expand(2, -1, -1, -1, -1), noise,
+                                                               torch.tensor([500, 500])), rtol=0, atol=0.01)
+    torch.testing.assert_close(draws, (base + 0.1 * residual).expand(2, -1, -1, -1, -1))
+
+
+def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path):
+    pairs = synthetic_training_pairs()
+    base_config = RegressionConfig(channels=(16, 16), patch_size=16)
+    base_dir = train(base_config, QUICK, pairs[:1], pairs[1:], tmp_path / "base")
+    base_model, _, _ = load_model(base_dir, kind="regression")
+    pairs = with_base_predictions(pairs, lambda p: predict_volume(base_model, base_config, p.low, p.mr, p.head,
+                                                                  overlap=0.25))
+    config = DDPMConfig(channels=(16, 16), patch_size=16, corrective=True, residual_scale=0.05, matched_steps=2)
+    model_dir = train(config, QUICK, pairs[:1], pairs[1:], tmp_path / "corrective")
+    attach_base(model_dir, base_dir)
+    model, loaded, manifest = load_model(model_dir)
+    assert loaded == config
+    base, _ = load_base(model_dir, manifest)
+    pair = pairs[0]
+    mean, std = denoise_volume(model, config, pair.low, pair.mr, pair.head, base=pair.base, samples=2, steps=2)
+    assert np.isfinite(mean).all() and (std[pair.head] > 0).all()
+    assert not np.allclose(mean[pair.head], pair.base[pair.head]), "the residual moves the base"
+    with pytest.raises(ValueError, match="base prediction"):
+        denoise_volume(model, config, pair.low, pair.mr, pair.head, samples=2, steps=2)
+    with pytest.raises(InputError, match="--steps 2"):
+        denoise_volume(model, config, pair.low, pair.mr, pair.head, base=pair.base, samples=2, steps=3)
+    with pytest.raises(InputError, match="cannot drop"):
+        train(config, dataclasses.replace(QUICK, condition_dropout=0.2), pairs[:1], pairs[1:], tmp_path / "dropout")
+
+    pet, mr = (sitk.GetImageFromArray(array) for array in (pair.low, pair.mr))
+    run = denoise_ddpm(pet, mr, DDPMSamplingConfig(model_dir=str(model_dir), samples=2, device="cpu"))
+    assert run.record["base_sha256"] == manifest["base_sha256"]
+    assert np.isfinite(sitk.GetArrayFromImage(run.network_output)).all()
+
+    other = train(base_config, dataclasses.replace(QUICK, seed=1), pairs[:1], pairs[1:], tmp_path / "other")
+    shutil.copytree(other, model_dir / BASE_DIR, dirs_exist_ok=True)
+    with pytest.raises(ModelError, match="not the one"):
+        load_base(model_dir, manifest)
+    shutil.rmtree(model_dir / BASE_DIR)
+    with pytest.raises(ModelError, match="no base model"):
+        load_base(model_dir, manifest)

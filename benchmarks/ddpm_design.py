@@ -30,9 +30,16 @@ import SimpleITK as sitk
 import torch
 
 from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
-from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
+from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig, predict_volume
 from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
-from PETStabilityDenoiseLib.engine.ddpm.weights import MANIFEST_FILE, MODEL_KINDS, model_kind, save_model
+from PETStabilityDenoiseLib.engine.ddpm.weights import (
+    MANIFEST_FILE,
+    MODEL_KINDS,
+    attach_base,
+    load_model,
+    model_kind,
+    save_model,
+)
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer
@@ -40,7 +47,13 @@ from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, S
 from PETStabilityDenoiseLib.settings import DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.simulation import simulate_case
 from PETStabilityDenoiseLib.simulation.case import brainweb_subjects, labels_path
-from PETStabilityDenoiseLib.training.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
+from PETStabilityDenoiseLib.training.dataset import (
+    VALIDATION_SUBJECTS,
+    load_pairs,
+    save_pairs,
+    simulate_pairs,
+    with_base_predictions,
+)
 from PETStabilityDenoiseLib.training.trainer import CHECKPOINT_FILE, MODEL_DIR, TrainingSettings, train
 
 log = logging.getLogger("ddpm_design")
@@ -67,6 +80,11 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                                    "truth_blurred", {}),
     "ddpm_x0_clean_matched_wide": (DDPMConfig(channels=(24, 48, 96), norm_num_groups=8, matched_steps=2,
                                               matched_start_fraction=0.5), "truth_blurred", {}),
+    # CorrDiff (Mardani et al. 2024): the diffusion of the residual of the U-Net baseline (--base-model), whose
+    # prediction is a further condition; 2 DDIM steps from pure noise (t = 999, 500). The scale is the std of
+    # truth_blurred - base in the network's range over the training pairs' heads, as base_pairs logs it: 0.0441
+    # for the bundled U-Net baseline (0.0434 over the held-out validation pairs).
+    "ddpm_corrective": (DDPMConfig(corrective=True, residual_scale=0.044, matched_steps=2), "truth_blurred", {}),
     # DDIP's prior, a separate model since dropout costs the denoiser (above): p(PET | MR) only, on every timestep
     # (DDIP's chain takes any steps from any start).
     "ddip_prior": (DDPMConfig(), "truth_blurred", {"condition_dropout": 1.0}),
@@ -93,10 +111,34 @@ def training_pairs(args) -> tuple:
     return train_pairs, validation
 
 
+def base_pairs(args, pairs: tuple) -> tuple:
+    """``pairs`` with the base model's (``--base-model``) predictions, from ``--work`` when they were made before,
+    keyed by the base's checksum."""
+    checksum = model_manifest(args.base_model)["sha256"][:12]
+    paths = [args.work / f"{kind}_pairs_base_{checksum}.npz" for kind in ("training", "validation")]
+    if all(p.is_file() for p in paths):
+        return load_pairs(paths[0]), load_pairs(paths[1])
+    model, config, _ = load_model(args.base_model, kind="regression")
+    started = time.perf_counter()
+
+    def predict(pair):
+        return predict_volume(model, config, pair.low, pair.mr, pair.head, overlap=DDPMSamplingConfig().overlap)
+
+    done = tuple(with_base_predictions(part, predict, progress=log.info) for part in pairs)
+    for part, path in zip(done, paths):
+        save_pairs(part, path)
+    residual = np.concatenate([((p.clean - p.base) / 4.0)[p.head] for p in done[0]])  # in the network's range
+    log.info("Base predictions for %d pairs in %.0f s; the residual's std over the training heads: %.4f",
+             sum(map(len, done)), time.perf_counter() - started, residual.std())
+    return done
+
+
 def train_candidate(name: str, args, pairs: tuple) -> Path:
     """Trains (or continues) one candidate to ``args.steps``; returns its model folder."""
     config, target, extra = CANDIDATES[name]
     folder = args.work / "runs" / name
+    if getattr(config, "corrective", False):
+        pairs = base_pairs(args, pairs)
     settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed,
                                 bf16=args.bf16, **extra)
     model_dir = folder / MODEL_DIR
@@ -106,7 +148,10 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
               info={"command": f"ddpm_design.py {name}"},
               progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
                                           "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))
-    return model_dir if args.weights == "ema" else raw_model(folder, config, model_dir)
+    model_dir = model_dir if args.weights == "ema" else raw_model(folder, config, model_dir)
+    if getattr(config, "corrective", False):
+        attach_base(model_dir, args.base_model)
+    return model_dir
 
 
 def raw_model(folder: Path, config: Any, ema_dir: Path) -> Path:
@@ -131,6 +176,8 @@ def export_model(name: str, args, pairs: tuple, destination: Path) -> None:
     """
     train_pairs, _ = pairs
     shutil.copytree(args.work / "runs" / name / MODEL_DIR, destination, dirs_exist_ok=True)
+    if getattr(CANDIDATES[name][0], "corrective", False):
+        attach_base(destination, args.base_model)
     manifest = model_manifest(destination)
     manifest["info"] = {**manifest["info"], "training_subjects": sorted({p.subject for p in train_pairs}),
                         "validation_subjects": list(VALIDATION_SUBJECTS), "doses": args.doses,
@@ -190,6 +237,8 @@ def main() -> None:
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
                         help="score the EMA weights (what training saves) or the last raw weights (see raw_model)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-model", type=Path, default=Path(__file__).parents[1] / "docs/ddpm/unet_baseline",
+                        help="the regression model that a corrective candidate corrects")
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
     parser.add_argument("--export", type=Path, help="copy each candidate's model folder into this folder")
     args = parser.parse_args()

@@ -200,8 +200,9 @@ def denoise_ddpm(
     """
     import torch
 
+    from .ddpm.regression import predict_volume
     from .ddpm.sampling import SAMPLER_VERSION, denoise_volume
-    from .ddpm.weights import bundled_model_dir, load_model
+    from .ddpm.weights import bundled_model_dir, load_base, load_model
     from .device import resolve_device
 
     t0 = time.perf_counter()
@@ -223,11 +224,18 @@ def denoise_ddpm(
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled by the caller")
 
+    base = None
+    if model_config.corrective:  # the diffusion corrects its base regression model's prediction
+        base_model, base_config = load_base(model_dir, manifest, device)
+        base = predict_volume(base_model, base_config, prepared.cropped_pet, prepared.cropped_mr,
+                              prepared.cropped_mask, overlap=config.overlap, device=device)
     mean, std = denoise_volume(model, model_config, prepared.cropped_pet, prepared.cropped_mr, prepared.cropped_mask,
-                               samples=config.samples, steps=config.steps, start_fraction=config.start_fraction,
+                               base=base, samples=config.samples, steps=config.steps, start_fraction=config.start_fraction,
                                overlap=config.overlap, seed=config.seed, device=device, progress=window_done)
     record = {"device": str(device), "model_dir": str(model_dir), "model_sha256": manifest["sha256"],
               "model_config": manifest["config"], "sampler_version": SAMPLER_VERSION}
+    if model_config.corrective:
+        record["base_sha256"] = manifest["base_sha256"]
     timings = {"prepare_s": t_prep - t0, "engine_s": time.perf_counter() - t_prep}
     return _finish(pet, mr, prepared, mean, std, alpha, "ddpm", config.samples, record, timings)
 

@@ -45,7 +45,9 @@ PAIR_ARRAYS = ("low", "full", "clean", "mr", "head")
 class TrainingPair:
     """One simulated case at one dose, cropped to the head, in units of the low-dose head mean.
 
-    ``full`` is the full-dose OSEM and ``clean`` the PSF-blurred truth, the two possible targets.
+    ``full`` is the full-dose OSEM and ``clean`` the PSF-blurred truth, the two possible targets. ``base`` is a
+    regression model's prediction from ``low`` (:func:`with_base_predictions`), which a corrective diffusion model
+    is trained to correct.
     """
 
     low: np.ndarray
@@ -55,6 +57,7 @@ class TrainingPair:
     head: np.ndarray
     subject: str
     dose: float
+    base: Optional[np.ndarray] = None
 
     def target(self, name: str) -> np.ndarray:
         if name not in TRAINING_TARGETS:
@@ -139,6 +142,7 @@ def _simulate_with_room_for_lesions(label_image: sitk.Image, config: SimulationC
 def save_pairs(pairs: Sequence[TrainingPair], path: Path) -> None:
     """Keeps a simulated training set, so that a resumed training does not simulate it again."""
     arrays = {f"{i}_{name}": getattr(pair, name) for i, pair in enumerate(pairs) for name in PAIR_ARRAYS}
+    arrays.update({f"{i}_base": pair.base for i, pair in enumerate(pairs) if pair.base is not None})
     meta = [{"subject": pair.subject, "dose": pair.dose} for pair in pairs]
     np.savez(path, meta=json.dumps(meta), **arrays)
 
@@ -151,7 +155,20 @@ def load_pairs(path: Path) -> List[TrainingPair]:
             raise InputError(f"{path} holds training pairs of an older format (no {', '.join(missing)}): "
                              "simulate them again in a new training folder")
         return [TrainingPair(**{name: data[f"{i}_{name}"] for name in PAIR_ARRAYS}, subject=m["subject"],
-                             dose=m["dose"]) for i, m in enumerate(meta)]
+                             dose=m["dose"], base=data[f"{i}_base"] if f"{i}_base" in data else None)
+                for i, m in enumerate(meta)]
+
+
+def with_base_predictions(pairs: Sequence[TrainingPair], predict: Callable[[TrainingPair], np.ndarray],
+                          progress: Optional[Callable[[str], None]] = None) -> List[TrainingPair]:
+    """``pairs`` with ``base`` set to ``predict(pair)``: a regression model's prediction from the pair's low-dose
+    image and MR, in the pair's units (for example :func:`~..engine.ddpm.regression.predict_volume`)."""
+    done = []
+    for index, pair in enumerate(pairs):
+        done.append(dataclasses.replace(pair, base=predict(pair).astype(np.float32)))
+        if progress is not None:
+            progress(f"base prediction {index + 1}/{len(pairs)}")
+    return done
 
 
 def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[float], variants: int, seed: int,
@@ -177,15 +194,22 @@ def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[flo
 
 def random_patches(pairs: Sequence[TrainingPair], count: int, size: int, rng: np.random.Generator,
                    intensity_scale: Tuple[float, float] = AugmentationRanges.intensity_scale,
-                   use_mr: bool = True, target: str = DEFAULT_TRAINING_TARGET) -> Tuple[np.ndarray, np.ndarray]:
+                   use_mr: bool = True, target: str = DEFAULT_TRAINING_TARGET,
+                   residual_scale: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``count`` augmented patches centred in the head: (conditions (N, C, s, s, s), targets (N, 1, s, s, s)).
 
     Both are in the network's range; the conditions are the low-dose PET, then the MR if ``use_mr``.
     ``target`` is one of ``settings.TRAINING_TARGETS``.
+
+    Args:
+        residual_scale: for a corrective model (``DDPMConfig.corrective``): the pairs' base prediction is a
+            condition after the low-dose PET, and the target is (target - base) / ``residual_scale``.
     """
     too_small = [p.subject for p in pairs if min(p.head.shape) < size]
     if too_small:
         raise InputError(f"the head crops of subjects {sorted(set(too_small))} are smaller than a {size}-voxel patch")
+    if residual_scale is not None and any(p.base is None for p in pairs):
+        raise InputError("a corrective model trains on pairs with base predictions (with_base_predictions)")
     conditions, targets = [], []
     for _ in range(count):
         pair = pairs[cast(int, rng.integers(len(pairs)))]  # a numpy int, which indexes like one
@@ -196,6 +220,9 @@ def random_patches(pairs: Sequence[TrainingPair], count: int, size: int, rng: np
         factor = rng.uniform(*intensity_scale)
         channels = [to_model_space(pair.low[window] * factor, 1.0),
                     to_model_space(pair.target(target)[window] * factor, 1.0)]
+        if residual_scale is not None:
+            base = to_model_space(cast(np.ndarray, pair.base)[window] * factor, 1.0)
+            channels = [channels[0], (channels[1] - base) / residual_scale, base]
         if use_mr:
             channels.append(to_model_space(pair.mr[window], 1.0))
         stack = np.stack(channels)

@@ -139,6 +139,11 @@ def drop_low_dose(conditions: torch.Tensor, probability: float, generator: torch
     return conditions
 
 
+def corrective_scale(config: Any) -> Optional[float]:
+    """The residual's scale when ``config`` is a corrective diffusion model (its patches' target), else None."""
+    return config.residual_scale if isinstance(config, DDPMConfig) and config.corrective else None
+
+
 def training_loss(model: torch.nn.Module, config: Any, scheduler, conditions: torch.Tensor, targets: torch.Tensor,
                   generator: torch.Generator) -> torch.Tensor:
     """The diffusion loss for a DDPM (``config`` a DDPMConfig); the squared error of the prediction for the baseline."""
@@ -237,6 +242,8 @@ def train(
         raise InputError("condition dropout trains a diffusion prior; the regression baseline has no use for it")
     if settings.condition_dropout and config.residual:
         raise InputError("a residual (Resfusion) model noises towards the low-dose image: it cannot drop it")
+    if settings.condition_dropout and config.corrective:
+        raise InputError("a corrective model's base prediction comes from the low-dose image: it cannot drop it")
     warn_if_slow_bf16(settings, device)
     model = MODEL_KINDS[kind][1](config).to(device, memory_format=memory_format_for(device))
     ema = AveragedModel(model, multi_avg_fn=ema_update(settings.ema_decay))
@@ -262,14 +269,16 @@ def train(
 
     validation = cast(Tuple[torch.Tensor, torch.Tensor], [torch.from_numpy(a).to(device) for a in random_patches(
         validation_pairs, settings.validation_patches, config.patch_size,
-        np.random.default_rng(settings.seed + 1), use_mr=config.use_mr, target=settings.target)])  # the pair, so that mypy counts *validation
+        np.random.default_rng(settings.seed + 1), use_mr=config.use_mr, target=settings.target,
+        residual_scale=corrective_scale(config))])  # the pair, so that mypy counts *validation
     if settings.condition_dropout == 1:
         validation[0][:, 0] = DROPPED_CONDITION  # a pure prior never sees the condition
     model.train()
     started, window_losses = time.perf_counter() - elapsed, []
     while step < settings.steps:
         conditions, targets = (torch.from_numpy(a).to(device) for a in random_patches(
-            train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr, target=settings.target))
+            train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr, target=settings.target,
+            residual_scale=corrective_scale(config)))
         conditions = drop_low_dose(conditions, settings.condition_dropout, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
             loss = training_loss(model, config, scheduler, conditions, targets, generator)

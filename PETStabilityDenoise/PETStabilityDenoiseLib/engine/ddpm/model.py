@@ -79,6 +79,13 @@ class DDPMConfig(UNetConfig):
     # DDIM start is not. Such a model runs ``matched_steps`` steps from there (``matched_start_fraction`` unused)
     # and predicts x0.
     residual: bool = False
+    # A corrective model (CorrDiff, Mardani et al. 2024): the diffusion of the residual target - base, where base
+    # is a regression U-Net's prediction (``engine/ddpm/regression.py``, kept in the model folder's ``base/``),
+    # divided by ``residual_scale`` (about its std in the network's range, so that the chain sees unit-scale
+    # values). The base is a further condition after the low-dose PET, and the samples' mean is the base plus the
+    # mean residual. Its chain runs ``matched_steps`` steps from pure noise at T - 1 (``corrective_timesteps``).
+    corrective: bool = False
+    residual_scale: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +96,14 @@ class DDPMConfig(UNetConfig):
                              f"{self.matched_steps}, {self.matched_start_fraction}")
         if self.residual and (not self.matched_steps or self.prediction_type != "sample"):
             raise ValueError("a residual (Resfusion) model needs matched_steps >= 1 and prediction_type 'sample'")
+        if self.corrective and (not self.matched_steps or self.residual or not self.residual_scale > 0):
+            raise ValueError("a corrective model needs matched_steps >= 1, no Resfusion process and a positive "
+                             "residual_scale")
+
+    @property
+    def condition_channels(self) -> int:
+        """The low-dose PET, the base prediction for a corrective model, then the MR."""
+        return super().condition_channels + int(self.corrective)
 
 
 def build_model(config: DDPMConfig) -> DiffusionModelUNet:
@@ -201,10 +216,11 @@ def to_model_space(volume: np.ndarray, scale: float) -> np.ndarray:
 
 
 def conditions_in_model_space(low_dose: np.ndarray, mr: Optional[np.ndarray], head: np.ndarray, use_mr: bool,
-                              device: torch.device) -> Tuple[torch.Tensor, float]:
+                              device: torch.device, base: Optional[np.ndarray] = None) -> Tuple[torch.Tensor, float]:
     """A network's conditions for a (z, y, x) volume, (1, C, z, y, x) in its range, and the PET's scale.
 
-    Each image is normalised by its own mean over ``head``; the MR is a second channel when ``use_mr``.
+    The PET and the MR are each normalised by their own mean over ``head``; ``base`` (a corrective model's base
+    prediction, in the PET's units) by the PET's, as the next channel after it. The MR comes last, when ``use_mr``.
 
     Raises:
         ValueError: ``use_mr`` without an MR.
@@ -213,6 +229,8 @@ def conditions_in_model_space(low_dose: np.ndarray, mr: Optional[np.ndarray], he
         raise ValueError("this model was trained with the MR as a condition: give the MR")
     scale = float(low_dose[head].mean())
     channels = [to_model_space(low_dose, scale)]
+    if base is not None:
+        channels.append(to_model_space(base, scale))
     if use_mr:
         mr_array = cast(np.ndarray, mr)  # not None: checked above
         channels.append(to_model_space(mr_array, float(mr_array[head].mean())))

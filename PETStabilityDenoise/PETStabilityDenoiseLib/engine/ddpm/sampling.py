@@ -68,6 +68,9 @@ def matched_timesteps(config: DDPMConfig) -> List[int]:
         return []
     if config.residual:  # evenly spaced from the acceleration point down to 0
         return [round(t) for t in np.linspace(acceleration_point(config), 0, config.matched_steps)]
+    if config.corrective:  # evenly spaced from T - 1, where the chain starts from pure noise, stopping short of 0
+        last = config.num_train_timesteps - 1
+        return [round(t) for t in np.linspace(last, 0, config.matched_steps + 1)[:-1]]
     return sampling_timesteps(sampling_scheduler(config), config.matched_steps, config.matched_start_fraction)
 
 
@@ -94,6 +97,25 @@ def predict(model: torch.nn.Module, inputs: torch.Tensor, timesteps: torch.Tenso
                       zip(inputs.split(CPU_INPUTS_PER_CALL), timesteps.split(CPU_INPUTS_PER_CALL))])
 
 
+def reverse_chain(model: torch.nn.Module, scheduler, conditions: torch.Tensor, x: torch.Tensor,
+                  timesteps: List[int], step: Optional[Callable[..., torch.Tensor]] = None) -> torch.Tensor:
+    """DDIM (eta 0) from ``x`` at ``timesteps[0]`` through each listed timestep to x0, given ``conditions``.
+
+    Args:
+        step: ``step(alphas_cumprod, prediction, x, timestep, previous)``, one reverse step; None: :func:`ddim_step`
+            for the scheduler's prediction type.
+    """
+    alphas_cumprod = scheduler.alphas_cumprod.to(x.device)
+    for t, previous in zip(timesteps, [*timesteps[1:], -1]):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        prediction = predict(model, torch.cat([x, conditions], dim=1), t_batch)
+        if step is None:
+            x = ddim_step(alphas_cumprod, prediction, scheduler.prediction_type, x, t, previous)
+        else:
+            x = step(alphas_cumprod, prediction, x, t, previous)
+    return x
+
+
 @torch.no_grad()
 def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, samples: int, steps: int,
            start_fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -102,18 +124,25 @@ def sample(model: torch.nn.Module, scheduler, condition: torch.Tensor, *, sample
     The first condition channel is the low-dose PET, from which a truncated chain starts.
     """
     timesteps = sampling_timesteps(scheduler, steps, start_fraction)
-    alphas_cumprod = scheduler.alphas_cumprod.to(condition.device)
     conditions = condition.expand(samples, *condition.shape[1:])
     shape = (samples, 1, *condition.shape[2:])
     x = torch.randn(shape, generator=generator, device=generator.device).to(condition.device)
     if start_fraction < 1:
         start = torch.full((samples,), timesteps[0], dtype=torch.long, device=condition.device)
         x = scheduler.add_noise(conditions[:, :1], x, start)
-    for t, previous in zip(timesteps, [*timesteps[1:], -1]):
-        t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
-        prediction = predict(model, torch.cat([x, conditions], dim=1), t_batch)
-        x = ddim_step(alphas_cumprod, prediction, scheduler.prediction_type, x, t, previous)
-    return x
+    return reverse_chain(model, scheduler, conditions, x, timesteps)
+
+
+@torch.no_grad()
+def sample_corrective(model: torch.nn.Module, config: DDPMConfig, condition: torch.Tensor, *, samples: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """``samples`` draws of a corrective model (``config.corrective``) for one condition, as :func:`sample`: the
+    base prediction (the second condition channel) plus ``config.residual_scale`` times the sampled residual."""
+    conditions = condition.expand(samples, *condition.shape[1:])
+    noise = torch.randn((samples, 1, *condition.shape[2:]), generator=generator, device=generator.device)
+    residual = reverse_chain(model, sampling_scheduler(config), conditions, noise.to(condition.device),
+                             matched_timesteps(config))
+    return conditions[:, 1:2] + config.residual_scale * residual
 
 
 @torch.no_grad()
@@ -122,17 +151,16 @@ def sample_residual(model: torch.nn.Module, config: DDPMConfig, condition: torch
     """``samples`` draws of a residual model (``config.residual``) for one condition; as :func:`sample`."""
     timesteps = matched_timesteps(config)
     scheduler = sampling_scheduler(config)
-    alphas_cumprod = scheduler.alphas_cumprod.to(condition.device)
     conditions = condition.expand(samples, *condition.shape[1:])
     low_dose = conditions[:, :1]
     noise = torch.randn(low_dose.shape, generator=generator, device=generator.device).to(condition.device)
     start = torch.full((samples,), timesteps[0], dtype=torch.long, device=condition.device)
     x = scheduler.add_noise(low_dose, noise, start)  # the plain forward process: equal here to the residual one
-    for t, previous in zip(timesteps, [*timesteps[1:], -1]):
-        t_batch = torch.full((samples,), t, dtype=torch.long, device=condition.device)
-        predicted_clean = predict(model, torch.cat([x, conditions], dim=1), t_batch)
-        x = residual_ddim_step(alphas_cumprod, predicted_clean, low_dose, x, t, previous)
-    return x
+
+    def step(alphas_cumprod, predicted_clean, x, t, previous):
+        return residual_ddim_step(alphas_cumprod, predicted_clean, low_dose, x, t, previous)
+
+    return reverse_chain(model, scheduler, conditions, x, timesteps, step)
 
 
 def window_count(shape: Tuple[int, ...], window: int, overlap: float) -> int:
@@ -168,6 +196,7 @@ def denoise_volume(
     mr: Optional[np.ndarray],
     head: np.ndarray,
     *,
+    base: Optional[np.ndarray] = None,
     samples: int = SAMPLING_DEFAULTS.samples,
     steps: int = SAMPLING_DEFAULTS.steps,
     start_fraction: float = SAMPLING_DEFAULTS.start_fraction,
@@ -184,21 +213,26 @@ def denoise_volume(
         low_dose: the PET to denoise; ``head`` is its head mask, over which the
             normalisation scale (the mean) is taken.
         mr: the MR on the PET grid, needed when ``config.use_mr``.
-        steps, start_fraction: the chain; a model trained on a matched schedule takes only its own, and a
-            residual model starts at its acceleration point whatever ``start_fraction`` says.
+        base: a corrective model's base prediction for ``low_dose`` (:func:`~.regression.predict_volume` of the
+            regression model in its folder), in the PET's units; needed when ``config.corrective``.
+        steps, start_fraction: the chain; a model trained on a matched schedule takes only its own, a residual
+            model starts at its acceleration point and a corrective one from pure noise, whatever
+            ``start_fraction`` says.
         progress: ``progress(windows_done, windows_total)`` after each window.
     """
     if samples < 2:
         raise ValueError(f"at least 2 samples are needed for a std map; got {samples}")
-    if config.residual and steps != config.matched_steps:
-        raise InputError(f"this model was trained for {config.matched_steps} steps from its acceleration point "
-                         f"only: sample with --steps {config.matched_steps}")
-    if not config.residual and config.matched_steps and (steps, start_fraction) != (config.matched_steps,
+    if (config.residual or config.corrective) and steps != config.matched_steps:
+        raise InputError(f"this model was trained for {config.matched_steps} steps from its chain's start only: "
+                         f"sample with --steps {config.matched_steps}")
+    if config.corrective != (base is not None):
+        raise ValueError("a corrective model needs its base prediction, and only such a model takes one")
+    if not (config.residual or config.corrective) and config.matched_steps and (steps, start_fraction) != (config.matched_steps,
                                                                                     config.matched_start_fraction):
         raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
                          f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
                          f"--start-fraction {config.matched_start_fraction:g}")
-    inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device)
+    inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device, base)
 
     model = for_inference(model, device)
     scheduler = sampling_scheduler(config)
@@ -211,6 +245,8 @@ def denoise_volume(
         for condition in windows.split(1):
             if config.residual:
                 draws = sample_residual(model, config, condition, samples=samples, generator=generator)
+            elif config.corrective:
+                draws = sample_corrective(model, config, condition, samples=samples, generator=generator)
             else:
                 draws = sample(model, scheduler, condition, samples=samples, steps=steps,
                                start_fraction=start_fraction, generator=generator)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -24,6 +25,8 @@ from .regression import RegressionConfig, build_regression_model
 WEIGHTS_FILE = "weights.pt"
 MANIFEST_FILE = "model.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
+# Where a corrective diffusion model (DDPMConfig.corrective) keeps its base regression model, inside its folder.
+BASE_DIR = "base"
 # The kinds of model a folder can hold: their config class and network builder. Manifests without a kind
 # predate the baseline and hold a DDPM.
 MODEL_KINDS: Mapping[str, Tuple[type, Callable[[Any], torch.nn.Module]]] = {
@@ -116,3 +119,37 @@ def load_model(directory: Path, device: torch.device = torch.device("cpu"),
         raise ModelError(f"the model weights {weights} cannot be loaded ({type(error).__name__}: {error}). "
                          f"{restore}") from None
     return model.to(device).eval(), config, manifest
+
+
+def attach_base(model_dir: Path, base_dir: Path) -> None:
+    """Copies the regression model of ``base_dir`` into the corrective model folder ``model_dir`` (as ``base/``)
+    and records its checksum in ``model_dir``'s manifest, so that a swapped base fails to load."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    _, config, _ = load_model(model_dir)
+    if not config.corrective:
+        raise ModelError(f"{model_dir} holds a diffusion model that is not corrective: it takes no base model")
+    _, _, base_manifest = load_model(base_dir, kind="regression")
+    shutil.copytree(base_dir, model_dir / BASE_DIR, dirs_exist_ok=True)
+    manifest["base_sha256"] = base_manifest["sha256"]
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+
+
+def load_base(model_dir: Path, manifest: dict, device: torch.device = torch.device("cpu")) -> Tuple[torch.nn.Module, Any]:
+    """A corrective model's base regression network and config, from ``model_dir/base``, checked against the
+    checksum that ``manifest`` (the corrective model's) records.
+
+    Raises:
+        ModelError: the base is missing, damaged or not the one the model was trained on.
+    """
+    base_dir = Path(model_dir) / BASE_DIR
+    try:
+        base, config, base_manifest = load_model(base_dir, device, kind="regression")
+    except FileNotFoundError:
+        raise ModelError(f"the corrective diffusion model in {model_dir} has no base model in {base_dir}: "
+                         "copy the whole model folder") from None
+    if base_manifest["sha256"] != manifest.get("base_sha256"):
+        raise ModelError(f"the base model in {base_dir} is not the one the diffusion model in {model_dir} was "
+                         "trained with (their checksums differ): copy the whole model folder again")
+    return base, config
