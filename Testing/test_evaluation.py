@@ -354,3 +354,14 @@ def test_error_ranking_is_one_for_a_map_that_is_the_error():
     assert ranking["std_error_spearman_truth"] == pytest.approx(1.0)
     assert ranking["std_error_spearman_blurred_truth"] == pytest.approx(1.0)
     assert ranking["std_error_pearson_truth"] < 1.0
+
+
+def test_the_ddpm_cache_key_follows_the_weights_and_a_corrective_models_base(tmp_path):
+    manifest = tmp_path / "model.json"
+    manifest.write_text(json.dumps({"sha256": "a" * 64}))
+    plain = study.ddpm_model_checksum(DDPMSamplingConfig(model_dir=str(tmp_path)))
+    assert plain == "a" * 64
+    manifest.write_text(json.dumps({"sha256": "a" * 64, "base_sha256": "b" * 64}))
+    with_base = study.ddpm_model_checksum(DDPMSamplingConfig(model_dir=str(tmp_path)))
+    manifest.write_text(json.dumps({"sha256": "a" * 64, "base_sha256": "c" * 64}))
+    assert len({plain, with_base, study.ddpm_model_checksum(DDPMSamplingConfig(model_dir=str(tmp_path)))}) == 3

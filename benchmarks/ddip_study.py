@@ -45,6 +45,7 @@ import torch
 
 from PETStabilityDenoiseLib.engine.blend import blend
 from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
+from PETStabilityDenoiseLib.engine.ddpm.weights import bundled_prior_dir
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise, denoise_ddpm
 from PETStabilityDenoiseLib.engine.reconstruct import ddip_image, osem_image
@@ -57,6 +58,8 @@ from PETStabilityDenoiseLib.evaluation.study import (
     GAUSSIAN_FWHMS,
     MAIN_CONDITION,
     StudySettings,
+    ddpm_model_checksum,
+    model_manifest,
     panel_slice_index,
 )
 from PETStabilityDenoiseLib.settings import DDIP_ALPHA, DEFAULT_ALPHAS, DDIPConfig, DDPMSamplingConfig, get_preset
@@ -168,9 +171,15 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
                      for name in args.ablations})
     results: Dict[str, dict] = {}
 
+    # A row of another model, or of an older DDPM sampling chain (docs/DDPM.md, the sampling chain), is not this
+    # one's: the rows of a model are keyed by its checksum.
+    prior_tag = "_" + model_manifest(args.prior or bundled_prior_dir()).get("sha256", "missing")[:12]
+    ddpm_tag = "_" + ddpm_model_checksum(DDPMSamplingConfig(
+        model_dir=str(args.ddpm_model) if args.ddpm_model else None))[:12] + SAMPLER_TAG
+    tags = {"ddip": prior_tag, "ddpm": ddpm_tag, **{name: prior_tag for name in ABLATIONS}}
+
     def run(name: str) -> None:
-        # A DDPM row of an older sampling chain is not this one's (docs/DDPM.md, the sampling chain).
-        path = cache / f"{name}{SAMPLER_TAG if name == 'ddpm' else ''}.json"
+        path = cache / f"{name}{tags.get(name, '')}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
             return

@@ -240,10 +240,12 @@ def model_manifest(model_dir: Path) -> dict:
 
 
 def ddpm_model_checksum(config: DDPMSamplingConfig) -> str:
-    """The weights' checksum from the model's manifest, so that a new model never reads old results."""
+    """The weights' checksum from the model's manifest, so that a new model never reads old results; a corrective
+    model's (DDPMConfig.corrective) is followed by its base model's."""
     from ..engine.ddpm.weights import bundled_model_dir
 
-    return model_manifest(Path(config.model_dir) if config.model_dir else bundled_model_dir()).get("sha256", "missing")
+    manifest = model_manifest(Path(config.model_dir) if config.model_dir else bundled_model_dir())
+    return manifest.get("sha256", "missing") + manifest.get("base_sha256", "")
 
 
 def ddpm_sampler_version() -> int:
