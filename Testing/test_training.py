@@ -13,6 +13,7 @@ import torch
 from conftest import synthetic_training_pairs
 from scipy import ndimage
 
+from PETStabilityDenoiseLib.cli import build_parser, training_network
 from PETStabilityDenoiseLib.engine.ddpm.model import (
     DDPMConfig,
     acceleration_point,
@@ -31,7 +32,14 @@ from PETStabilityDenoiseLib.engine.ddpm.sampling import (
     sample_corrective,
     sample_residual,
 )
-from PETStabilityDenoiseLib.engine.ddpm.weights import BASE_DIR, attach_base, load_base, load_model
+from PETStabilityDenoiseLib.engine.ddpm.weights import (
+    BASE_DIR,
+    attach_base,
+    bundled_model_dir,
+    bundled_prior_dir,
+    load_base,
+    load_model,
+)
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm
 from PETStabilityDenoiseLib.errors import InputError, ModelError
 from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
@@ -92,8 +100,11 @@ def test_patches_take_the_chosen_target():
     _, clean_targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0),
                                       target="truth_blurred")
     np.testing.assert_allclose(clean_targets, to_model_space(np.float32(3.0), 1.0))
-    _, full_targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0))
-    assert full_targets.std() > 0.01, "the default target is the (noisy) full-dose OSEM"
+    _, full_targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0),
+                                     target="full_dose")
+    assert full_targets.std() > 0.01, "the full-dose OSEM is noisy"
+    _, default_targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0))
+    np.testing.assert_array_equal(default_targets, clean_targets)
     with pytest.raises(InputError, match="unknown training target"):
         TrainingSettings(target="truth")
 
@@ -333,3 +344,17 @@ def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path):
     shutil.rmtree(model_dir / BASE_DIR)
     with pytest.raises(ModelError, match="no base model"):
         load_base(model_dir, manifest)
+
+
+@pytest.mark.parametrize("extra, bundled", [([], bundled_model_dir()), (["--condition-dropout", "1"], bundled_prior_dir())],
+                         ids=["denoiser", "ddip_prior"])
+def test_train_ddpm_trains_the_bundled_models_design_by_default(extra, bundled):
+    args = build_parser().parse_args(["train-ddpm", "--labels-dir", "labels", "--out", "run", *extra])
+    _, config, manifest = load_model(bundled)
+    assert training_network(args) == config
+    assert args.target == manifest["info"]["training"]["target"]
+    regression = build_parser().parse_args(["train-ddpm", "--labels-dir", "l", "--out", "r", "--objective", "regression"])
+    assert training_network(regression) == RegressionConfig()
+    with pytest.raises(InputError, match="--schedule"):
+        training_network(build_parser().parse_args(["train-ddpm", "--labels-dir", "l", "--out", "r", "--objective",
+                                                    "regression", "--schedule", "full"]))

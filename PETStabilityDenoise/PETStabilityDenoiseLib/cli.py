@@ -49,6 +49,7 @@ from .settings import (
     RECONSTRUCTION_METHODS,
     SUV_TYPES,
     TRAINING_OBJECTIVES,
+    TRAINING_SCHEDULES,
     TRAINING_TARGETS,
     DDIPConfig,
     DDPMSamplingConfig,
@@ -358,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=TRAINING_OBJECTIVES, default=TRAINING_OBJECTIVES[0],
                    help="diffusion: the DDPM (default); regression: its supervised baseline, the same U-Net "
                         "mapping the conditions straight to the target")
+    p.add_argument("--schedule", choices=TRAINING_SCHEDULES,
+                   help="diffusion only: train at the 2 timesteps that the default sampling visits (matched, the "
+                        "bundled denoiser's design), or at all of them (full, for any chain). Default: matched; "
+                        "full with --condition-dropout, since DDIP samples a prior on its own chain")
     p.add_argument("--target", choices=TRAINING_TARGETS, default=DEFAULT_TRAINING_TARGET,
                    help="what the network learns to output: the full-dose OSEM, or the PSF-blurred truth "
                         f"(default {DEFAULT_TRAINING_TARGET})")
@@ -525,11 +530,32 @@ def _labels(labels_dir: Optional[Path], subjects: Sequence[str]) -> list:
     return paths
 
 
+def training_network(args: argparse.Namespace) -> Any:
+    """The network config that ``train-ddpm`` trains: the regression baseline, or a diffusion model on ``--schedule``.
+
+    Raises:
+        InputError: ``--schedule`` for the regression baseline.
+    """
+    from .engine.ddpm.model import DDPMConfig
+    from .engine.ddpm.regression import RegressionConfig
+
+    model_settings: Dict[str, Any] = {k: v for k, v in (("channels", tuple(args.channels) if args.channels else None),
+                                                        ("patch_size", args.patch_size)) if v is not None}
+    if args.objective == "regression":
+        if args.schedule:
+            raise InputError("--schedule is for a diffusion model; the regression baseline has no timesteps")
+        return RegressionConfig(**model_settings, use_mr=not args.no_mr)
+    schedule = args.schedule or ("full" if args.condition_dropout else "matched")
+    if schedule == "matched":
+        sampling = DDPMSamplingConfig()  # the chain that the model will be sampled with by default
+        model_settings.update(matched_steps=sampling.steps, matched_start_fraction=sampling.start_fraction)
+    return DDPMConfig(**model_settings, use_mr=not args.no_mr)
+
+
 def run_train_ddpm(args: argparse.Namespace) -> int:
     import torch
 
-    from .engine.ddpm.model import DDPMConfig, count_parameters
-    from .engine.ddpm.regression import RegressionConfig
+    from .engine.ddpm.model import count_parameters
     from .engine.ddpm.weights import MODEL_KINDS, model_kind
     from .engine.device import resolve_device
     from .training.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
@@ -552,10 +578,7 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
                          "outside the validation subjects")
     train_paths, validation_paths = _labels(args.labels_dir, subjects), _labels(args.labels_dir, validation_subjects)
 
-    model_settings: Dict[str, Any] = {k: v for k, v in (("channels", tuple(args.channels) if args.channels else None),
-                                                        ("patch_size", args.patch_size)) if v is not None}
-    config_class = RegressionConfig if args.objective == "regression" else DDPMConfig
-    config = config_class(**model_settings, use_mr=not args.no_mr)
+    config = training_network(args)
     training: Dict[str, Any] = {k: v for k, v in (("steps", args.steps or profile["steps"]),
                                                   ("batch_size", args.batch_size or profile["batch_size"]),
                                                   ("learning_rate", args.learning_rate),

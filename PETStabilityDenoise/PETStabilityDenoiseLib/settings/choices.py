@@ -42,10 +42,14 @@ OPTIMIZERS: Tuple[str, ...] = ("lbfgs", "adam")
 INPUT_MODES: Tuple[str, ...] = ("mr", "mr+pet", "noise")
 
 # What a trained network (the DDPM or its regression baseline) learns to output: the full-dose OSEM, which is
-# noisy itself, or the PSF-blurred truth, which only a simulator has. And the two training objectives.
+# noisy itself, or the PSF-blurred truth, which only a simulator has (the design study's choice, docs/DDPM.md).
+# And the two training objectives.
 TRAINING_TARGETS: Tuple[str, ...] = ("full_dose", "truth_blurred")
-DEFAULT_TRAINING_TARGET = "full_dose"
+DEFAULT_TRAINING_TARGET = "truth_blurred"
 TRAINING_OBJECTIVES: Tuple[str, ...] = ("diffusion", "regression")
+# The timesteps a diffusion model trains at: only those of the default sampling chain ("matched", the bundled
+# denoiser's design, docs/DDPM.md), or all of them, for any chain (DDIP's prior, whose chain is its own).
+TRAINING_SCHEDULES: Tuple[str, ...] = ("matched", "full")
 
 # How ``petstab reconstruct`` reconstructs a sinogram file: OSEM, or DDIP (the diffusion prior, from OSEM's image).
 # OSEM's defaults are the simulator's ``brain`` scanner preset (4 iterations of 21 subsets); the subsets must
@@ -67,6 +71,6 @@ DDIP_ALPHA = 0.2
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "FILE_FORMATS", "DICOM_FORMAT",
            "OUTPUT_FORMATS", "DEFAULT_OUTPUT_FORMAT", "SUV_TYPES", "TRAINING_TARGETS", "DEFAULT_TRAINING_TARGET",
-           "TRAINING_OBJECTIVES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY",
+           "TRAINING_OBJECTIVES", "TRAINING_SCHEDULES", "PROGRESS_STYLES", "OVERLAYS", "DEFAULT_OVERLAY",
            "NETWORKS", "OPTIMIZERS", "INPUT_MODES", "RECONSTRUCTION_METHODS", "DEFAULT_RECONSTRUCTION_METHOD",
            "DEFAULT_OSEM_ITERATIONS", "DEFAULT_OSEM_SUBSETS", "DEFAULT_ALPHAS", "DEFAULT_ALPHA", "DDIP_ALPHA"]
