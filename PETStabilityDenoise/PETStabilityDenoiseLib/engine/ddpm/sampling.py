@@ -227,8 +227,8 @@ def denoise_volume(
                          f"sample with --steps {config.matched_steps}")
     if config.corrective != (base is not None):
         raise ValueError("a corrective model needs its base prediction, and only such a model takes one")
-    if not (config.residual or config.corrective) and config.matched_steps and (steps, start_fraction) != (config.matched_steps,
-                                                                                    config.matched_start_fraction):
+    own_chain = (config.matched_steps, config.matched_start_fraction)
+    if not (config.residual or config.corrective) and config.matched_steps and (steps, start_fraction) != own_chain:
         raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
                          f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
                          f"--start-fraction {config.matched_start_fraction:g}")
