@@ -13,6 +13,10 @@ and run again.
 
 ``--export DIR`` copies each candidate's model folder (its EMA weights) into ``DIR/<candidate>``, with the
 training data described in its manifest as ``petstab train-ddpm`` describes it: the folder to bundle.
+
+A corrective candidate (``DDPMConfig.corrective``) corrects ``--base-model`` (default: the U-Net baseline in
+docs/ddpm/unet_baseline). Its pairs gain that model's predictions, computed once and cached in ``--work`` beside
+the pairs, its training folder is keyed by the base's checksum, and its model folders carry the base.
 """
 
 from __future__ import annotations
@@ -133,11 +137,22 @@ def base_pairs(args, pairs: tuple) -> tuple:
     return done
 
 
+def is_corrective(name: str) -> bool:
+    return bool(getattr(CANDIDATES[name][0], "corrective", False))
+
+
+def run_folder(name: str, args) -> Path:
+    """A candidate's training folder; a corrective one's is keyed by its base model's checksum."""
+    if is_corrective(name):
+        return args.work / "runs" / f"{name}_base_{model_manifest(args.base_model)['sha256'][:12]}"
+    return args.work / "runs" / name
+
+
 def train_candidate(name: str, args, pairs: tuple) -> Path:
     """Trains (or continues) one candidate to ``args.steps``; returns its model folder."""
     config, target, extra = CANDIDATES[name]
-    folder = args.work / "runs" / name
-    if getattr(config, "corrective", False):
+    folder = run_folder(name, args)
+    if is_corrective(name):
         pairs = base_pairs(args, pairs)
     settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed,
                                 bf16=args.bf16, **extra)
@@ -149,7 +164,7 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
               progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
                                           "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))
     model_dir = model_dir if args.weights == "ema" else raw_model(folder, config, model_dir)
-    if getattr(config, "corrective", False):
+    if is_corrective(name):
         attach_base(model_dir, args.base_model)
     return model_dir
 
@@ -175,8 +190,8 @@ def export_model(name: str, args, pairs: tuple, destination: Path) -> None:
     the design study began without them). The checksum covers the weights only, which are copied unchanged.
     """
     train_pairs, _ = pairs
-    shutil.copytree(args.work / "runs" / name / MODEL_DIR, destination, dirs_exist_ok=True)
-    if getattr(CANDIDATES[name][0], "corrective", False):
+    shutil.copytree(run_folder(name, args) / MODEL_DIR, destination, dirs_exist_ok=True)
+    if is_corrective(name):
         attach_base(destination, args.base_model)
     manifest = model_manifest(destination)
     manifest["info"] = {**manifest["info"], "training_subjects": sorted({p.subject for p in train_pairs}),
