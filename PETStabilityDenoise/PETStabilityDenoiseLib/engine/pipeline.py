@@ -230,8 +230,9 @@ def denoise_ddpm(
         base = predict_volume(base_model, base_config, prepared.cropped_pet, prepared.cropped_mr,
                               prepared.cropped_mask, overlap=config.overlap, device=device)
     mean, std = denoise_volume(model, model_config, prepared.cropped_pet, prepared.cropped_mr, prepared.cropped_mask,
-                               base=base, samples=config.samples, steps=config.steps, start_fraction=config.start_fraction,
-                               overlap=config.overlap, seed=config.seed, device=device, progress=window_done)
+                               base=base, samples=config.samples, steps=config.steps,
+                               start_fraction=config.start_fraction, overlap=config.overlap, seed=config.seed,
+                               device=device, progress=window_done)
     record = {"device": str(device), "model_dir": str(model_dir), "model_sha256": manifest["sha256"],
               "model_config": manifest["config"], "sampler_version": SAMPLER_VERSION}
     if model_config.corrective:

@@ -83,7 +83,7 @@ class DDPMConfig(UNetConfig):
     # is a regression U-Net's prediction (``engine/ddpm/regression.py``, kept in the model folder's ``base/``),
     # divided by ``residual_scale`` (about its std in the network's range, so that the chain sees unit-scale
     # values). The base is a further condition after the low-dose PET, and the samples' mean is the base plus the
-    # mean residual. Its chain runs ``matched_steps`` steps from pure noise at T - 1 (``corrective_timesteps``).
+    # mean residual. Its chain runs ``matched_steps`` steps from pure noise at T - 1 (``sampling.matched_timesteps``).
     corrective: bool = False
     residual_scale: float = 1.0
 
