@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
+from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig, to_model_space
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig, predict_volume
 from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
 from PETStabilityDenoiseLib.engine.ddpm.weights import (
@@ -131,7 +131,8 @@ def base_pairs(args, pairs: tuple) -> tuple:
     done = tuple(with_base_predictions(part, predict, progress=log.info) for part in pairs)
     for part, path in zip(done, paths):
         save_pairs(part, path)
-    residual = np.concatenate([((p.clean - p.base) / 4.0)[p.head] for p in done[0]])  # in the network's range
+    residual = np.concatenate([(to_model_space(p.clean, 1.0) - to_model_space(p.base, 1.0))[p.head]
+                               for p in done[0]])
     log.info("Base predictions for %d pairs in %.0f s; the residual's std over the training heads: %.4f",
              sum(map(len, done)), time.perf_counter() - started, residual.std())
     return done

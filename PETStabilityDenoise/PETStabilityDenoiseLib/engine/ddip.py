@@ -174,7 +174,6 @@ def ddip_reconstruct(
 
     scheduler = sampling_scheduler(model_config)
     timesteps = sampling_timesteps(scheduler, config.steps, config.start_fraction)
-    alpha_bars = [float(scheduler.alphas_cumprod[t]) for t in timesteps]
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -184,8 +183,10 @@ def ddip_reconstruct(
     for _ in range(config.samples):
         run = _Run(model, model_config, config, device)
         noise = torch.randn(start.shape, generator=generator).to(device)
-        x_t = alpha_bars[0] ** 0.5 * start + (1.0 - alpha_bars[0]) ** 0.5 * noise
-        for step, (t, alpha_bar) in enumerate(zip(timesteps, alpha_bars)):
+        first = float(alphas_cumprod[timesteps[0]])
+        x_t = first ** 0.5 * start + (1.0 - first) ** 0.5 * noise
+        for step, t in enumerate(timesteps):
+            alpha_bar = float(alphas_cumprod[t])
             estimate = run.estimate(x_t, conditions, t, alpha_bar)
             data_image = tomography.penalized_em(counts, projector, multiplicative, additive,
                                                  from_model_space(to_grid(estimate), scale), beta, config.em_updates,
