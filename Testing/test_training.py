@@ -13,7 +13,8 @@ import torch
 from conftest import synthetic_training_pairs
 from scipy import ndimage
 
-from PETStabilityDenoiseLib.cli import build_parser, training_network
+from PETStabilityDenoiseLib.cli import build_parser, main, training_network
+from PETStabilityDenoiseLib.engine.ddpm import sampling
 from PETStabilityDenoiseLib.engine.ddpm.model import (
     DDPMConfig,
     acceleration_point,
@@ -41,10 +42,13 @@ from PETStabilityDenoiseLib.engine.ddpm.weights import (
     load_model,
 )
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm
-from PETStabilityDenoiseLib.errors import InputError, ModelError
+from PETStabilityDenoiseLib.errors import Cancelled, InputError, ModelError
 from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
 from PETStabilityDenoiseLib.simulation import SimulationConfig
+from PETStabilityDenoiseLib.simulation.case import BRAINWEB_LABELS
 from PETStabilityDenoiseLib.simulation.scanners import SCANNERS
+from PETStabilityDenoiseLib.training import dataset
+from PETStabilityDenoiseLib.training.corrective import residual_std
 from PETStabilityDenoiseLib.training.dataset import (
     AugmentationRanges,
     load_pairs,
@@ -308,7 +312,7 @@ def test_a_corrective_chain_starts_from_pure_noise_and_returns_the_base_plus_the
     torch.testing.assert_close(draws, (base + 0.1 * residual).expand(2, -1, -1, -1, -1))
 
 
-def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path):
+def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path, monkeypatch):
     pairs = synthetic_training_pairs()
     base_config = RegressionConfig(channels=(16, 16), patch_size=16)
     base_dir = train(base_config, QUICK, pairs[:1], pairs[1:], tmp_path / "base")
@@ -333,8 +337,20 @@ def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path):
         train(config, dataclasses.replace(QUICK, condition_dropout=0.2), pairs[:1], pairs[1:], tmp_path / "dropout")
 
     pet, mr = (sitk.GetImageFromArray(array) for array in (pair.low, pair.mr))
-    run = denoise_ddpm(pet, mr, DDPMSamplingConfig(model_dir=str(model_dir), samples=2, device="cpu"))
+    sampled_windows, reports = [], []
+    sample_window = sampling.sample_corrective
+    monkeypatch.setattr(sampling, "sample_corrective", lambda *a, **k: sampled_windows.append(1) or sample_window(*a, **k))
+    run = denoise_ddpm(pet, mr, DDPMSamplingConfig(model_dir=str(model_dir), samples=2, device="cpu"),
+                       progress=reports.append)
     assert run.record["base_sha256"] == manifest["base_sha256"]
+    # The base pass's windows (as many as the sampling's: one patch size) count in the run's progress first.
+    done = [r.epoch for r in reports]
+    assert done == sorted(set(done)) and {r.epochs for r in reports} == {done[-1]} == {2 * len(sampled_windows)}
+    sampled_windows.clear()
+    with pytest.raises(Cancelled):  # and cancel is polled in the base pass, before any sampling
+        denoise_ddpm(pet, mr, DDPMSamplingConfig(model_dir=str(model_dir), samples=2, device="cpu"),
+                     should_stop=lambda: True)
+    assert not sampled_windows
     assert np.isfinite(sitk.GetArrayFromImage(run.network_output)).all()
 
     other = train(base_config, dataclasses.replace(QUICK, seed=1), pairs[:1], pairs[1:], tmp_path / "other")
@@ -344,6 +360,51 @@ def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path):
     shutil.rmtree(model_dir / BASE_DIR)
     with pytest.raises(ModelError, match="no base model"):
         load_base(model_dir, manifest)
+
+
+def test_train_ddpm_checks_a_corrective_models_options():
+    def network(*extra, measured=0.044):
+        return training_network(build_parser().parse_args(["train-ddpm", "--labels-dir", "l", "--out", "r", *extra]),
+                                measured)
+
+    corrective = ("--objective", "corrective", "--base-model", "unet")
+    assert network(*corrective) == DDPMConfig(corrective=True, residual_scale=0.044, matched_steps=2)
+    assert network(*corrective, "--residual-scale", "0.05").residual_scale == 0.05
+    for extra, message in [(("--base-model", "unet"), "are for --objective corrective"),
+                           (("--objective", "corrective"), "needs --base-model"),
+                           ((*corrective, "--schedule", "full"), "drop --schedule full"),
+                           ((*corrective, "--residual-scale", "0"), "must be positive")]:
+        with pytest.raises(InputError, match=message):
+            network(*extra)
+
+
+def test_train_ddpm_trains_a_corrective_model_on_its_bases_predictions(tmp_path, monkeypatch, caplog):
+    pairs = synthetic_training_pairs()
+    simulated = iter([pairs[:1], pairs[1:]])  # the training subject's pairs, then the validation subject's
+    monkeypatch.setattr(dataset, "simulate_pairs", lambda *args, **kwargs: next(simulated))
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for subject in ("04", "05"):
+        (labels / BRAINWEB_LABELS.format(subject)).touch()
+    bases = [train(RegressionConfig(channels=(16, 16), patch_size=16), dataclasses.replace(QUICK, seed=seed),
+                   pairs[:1], pairs[1:], tmp_path / f"base{seed}") for seed in (0, 1)]
+    command = ["train-ddpm", "--labels-dir", str(labels), "--subjects", "04", "--validation-subjects", "05",
+               "--out", str(tmp_path / "run"), "--objective", "corrective", "--steps", "2", "--batch-size", "2",
+               "--channels", "16", "16", "--patch-size", "16", "--threads", "1"]
+
+    assert main([*command, "--base-model", str(bases[0])]) == 0
+    model, config, manifest = load_model(tmp_path / "run" / "model")
+    with_base = load_pairs(tmp_path / "run" / f"training_pairs_base_{manifest['base_sha256'][:12]}.npz")
+    assert config.corrective and config.residual_scale == round(residual_std(with_base, "truth_blurred"), 3)
+    assert manifest["info"]["base_sha256"] == load_model(bases[0], kind="regression")[2]["sha256"]
+    load_base(tmp_path / "run" / "model", manifest)  # the base travels with the model, checksum and all
+
+    same_scale = ["--residual-scale", str(config.residual_scale)]  # so that only the base differs
+    assert main([*command, "--base-model", str(bases[1]), *same_scale, "--resume", "--steps", "3"]) == 2
+    assert "another base model" in caplog.text
+    assert main(["train-ddpm", "--labels-dir", str(labels), "--out", str(tmp_path / "other"), "--objective",
+                 "corrective"]) == 2
+    assert "needs --base-model" in caplog.text
 
 
 @pytest.mark.parametrize("extra, bundled", [([], bundled_model_dir()), (["--condition-dropout", "1"], bundled_prior_dir())],

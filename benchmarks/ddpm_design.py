@@ -33,14 +33,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig, to_model_space
-from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig, predict_volume
+from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
+from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
 from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
 from PETStabilityDenoiseLib.engine.ddpm.weights import (
     MANIFEST_FILE,
     MODEL_KINDS,
     attach_base,
-    load_model,
     model_kind,
     save_model,
 )
@@ -51,12 +50,12 @@ from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, S
 from PETStabilityDenoiseLib.settings import DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.simulation import simulate_case
 from PETStabilityDenoiseLib.simulation.case import brainweb_subjects, labels_path
+from PETStabilityDenoiseLib.training.corrective import pairs_with_base, residual_std
 from PETStabilityDenoiseLib.training.dataset import (
     VALIDATION_SUBJECTS,
     load_pairs,
     save_pairs,
     simulate_pairs,
-    with_base_predictions,
 )
 from PETStabilityDenoiseLib.training.trainer import CHECKPOINT_FILE, MODEL_DIR, TrainingSettings, train
 
@@ -116,25 +115,11 @@ def training_pairs(args) -> tuple:
 
 
 def base_pairs(args, pairs: tuple) -> tuple:
-    """``pairs`` with the base model's (``--base-model``) predictions, from ``--work`` when they were made before,
-    keyed by the base's checksum."""
-    checksum = model_manifest(args.base_model)["sha256"][:12]
-    paths = [args.work / f"{kind}_pairs_base_{checksum}.npz" for kind in ("training", "validation")]
-    if all(p.is_file() for p in paths):
-        return load_pairs(paths[0]), load_pairs(paths[1])
-    model, config, _ = load_model(args.base_model, kind="regression")
+    """``pairs`` with the base model's (``--base-model``) predictions, cached in ``--work``."""
     started = time.perf_counter()
-
-    def predict(pair):
-        return predict_volume(model, config, pair.low, pair.mr, pair.head, overlap=DDPMSamplingConfig().overlap)
-
-    done = tuple(with_base_predictions(part, predict, progress=log.info) for part in pairs)
-    for part, path in zip(done, paths):
-        save_pairs(part, path)
-    residual = np.concatenate([(to_model_space(p.clean, 1.0) - to_model_space(p.base, 1.0))[p.head]
-                               for p in done[0]])
+    done = pairs_with_base(pairs, ("training", "validation"), args.base_model, args.work, progress=log.info)
     log.info("Base predictions for %d pairs in %.0f s; the residual's std over the training heads: %.4f",
-             sum(map(len, done)), time.perf_counter() - started, residual.std())
+             sum(map(len, done)), time.perf_counter() - started, residual_std(done[0], "truth_blurred"))
     return done
 
 

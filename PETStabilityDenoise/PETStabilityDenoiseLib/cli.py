@@ -357,8 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, nargs="+", help="U-Net channels per level (default 16 32 64)")
     p.add_argument("--no-mr", action="store_true", help="train without the MR condition")
     p.add_argument("--objective", choices=TRAINING_OBJECTIVES, default=TRAINING_OBJECTIVES[0],
-                   help="diffusion: the DDPM (default); regression: its supervised baseline, the same U-Net "
-                        "mapping the conditions straight to the target")
+                   help="diffusion: the DDPM (default); corrective: a diffusion model of the residual of the "
+                        "regression model --base-model (CorrDiff); regression: the supervised baseline, the same "
+                        "U-Net mapping the conditions straight to the target")
+    p.add_argument("--base-model", type=Path,
+                   help="corrective only: the regression model folder whose residual the model learns "
+                        "(petstab train-ddpm --objective regression); it is copied into the model folder as base/")
+    p.add_argument("--residual-scale", type=float,
+                   help="corrective only: the residual's scale in the network's range (default: its std over the "
+                        "training pairs' heads, to 3 decimals)")
     p.add_argument("--schedule", choices=TRAINING_SCHEDULES,
                    help="diffusion only: train at the 2 timesteps that the default sampling visits (matched, the "
                         "bundled denoiser's design), or at all of them (full, for any chain). Default: matched; "
@@ -530,24 +537,41 @@ def _labels(labels_dir: Optional[Path], subjects: Sequence[str]) -> list:
     return paths
 
 
-def training_network(args: argparse.Namespace) -> Any:
+def training_network(args: argparse.Namespace, residual_scale: Optional[float] = None) -> Any:
     """The network config that ``train-ddpm`` trains: the regression baseline, or a diffusion model on ``--schedule``.
 
+    Args:
+        residual_scale: a corrective model's, when ``--residual-scale`` is not given (:func:`residual_std`).
+
     Raises:
-        InputError: ``--schedule`` for the regression baseline.
+        InputError: an option that does not apply to ``--objective``.
     """
     from .engine.ddpm.model import DDPMConfig
     from .engine.ddpm.regression import RegressionConfig
 
+    corrective = args.objective == "corrective"
+    if not corrective and (args.base_model or args.residual_scale):
+        raise InputError("--base-model and --residual-scale are for --objective corrective")
+    if corrective and not args.base_model:
+        raise InputError("--objective corrective needs --base-model: the regression model folder whose residual "
+                         "it learns (train one with --objective regression)")
+    if args.residual_scale is not None and not args.residual_scale > 0:
+        raise InputError(f"--residual-scale must be positive; got {args.residual_scale}")
+    if corrective and args.schedule == "full":
+        raise InputError("a corrective model trains on its own matched chain: drop --schedule full")
     model_settings: Dict[str, Any] = {k: v for k, v in (("channels", tuple(args.channels) if args.channels else None),
                                                         ("patch_size", args.patch_size)) if v is not None}
     if args.objective == "regression":
         if args.schedule:
             raise InputError("--schedule is for a diffusion model; the regression baseline has no timesteps")
         return RegressionConfig(**model_settings, use_mr=not args.no_mr)
-    schedule = args.schedule or ("full" if args.condition_dropout else "matched")
-    if schedule == "matched":
-        sampling = DDPMSamplingConfig()  # the chain that the model will be sampled with by default
+    sampling = DDPMSamplingConfig()  # the chain that the model will be sampled with by default
+    if corrective:
+        scale = args.residual_scale or residual_scale
+        if scale is None:
+            raise ValueError("a corrective model's residual scale is measured on its pairs: pass residual_scale")
+        model_settings.update(corrective=True, residual_scale=scale, matched_steps=sampling.steps)
+    elif (args.schedule or ("full" if args.condition_dropout else "matched")) == "matched":
         model_settings.update(matched_steps=sampling.steps, matched_start_fraction=sampling.start_fraction)
     return DDPMConfig(**model_settings, use_mr=not args.no_mr)
 
@@ -556,13 +580,16 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     import torch
 
     from .engine.ddpm.model import count_parameters
-    from .engine.ddpm.weights import MODEL_KINDS, model_kind
+    from .engine.ddpm.weights import MODEL_KINDS, attach_base, load_model, model_kind
     from .engine.device import resolve_device
+    from .training.corrective import pairs_with_base, residual_std
     from .training.dataset import VALIDATION_SUBJECTS, load_pairs, save_pairs, simulate_pairs
     from .training.trainer import TrainingSettings, check_training_folder, train
     from .volumes.io import read_volume
 
     check_training_folder(args.out, args.resume)
+    training_network(args, residual_scale=1.0)  # the options' errors before minutes of simulation
+    base_manifest = load_model(args.base_model, kind="regression")[2] if args.objective == "corrective" else {}
     profile = TRAINING_PROFILES[args.profile]
     validation_subjects = list(args.validation_subjects or VALIDATION_SUBJECTS)
     if args.subjects:
@@ -578,7 +605,6 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
                          "outside the validation subjects")
     train_paths, validation_paths = _labels(args.labels_dir, subjects), _labels(args.labels_dir, validation_subjects)
 
-    config = training_network(args)
     training: Dict[str, Any] = {k: v for k, v in (("steps", args.steps or profile["steps"]),
                                                   ("batch_size", args.batch_size or profile["batch_size"]),
                                                   ("learning_rate", args.learning_rate),
@@ -590,9 +616,6 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    network = MODEL_KINDS[model_kind(config)][1](config)
-    log.info("Network (%s): %s, %d parameters; target %s; training on %s", args.objective, config.channels,
-             count_parameters(network), settings.target, device)
 
     started = time.perf_counter()
     doses = tuple(args.doses)
@@ -613,6 +636,16 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     info = {"command": args.command_line, "training_subjects": subjects, "validation_subjects": validation_subjects,
             "doses": list(doses), "variants_per_subject": variants, "training_pairs": len(train_pairs),
             "simulation_s": simulation_s}
+    measured_scale = None
+    if args.objective == "corrective":
+        train_pairs, validation_pairs = pairs_with_base((train_pairs, validation_pairs), ("training", "validation"),
+                                                        args.base_model, args.out, device, progress=log.info)
+        measured_scale = round(residual_std(train_pairs, settings.target), 3)
+        info["base_sha256"] = base_manifest["sha256"]
+    config = training_network(args, measured_scale)
+    network = MODEL_KINDS[model_kind(config)][1](config)
+    log.info("Network (%s): %s, %d parameters; target %s; training on %s", args.objective, config.channels,
+             count_parameters(network), settings.target, device)
 
     def report(row) -> None:
         validation = "" if row.validation_loss is None else f", validation {row.validation_loss:.5f}"
@@ -620,6 +653,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
 
     model_dir = train(config, settings, train_pairs, validation_pairs, args.out, device=device, resume=args.resume,
                       info=info, progress=report)
+    if args.objective == "corrective":
+        attach_base(model_dir, args.base_model)
     log.info("Model written to %s", model_dir)
     return 0
 

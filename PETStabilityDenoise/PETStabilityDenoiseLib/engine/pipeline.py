@@ -195,13 +195,14 @@ def denoise_ddpm(
             MR as a condition and refuses to run without it.
         config: see :class:`DDPMSamplingConfig`.
         progress: called after each sliding window with an :class:`EpochReport`
-            whose ``epoch``/``epochs`` count windows and whose ``loss`` is None.
+            whose ``epoch``/``epochs`` count windows (a corrective model's base pass, then the sampling) and
+            whose ``loss`` is None.
         should_stop: polled after each window; True raises :class:`Cancelled`.
     """
     import torch
 
     from .ddpm.regression import predict_volume
-    from .ddpm.sampling import SAMPLER_VERSION, denoise_volume
+    from .ddpm.sampling import SAMPLER_VERSION, denoise_volume, window_count
     from .ddpm.weights import bundled_model_dir, load_base, load_model
     from .device import resolve_device
 
@@ -217,22 +218,29 @@ def denoise_ddpm(
     prepared = _prepare(pet, mr, 1)
     t_prep = time.perf_counter()
 
-    def window_done(done: int, total: int) -> None:
-        if progress is not None:
-            elapsed = time.perf_counter() - t_prep
-            progress(EpochReport(done, total, None, elapsed, elapsed / done * (total - done), config.samples))
-        if should_stop is not None and should_stop():
-            raise Cancelled("cancelled by the caller")
+    def windows_done(before: int, after: int) -> Callable[[int, int], None]:
+        """A pass's progress as the whole run's, with ``before`` windows in passes before it and ``after`` after."""
+        def report(done: int, total: int) -> None:
+            done, total = before + done, before + total + after
+            if progress is not None:
+                elapsed = time.perf_counter() - t_prep
+                progress(EpochReport(done, total, None, elapsed, elapsed / done * (total - done), config.samples))
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled by the caller")
+        return report
 
-    base = None
+    shape = prepared.cropped_pet.shape
+    base, base_windows = None, 0
     if model_config.corrective:  # the diffusion corrects its base regression model's prediction
         base_model, base_config = load_base(model_dir, manifest, device)
+        base_windows = window_count(shape, base_config.patch_size, config.overlap)
         base = predict_volume(base_model, base_config, prepared.cropped_pet, prepared.cropped_mr,
-                              prepared.cropped_mask, overlap=config.overlap, device=device)
+                              prepared.cropped_mask, overlap=config.overlap, device=device,
+                              progress=windows_done(0, window_count(shape, model_config.patch_size, config.overlap)))
     mean, std = denoise_volume(model, model_config, prepared.cropped_pet, prepared.cropped_mr, prepared.cropped_mask,
                                base=base, samples=config.samples, steps=config.steps,
                                start_fraction=config.start_fraction, overlap=config.overlap, seed=config.seed,
-                               device=device, progress=window_done)
+                               device=device, progress=windows_done(base_windows, 0))
     record = {"device": str(device), "model_dir": str(model_dir), "model_sha256": manifest["sha256"],
               "model_config": manifest["config"], "sampler_version": SAMPLER_VERSION}
     if model_config.corrective:

@@ -43,10 +43,11 @@ INPUT_MODES: Tuple[str, ...] = ("mr", "mr+pet", "noise")
 
 # What a trained network (the DDPM or its regression baseline) learns to output: the full-dose OSEM, which is
 # noisy itself, or the PSF-blurred truth, which only a simulator has (the design study's choice, docs/DDPM.md).
-# And the two training objectives.
+# And the training objectives: a diffusion model, a corrective diffusion model of a regression model's residual
+# (CorrDiff), or the regression baseline itself.
 TRAINING_TARGETS: Tuple[str, ...] = ("full_dose", "truth_blurred")
 DEFAULT_TRAINING_TARGET = "truth_blurred"
-TRAINING_OBJECTIVES: Tuple[str, ...] = ("diffusion", "regression")
+TRAINING_OBJECTIVES: Tuple[str, ...] = ("diffusion", "corrective", "regression")
 # The timesteps a diffusion model trains at: only those of the default sampling chain ("matched", the bundled
 # denoiser's design, docs/DDPM.md), or all of them, for any chain (DDIP's prior, whose chain is its own).
 TRAINING_SCHEDULES: Tuple[str, ...] = ("matched", "full")

@@ -257,6 +257,9 @@ def train(
         if state.get("kind", "ddpm") != kind or not same_config(config, state["config"]):
             raise InputError(f"the checkpoint in {out_dir} was made with another network: "
                              f"{state.get('kind', 'ddpm')} {state['config']}")
+        if (info or {}).get("base_sha256") != state["info"].get("base_sha256"):
+            raise InputError(f"the checkpoint in {out_dir} was trained to correct another base model: resume with "
+                             "the same --base-model")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
