@@ -149,24 +149,35 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
               info={"command": f"ddpm_design.py {name}"},
               progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
                                           "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))
-    model_dir = model_dir if args.weights == "ema" else raw_model(folder, config, model_dir)
+    trained = model_manifest(model_dir)["info"]["training"]["steps"]
+    if args.weights == "ema" and trained != args.steps:
+        raise SystemExit(f"{name} was trained on to {trained} steps; its EMA weights of step {args.steps} were not "
+                         f"kept (score --weights raw, or --steps {trained})")
+    model_dir = model_dir if args.weights == "ema" else raw_model(folder, config, model_dir, args.steps)
     if is_corrective(name):
         attach_base(model_dir, args.base_model)
     return model_dir
 
 
-def raw_model(folder: Path, config: Any, ema_dir: Path) -> Path:
-    """The training's last raw (not averaged) weights, from its checkpoint, as a model folder beside the EMA's.
+def raw_model(folder: Path, config: Any, ema_dir: Path, step: int) -> Path:
+    """The training's raw (not averaged) weights at ``step``, as a model folder beside the EMA's: kept from when
+    training reached that step, or taken from the checkpoint when it is there.
 
     A short run's EMA is not yet an average of trained weights: with decay 0.995, after 500 steps 0.995^500 = 8 %
     of it is still the first step's, nearly random, weights, which shows as an offset in the output.
     """
+    kept = folder / f"raw_model_step{step}"
+    if (kept / MANIFEST_FILE).is_file():
+        return kept
     state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    if state["step"] != step:
+        raise SystemExit(f"the checkpoint in {folder} is at step {state['step']}; the raw weights of step {step} "
+                         "were not kept")
     network = MODEL_KINDS[model_kind(config)][1](config)
     network.load_state_dict(state["model"])
     manifest = model_manifest(ema_dir)
-    manifest["info"]["training"]["weights"] = f"raw, step {state['step']}"
-    return save_model(network, config, folder / f"raw_model_step{state['step']}", manifest["info"]).parent
+    manifest["info"]["training"]["weights"] = f"raw, step {step}"
+    return save_model(network, config, kept, manifest["info"]).parent
 
 
 def export_model(name: str, args, pairs: tuple, destination: Path) -> None:
