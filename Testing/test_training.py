@@ -390,10 +390,10 @@ def test_train_ddpm_trains_a_corrective_model_on_its_bases_predictions(tmp_path,
                    pairs[:1], pairs[1:], tmp_path / f"base{seed}") for seed in (0, 1)]
     command = ["train-ddpm", "--labels-dir", str(labels), "--subjects", "04", "--validation-subjects", "05",
                "--out", str(tmp_path / "run"), "--objective", "corrective", "--steps", "2", "--batch-size", "2",
-               "--channels", "16", "16", "--patch-size", "16", "--threads", "1"]
+               "--channels", "16", "16", "--patch-size", "16"]
 
     assert main([*command, "--base-model", str(bases[0])]) == 0
-    model, config, manifest = load_model(tmp_path / "run" / "model")
+    _, config, manifest = load_model(tmp_path / "run" / "model")
     with_base = load_pairs(tmp_path / "run" / f"training_pairs_base_{manifest['base_sha256'][:12]}.npz")
     assert config.corrective and config.residual_scale == round(residual_std(with_base, "truth_blurred"), 3)
     assert manifest["info"]["base_sha256"] == load_model(bases[0], kind="regression")[2]["sha256"]
