@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,10 +58,36 @@ from PETStabilityDenoiseLib.training.dataset import (
     variant_config,
     with_base_predictions,
 )
-from PETStabilityDenoiseLib.training.trainer import TrainingSettings, diffusion_loss, same_config, train
+from PETStabilityDenoiseLib.training.trainer import (
+    CHECKPOINT_FILE,
+    TrainingSettings,
+    diffusion_loss,
+    same_config,
+    train,
+)
 
 QUICK = TrainingSettings(steps=4, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
                          validation_patches=2)
+
+
+def test_a_run_stopped_while_it_writes_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    pairs = synthetic_training_pairs()
+    config = RegressionConfig(channels=(16, 16), patch_size=16)
+    folder = tmp_path / "run"
+    train(config, dataclasses.replace(QUICK, steps=2), pairs[:1], pairs[1:], folder)
+    saved = torch.save
+
+    def stopped_while_writing(state, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", stopped_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, QUICK, pairs[:1], pairs[1:], folder, resume=True)
+    monkeypatch.setattr(torch, "save", saved)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+    assert torch.load(folder / CHECKPOINT_FILE, weights_only=False)["step"] == 2
+    train(config, QUICK, pairs[:1], pairs[1:], folder, resume=True)  # and training goes on from it
 
 
 def test_the_regression_baseline_resumes_exactly_and_predicts_the_input_outside_the_head(tmp_path):

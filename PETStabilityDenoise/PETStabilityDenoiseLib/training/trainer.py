@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,17 @@ def _write_log(path: Path, rows: list) -> None:
         writer.writerows(rows)
 
 
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Writes ``state`` beside ``path``, then moves it into place: a run stopped while it writes (Ctrl+C, a full
+    disk, the end of a session) keeps the previous checkpoint, not half of a new one."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        torch.save(state, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def same_config(config: Any, recorded: dict) -> bool:
     """Whether a checkpoint's ``recorded`` config is ``config``; a field added since it was written counts at its
     default, so that checkpoints written before stay resumable."""
@@ -307,10 +319,11 @@ def train(
             if progress is not None:
                 progress(report)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
-            torch.save({"kind": kind, "config": dataclasses.asdict(config), "settings": dataclasses.asdict(settings),
-                        "model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
-                        "numpy_rng": rng.bit_generator.state, "torch_rng": generator.get_state(), "step": step,
-                        "elapsed_s": time.perf_counter() - started, "info": info or {}}, checkpoint_path)
+            save_checkpoint({"kind": kind, "config": dataclasses.asdict(config),
+                             "settings": dataclasses.asdict(settings), "model": model.state_dict(),
+                             "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                             "numpy_rng": rng.bit_generator.state, "torch_rng": generator.get_state(), "step": step,
+                             "elapsed_s": time.perf_counter() - started, "info": info or {}}, checkpoint_path)
 
     last_validation = next((float(r["validation_loss"]) for r in reversed(log_rows) if r["validation_loss"]), None)
     manifest_info = {
