@@ -284,18 +284,6 @@ def test_cache_key_covers_what_changes_the_numbers(tmp_path, monkeypatch):
     assert [c.slug for c in conditions] == ["main", "counts_x0.5", "stress_legacy_wholebody"]
 
 
-def test_atomic_write_leaves_nothing_behind_when_interrupted(tmp_path):
-    def interrupted(stream):
-        stream.write("half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        study.write_atomically(tmp_path / "case.json", interrupted)
-    assert list(tmp_path.iterdir()) == []
-    study.write_atomically(tmp_path / "case.json", lambda stream: stream.write("{}"))
-    assert [p.name for p in tmp_path.iterdir()] == ["case.json"]
-
-
 def test_matched_noise_reads_the_leading_monotone_run_and_refuses_to_extrapolate():
     # Noise falls with the FWHM, then rises again (cortex blurred into white matter): the rise is ignored.
     sweep = [{"wm_cov": x, "pvr": y} for x, y in ((1.0, 1.4), (0.5, 1.2), (0.25, 1.0), (0.4, 0.5))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 
 from PETStabilityDenoiseLib.errors import InputError
 from PETStabilityDenoiseLib.settings import FILE_FORMATS
+from PETStabilityDenoiseLib.volumes.files import write_atomically
 from PETStabilityDenoiseLib.volumes.geometry import (
     CropPad,
     apply_crop_pad,
@@ -391,3 +393,25 @@ def test_validate_mr_has_no_sign_rule_but_still_rejects_nan_and_constant(pet_arr
         validate_volume(z_scored, "MR", activity=False)
     with pytest.raises(InputError, match="constant"):
         validate_volume(np.full_like(pet_array, -1.0), "MR", activity=False)
+
+
+@pytest.mark.parametrize("binary, content", [(False, "{}"), (True, b"\x00weights")], ids=["text", "binary"])
+def test_an_atomic_write_is_whole_or_absent(tmp_path, binary, content):
+    def interrupted(stream):
+        stream.write(content)
+        raise KeyboardInterrupt
+
+    path = tmp_path / "sub" / "case.json"
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, interrupted, binary=binary)
+    assert list(path.parent.iterdir()) == []
+    write_atomically(path, lambda stream: stream.write(content), binary=binary)
+    assert [p.name for p in path.parent.iterdir()] == ["case.json"]
+    assert (path.read_bytes() if binary else path.read_text()) == content
+    with pytest.raises(KeyboardInterrupt):  # a failed rewrite keeps the earlier file
+        write_atomically(path, interrupted, binary=binary)
+    assert [p.name for p in path.parent.iterdir()] == ["case.json"]
+    assert (path.read_bytes() if binary else path.read_text()) == content
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask, "an ordinary file's mode, not mkstemp's private one"

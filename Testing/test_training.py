@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,8 +76,8 @@ def test_a_run_stopped_while_it_writes_a_checkpoint_keeps_the_previous_one(tmp_p
     train(config, dataclasses.replace(QUICK, steps=2), pairs[:1], pairs[1:], folder)
     saved = torch.save
 
-    def stopped_while_writing(state, path):
-        Path(path).write_bytes(b"half a checkpoint")
+    def stopped_while_writing(state, handle):
+        handle.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", stopped_while_writing)

@@ -14,15 +14,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from tqdm import tqdm
 
 from ..errors import InputError, OutputError
+from ..volumes.files import write_atomically
 from ..volumes.run_folder import clean_up_interrupted
 from .schedulers import Scheduler
 from .table import SUMMARY_FILE, CohortRow
@@ -101,15 +100,13 @@ def run_cohort(rows: Sequence[CohortRow], out_dir: Path, fmt: str, scheduler: Sc
 
 
 def write_summary(path: Path, outcomes: Sequence[SubjectOutcome]) -> None:
-    """Writes summary.csv whole: to a temporary file beside it, then renamed over it."""
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    """Writes summary.csv whole (:func:`write_atomically`)."""
+    def write(handle) -> None:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(outcome.summary_row() for outcome in outcomes)
+
     try:
-        with temporary.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(outcome.summary_row() for outcome in outcomes)
-        os.replace(temporary, path)
+        write_atomically(path, write)
     except OSError as error:
         raise OutputError(f"could not write {path}: {error.strerror or error}. Is the disk full?") from None
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -16,7 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
 import numpy as np  # noqa: E402
 
-from .study import METHOD_LABELS, write_atomically  # noqa: E402
+from ..volumes.files import write_atomically  # noqa: E402
+from .study import METHOD_LABELS  # noqa: E402
 
 COLORS = {"gaussian": "tab:blue", "nlm": "tab:green", "dip": "tab:orange", "blend": "tab:red", "osem": "0.4",
           "ddpm": "tab:purple", "ddpm_blend": "tab:brown", "unet": "tab:olive"}

@@ -16,10 +16,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Union, cast
 import numpy as np
 
 from ..settings import METHODS
+from ..volumes.files import write_atomically
 from ..volumes.run_folder import strict_json
 from . import analysis, plots
 from .analysis import PAPER_ROIS, Results, summarise_cases, wins
-from .study import FULL_DOSE, METHOD_LABELS, StudySettings, Subject, evaluate, is_stress, load_panels, write_atomically
+from .study import FULL_DOSE, METHOD_LABELS, StudySettings, Subject, evaluate, is_stress, load_panels
 
 # (key, label, format) of the tables at the operating points.
 SUMMARY_METRICS = (("pvr", "PVR", "{:.3f}"), ("wm_std", "WM std", "{:.2f}"), ("wm_cov", "WM CoV", "{:.3f}"),

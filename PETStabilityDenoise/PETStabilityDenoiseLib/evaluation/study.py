@@ -30,13 +30,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,6 +45,7 @@ from ..engine.pipeline import denoise, denoise_ddpm, predict_regression
 from ..errors import InputError
 from ..settings import DEFAULT_ALPHAS, DDPMSamplingConfig, DIPConfig
 from ..simulation import SimulationConfig, simulate_case, simulation_config
+from ..volumes.files import write_atomically
 from ..volumes.io import read_volume
 from .scoring import Scorer
 
@@ -342,35 +341,6 @@ def case_parts(settings: StudySettings, realisation: int) -> List[str]:
 
 def wants_panels(settings: StudySettings, realisation: int) -> bool:
     return settings.keep_panels and realisation == 0
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def write_atomically(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> Path:
-    """Writes ``path`` through ``write(handle)`` into a temporary file beside it, then renames it into place.
-
-    An interrupted run therefore never leaves a half-written file, and two processes writing the same file leave
-    one whole copy.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb" if binary else "w") as stream:
-            write(stream)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it private; give it an ordinary file's mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _part_files_exist(paths: Dict[str, Path], settings: StudySettings, realisation: int) -> bool:

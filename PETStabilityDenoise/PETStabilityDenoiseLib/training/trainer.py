@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..engine.ddpm.sampling import matched_timesteps
 from ..engine.ddpm.weights import MODEL_KINDS, model_kind, save_model
 from ..errors import InputError
 from ..settings import DEFAULT_TRAINING_TARGET, TRAINING_TARGETS
+from ..volumes.files import write_atomically
 from .dataset import TrainingPair, random_patches
 
 log = logging.getLogger(__name__)
@@ -181,14 +181,8 @@ def _write_log(path: Path, rows: list) -> None:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Writes ``state`` beside ``path``, then moves it into place: a run stopped while it writes (Ctrl+C, a full
-    disk, the end of a session) keeps the previous checkpoint, not half of a new one."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        torch.save(state, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    """Writes ``state`` whole: a run stopped while it writes keeps the previous checkpoint, not half of a new one."""
+    write_atomically(path, lambda handle: torch.save(state, handle), binary=True)
 
 
 def same_config(config: Any, recorded: dict) -> bool:

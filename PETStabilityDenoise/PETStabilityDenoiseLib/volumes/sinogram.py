@@ -8,8 +8,6 @@ Reading checks the shapes, the value ranges and the geometry before anything use
 
 from __future__ import annotations
 
-import os
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, OutputError
+from .files import write_atomically
 
 SINOGRAM_FORMAT_VERSION = 1
 SINOGRAM_SUFFIX = ".npz"
@@ -147,12 +146,9 @@ def write_sinogram(data: SinogramData, path: PathLike) -> Path:
         "dose_fraction": np.float64(np.nan if data.dose_fraction is None else data.dose_fraction),
         "description": np.str_(data.description),
     }
-    partial = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}{SINOGRAM_SUFFIX}"
     try:
-        np.savez_compressed(partial, **fields)
-        os.replace(partial, path)
+        write_atomically(path, lambda handle: np.savez_compressed(handle, **fields), binary=True)
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise OutputError(f"could not write {path}: {error.strerror or error}") from None
     return path
 
