@@ -146,6 +146,8 @@ def write_sinogram(data: SinogramData, path: PathLike) -> Path:
         "dose_fraction": np.float64(np.nan if data.dose_fraction is None else data.dose_fraction),
         "description": np.str_(data.description),
     }
+    if not path.parent.is_dir():  # a mistyped folder is an error, not a new folder
+        raise OutputError(f"could not write {path}: there is no folder {path.parent}")
     try:
         write_atomically(path, lambda handle: np.savez_compressed(handle, **fields), binary=True)
     except OSError as error:
