@@ -45,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, config, _ = load_model(bundled_model_dir())
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn((INPUTS, 3, *(config.patch_size,) * 3), generator=generator)
+    inputs = torch.randn((INPUTS, 1 + config.condition_channels, *(config.patch_size,) * 3), generator=generator)
     targets = torch.randn((INPUTS, 1, *(config.patch_size,) * 3), generator=generator)
     timesteps = torch.full((INPUTS,), 333)
     results: dict = {}
