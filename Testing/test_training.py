@@ -359,6 +359,9 @@ def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path, monke
         denoise_volume(model, config, pair.low, pair.mr, pair.head, samples=2, steps=2)
     with pytest.raises(InputError, match="--steps 2"):
         denoise_volume(model, config, pair.low, pair.mr, pair.head, base=pair.base, samples=2, steps=3)
+    with pytest.raises(InputError, match="--start-fraction does not apply"):
+        denoise_volume(model, config, pair.low, pair.mr, pair.head, base=pair.base, samples=2, steps=2,
+                       start_fraction=0.3)
     with pytest.raises(InputError, match="cannot drop"):
         train(config, dataclasses.replace(QUICK, condition_dropout=0.2), pairs[:1], pairs[1:], tmp_path / "dropout")
 
@@ -433,12 +436,14 @@ def test_train_ddpm_trains_a_corrective_model_on_its_bases_predictions(tmp_path,
     assert "needs --base-model" in caplog.text
 
 
-@pytest.mark.parametrize("extra, bundled", [([], bundled_model_dir()), (["--condition-dropout", "1"], bundled_prior_dir())],
+@pytest.mark.parametrize("extra, bundled", [(["--objective", "corrective", "--base-model", "unet"], bundled_model_dir()),
+                                            (["--condition-dropout", "1"], bundled_prior_dir())],
                          ids=["denoiser", "ddip_prior"])
-def test_train_ddpm_trains_the_bundled_models_design_by_default(extra, bundled):
+def test_train_ddpm_trains_the_bundled_models_design(extra, bundled):
+    # The README's commands for them; a corrective model's residual scale is measured on its pairs.
     args = build_parser().parse_args(["train-ddpm", "--labels-dir", "labels", "--out", "run", *extra])
     _, config, manifest = load_model(bundled)
-    assert training_network(args) == config
+    assert training_network(args, config.residual_scale) == config
     assert args.target == manifest["info"]["training"]["target"]
     regression = build_parser().parse_args(["train-ddpm", "--labels-dir", "l", "--out", "r", "--objective", "regression"])
     assert training_network(regression) == RegressionConfig()

@@ -216,8 +216,8 @@ def denoise_volume(
         base: a corrective model's base prediction for ``low_dose`` (:func:`~.regression.predict_volume` of the
             regression model in its folder), in the PET's units; needed when ``config.corrective``.
         steps, start_fraction: the chain; a model trained on a matched schedule takes only its own, a residual
-            model starts at its acceleration point and a corrective one from pure noise, whatever
-            ``start_fraction`` says.
+            model starts at its acceleration point whatever ``start_fraction`` says, and a corrective one from pure
+            noise (it refuses a ``start_fraction`` other than the default or 1).
         progress: ``progress(windows_done, windows_total)`` after each window.
     """
     if samples < 2:
@@ -227,6 +227,9 @@ def denoise_volume(
                          f"sample with --steps {config.matched_steps}")
     if config.corrective != (base is not None):
         raise ValueError("a corrective model needs its base prediction, and only such a model takes one")
+    if config.corrective and start_fraction not in (SAMPLING_DEFAULTS.start_fraction, 1.0):
+        raise InputError(f"this model's chain starts from pure noise, not from the low-dose image: --start-fraction "
+                         f"does not apply to it (got {start_fraction:g})")
     own_chain = (config.matched_steps, config.matched_start_fraction)
     if not (config.residual or config.corrective) and config.matched_steps and (steps, start_fraction) != own_chain:
         raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
