@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import synthetic_training_pairs
 
+from PETStabilityDenoiseLib import DATA_DIR
 from PETStabilityDenoiseLib.engine.ddpm.model import (
     DDPMConfig,
     build_model,
@@ -29,10 +30,12 @@ from PETStabilityDenoiseLib.engine.ddpm.sampling import (
     window_count,
 )
 from PETStabilityDenoiseLib.engine.ddpm.weights import (
+    BASE_DIR,
     MODEL_CARD_FILE,
     WEIGHTS_FILE,
     bundled_model_dir,
     bundled_prior_dir,
+    load_base,
     load_model,
     save_model,
 )
@@ -265,6 +268,19 @@ def test_the_bundled_models_load_and_have_a_model_card(directory, condition_drop
     assert manifest["sha256"] in card, "the model card must name the checksum of the weights it describes"
 
 
+def test_the_bundled_denoiser_corrects_its_bundled_u_net():
+    # CorrDiff (docs/DDPM.md): the diffusion model learns the residual of the U-Net in base/, which must be the
+    # one it was trained with and trained on the same subjects for the same budget.
+    _, config, manifest = load_model(bundled_model_dir())
+    assert config.corrective and config.residual_scale > 0
+    _, base_config = load_base(bundled_model_dir(), manifest)
+    base_manifest = load_model(bundled_model_dir() / BASE_DIR, kind="regression")[2]
+    assert base_config.use_mr and base_manifest["info"]["training"]["steps"] >= 4000
+    assert base_manifest["info"]["training"]["target"] == manifest["info"]["training"]["target"]
+    assert not set(base_manifest["info"]["training_subjects"]) & set(manifest["info"]["validation_subjects"])
+
+
 def test_the_bundled_models_share_the_25_mb_budget():
-    sizes = [(directory / WEIGHTS_FILE).stat().st_size for directory in (bundled_model_dir(), bundled_prior_dir())]
-    assert sum(sizes) <= 25 * 1024 ** 2
+    weights = sorted(DATA_DIR.rglob(WEIGHTS_FILE))  # the denoiser, its U-Net base and DDIP's prior
+    assert len(weights) == 3
+    assert sum(path.stat().st_size for path in weights) <= 25 * 1024 ** 2

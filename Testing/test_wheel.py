@@ -31,6 +31,7 @@ def test_the_wheel_alone_runs_the_bundled_diffusion_model(small_pet_mr, tmp_path
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
     for needed in ("PETStabilityDenoiseLib/data/ddpm/weights.pt", "PETStabilityDenoiseLib/data/ddpm/model.json",
+                   "PETStabilityDenoiseLib/data/ddpm/base/weights.pt", "PETStabilityDenoiseLib/data/ddpm/base/model.json",
                    "PETStabilityDenoiseLib/data/ddip_prior/weights.pt",
                    "PETStabilityDenoiseLib/data/ddip_prior/model.json",
                    "PETStabilityDenoiseLib/data/sample/PETStabilitySample_PET.nrrd",

@@ -29,8 +29,9 @@ the denoised image blends the network output and the original PET voxel by voxel
 The <b>alpha</b> slider sets the blend and updates the image at once, with no new fit; choosing a method
 sets it to that method's default, chosen by measurement.
 No training data is needed. Research software, not for clinical use.
-The other method, <b>Diffusion model (DDPM)</b>, samples a bundled conditional 3D diffusion model several
-times: the mean of the samples is the network output and their spread the stability map; it needs the MR.
+The other method, <b>Diffusion model (DDPM)</b>, runs a bundled 3D U-Net, then samples a conditional 3D diffusion
+model of what the U-Net gets wrong several times: the mean of the samples is the network output and their spread
+the stability map; it needs the MR.
 See the <a href="{readme}">documentation</a>.
 <p>Methods:</p>
 <ul>
@@ -44,7 +45,9 @@ Computer Vision 128:1867-1888, 2020.</li>
 <li>3D diffusion model for PET denoising: B. Yu, S. Ozdemir, Y. Dong, W. Shao, T. Pan, K. Shi, K. Gong,
 "Robust whole-body PET image denoising using 3D diffusion models: evaluation across various scanners, tracers,
 and dose levels", European Journal of Nuclear Medicine and Molecular Imaging, 2025. Sampled with DDIM:
-J. Song, C. Meng, S. Ermon, "Denoising diffusion implicit models", ICLR 2021.</li>
+J. Song, C. Meng, S. Ermon, "Denoising diffusion implicit models", ICLR 2021. The diffusion of a U-Net's residual
+(CorrDiff): M. Mardani et al., "Residual corrective diffusion modeling for km-scale atmospheric downscaling",
+Communications Earth &amp; Environment, 2025, doi:10.1038/s43247-025-02042-5.</li>
 </ul>
 """
 ACKNOWLEDGEMENT_TEXT = """
