@@ -72,8 +72,10 @@ def main() -> None:
     result = denoise_ddpm(pet, case.mr, config, progress=reports.append)
     seconds = time.perf_counter() - started
     record = {
-        "volume_xyz": list(pet.GetSize()), "fit_shape_zyx": result.info["fit_shape"],
-        "windows": len(reports),
+        "model_sha256": result.record["model_sha256"], "volume_xyz": list(pet.GetSize()),
+        "fit_shape_zyx": result.info["fit_shape"],
+        # A corrective model's progress counts its U-Net's windows, then the sampling's.
+        "windows": len(reports), "corrective": "base_sha256" in result.record,
         "samples": config.samples, "steps": config.steps, "start_fraction": config.start_fraction,
         "device": result.record["device"],
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
