@@ -1,7 +1,7 @@
 """Writing a file whole: a temporary file beside it, renamed into place. An interrupted run (Ctrl+C, a full disk,
 the end of a session) therefore never leaves half a file, and two processes writing the same file leave one whole
-copy. Used by every layer that writes a file (checkpoints, evaluation records, sinograms, cohort summaries);
-imports only the standard library.
+copy. Used for training checkpoints, the evaluation's records, figures and report, sinograms and cohort
+summaries; imports only the standard library.
 """
 
 import os
