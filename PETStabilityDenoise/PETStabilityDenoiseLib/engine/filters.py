@@ -1,11 +1,19 @@
-"""Classic post-filters that DIP is compared against."""
+"""Gaussian filters: the classic post-filters that DIP is compared against, and the FWHM-to-sigma conversion
+that the simulator's blurs and the reconstruction's resolution model share."""
 
 from __future__ import annotations
+
+from typing import Sequence, Union
 
 import numpy as np
 from scipy import ndimage
 
 FWHM_PER_SIGMA = float(np.sqrt(8.0 * np.log(2.0)))
+
+
+def sigma_voxels(fwhm_mm: float, voxel_size_mm: Union[Sequence[float], np.ndarray]) -> np.ndarray:
+    """The per-axis sigma, in voxels, of an isotropic Gaussian of ``fwhm_mm`` on voxels of ``voxel_size_mm``."""
+    return float(fwhm_mm) / FWHM_PER_SIGMA / np.asarray(voxel_size_mm, dtype=float)
 
 
 def gaussian_fwhm(image: np.ndarray, fwhm_voxels: float) -> np.ndarray:

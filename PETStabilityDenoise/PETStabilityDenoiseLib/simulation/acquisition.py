@@ -10,16 +10,15 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..engine.filters import FWHM_PER_SIGMA, sigma_voxels
 from ..engine.tomography import ParallelBeamProjector
 from ..errors import InputError
-
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 def gaussian_blur(volume: np.ndarray, fwhm_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
     """Isotropic Gaussian resolution blur (scanner PSF) of a volume with (z, y, x) voxel sizes in mm."""
-    sigma = fwhm_mm / FWHM_PER_SIGMA / np.asarray(voxel_size_mm, dtype=float)
-    return ndimage.gaussian_filter(volume.astype(np.float32, copy=False), sigma, mode="constant")
+    return ndimage.gaussian_filter(volume.astype(np.float32, copy=False), sigma_voxels(fwhm_mm, voxel_size_mm),
+                                   mode="constant")
 
 
 def attenuation_factors(mu_per_mm: np.ndarray, projector: ParallelBeamProjector) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence, Union, cast
 import numpy as np
 from scipy import ndimage
 
+from ..engine.filters import sigma_voxels
 from ..errors import InputError
 
 Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -320,7 +321,7 @@ def regional_uptake_field(
     for name, multiplier in uptake:
         field[region_mask(UPTAKE_REGIONS[name], coords)] = multiplier
     if transition_fwhm_mm > 0:
-        sigma = transition_fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(voxel_size_mm, dtype=float)
+        sigma = sigma_voxels(transition_fwhm_mm, voxel_size_mm)
         field = ndimage.gaussian_filter(field, sigma, mode="nearest")
     return field
 
@@ -330,7 +331,7 @@ def texture_field(
     amplitude: float, mask: np.ndarray,
 ) -> np.ndarray:
     """Smooth multiplicative texture 1 + amplitude * g: g Gaussian white noise smoothed to ``fwhm_mm``, std 1 in ``mask``."""
-    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(voxel_size_mm, dtype=float)
+    sigma = sigma_voxels(fwhm_mm, voxel_size_mm)
     g = ndimage.gaussian_filter(rng.standard_normal(tuple(shape), dtype=np.float32), sigma, mode="wrap")
     g /= g[mask].std()
     # Clipping only guards the far tails (beyond 5 sigma at 10 %), so that no voxel loses all its uptake.
@@ -399,7 +400,7 @@ def make_t1(
     t1 = lut[labels]
     bumps = region_mask(colliculi.bumps, coords)
     t1[bumps] += colliculus_contrast * (tissue_intensity[Label.GM] - t1[bumps])
-    sigma = blur_fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(voxel_size_mm, dtype=float)
+    sigma = sigma_voxels(blur_fwhm_mm, voxel_size_mm)
     t1 = ndimage.gaussian_filter(t1, sigma)
     t1 *= smooth_bias_field(labels.shape, rng, bias_amplitude)
     # Magnitude of a complex signal with Gaussian noise on each channel: Rician, as in real MR.
