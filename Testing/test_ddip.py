@@ -82,6 +82,38 @@ def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab
         tomography.penalized_em(*terms, anchor, unit, 1, n_subsets=5)
 
 
+def test_the_data_step_models_the_scanners_psf_when_given_one(slab):
+    """With a resolution model H the data step is EM for multiplicative x A H x, written out, and H is its own
+    adjoint, as EM needs."""
+    case, _, _ = slab
+    data = case.sinograms[0.2]
+    nx, ny, _ = data.image_size
+    projector = tomography.ParallelBeamProjector.build((ny, nx), data.spacing[0], n_bins=data.shape[2],
+                                                       bin_mm=data.bin_mm, angles_rad=data.angles_rad)
+    psf = tomography.ResolutionModel(3.0, data.spacing[::-1], (ny, nx))
+    rng = np.random.default_rng(0)
+    image, other = (rng.random(case.truth.GetSize()[::-1]).astype(np.float32) for _ in range(2))
+    assert np.dot(psf.image(image).ravel(), other.ravel()) == pytest.approx(
+        np.dot(image.ravel(), psf.image(other).ravel()), rel=1e-5)
+    columns = image.reshape(image.shape[0], -1).T
+    np.testing.assert_allclose(psf.columns(np.ascontiguousarray(columns)),
+                               psf.image(image).reshape(image.shape[0], -1).T, rtol=1e-5, atol=1e-7)
+
+    terms = (data.prompts, projector, data.multiplicative, data.additive)
+    anchor = np.maximum(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.truth, 6.0)), 0.0)
+    expected = tomography.expected_counts(anchor, *terms[1:], resolution=psf)
+    mlem = anchor * psf.image(projector.back(data.multiplicative * data.prompts / expected)) / psf.image(
+        projector.back(data.multiplicative))
+    step = tomography.penalized_em(*terms, anchor, 0.0, 1, resolution=psf)
+    np.testing.assert_allclose(step, mlem, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(step, tomography.penalized_em(*terms, anchor, 0.0, 1), rtol=1e-3)
+
+    def misfit(x):
+        return tomography.poisson_misfit(data.prompts, tomography.expected_counts(x, *terms[1:], resolution=psf))
+
+    assert misfit(tomography.penalized_em(*terms, anchor, 0.0, 2, n_subsets=8, resolution=psf)) < misfit(anchor)
+
+
 def test_lora_adapters_start_at_zero_and_only_they_train():
     torch.manual_seed(0)
     model = build_model(DDPMConfig(channels=(16, 16), patch_size=16))
@@ -193,6 +225,11 @@ def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, 
     assert "choose one of 1, 2, 3, 4, 6, 7, 8" in caplog.text and not out.exists()
     with pytest.raises(InputError, match="samples must be >= 2"):
         DDIPConfig(samples=1)
+    with pytest.raises(InputError, match="psf_fwhm_mm must be a FWHM in mm >= 0"):
+        DDIPConfig(psf_fwhm_mm=-1.0)
+    assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
+                 "--ddip-model", str(tiny_prior), "--psf-fwhm", "nan"]) == 2
+    assert "psf_fwhm_mm must be a FWHM" in caplog.text and not out.exists()
 
 
 def test_a_ddip_run_folder_loads_into_mrml_on_its_osem_image(slab, tiny_prior, tmp_path):
@@ -232,3 +269,26 @@ def test_network_passes_per_run(slab, tiny_prior, tmp_path, monkeypatch, refresh
     assert len(calls) == 2 * passes
     assert DDIP_ALPHA != DEFAULT_ALPHAS["dip"], "the test below needs the two defaults to differ"
     assert json.loads(paths["run"].read_text())["alpha"] == DDIP_ALPHA, "DDIP's own alpha"
+
+
+def test_the_psf_option_reaches_the_data_step_and_run_json(slab, tiny_prior, tmp_path, monkeypatch):
+    """``--psf-fwhm`` puts the scanner's PSF, in voxels of the PET grid, into every data step; 0 leaves it out."""
+    from PETStabilityDenoiseLib.engine import tomography as tomography_module
+
+    models = []
+    data_step = tomography_module.penalized_em
+    monkeypatch.setattr(tomography_module, "penalized_em",
+                        lambda *a, resolution=None, **k: models.append(resolution) or data_step(*a, **k))
+    case, sinogram, mr = slab
+    tiny = ["--samples", "2", "--steps", "2", "--start-fraction", "0.3", "--finetune-steps", "1", "--em-updates", "1",
+            "--device", "cpu", "--ddip-model", str(tiny_prior)]
+    for fwhm in ("3", "0"):
+        out = tmp_path / f"psf{fwhm}"
+        assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
+                     "--psf-fwhm", fwhm, *tiny]) == 0
+        assert json.loads((out / "run.json").read_text())["config"]["psf_fwhm_mm"] == float(fwhm)
+    with_psf, without = models[:4], models[4:]
+    spacing = case.osem[0.2].GetSpacing()
+    assert len(without) == 4 and all(model is None for model in without)
+    for model in with_psf:
+        assert model.sigma_zyx == pytest.approx([3.0 / 2.3548200450309493 / s for s in spacing[::-1]])

@@ -135,7 +135,7 @@ DDPM_DEFAULTS = DDPMSamplingConfig()
 DDIP_DEFAULTS = DDIPConfig()
 # petstab reconstruct's DDIP options: argparse destinations named after the DDIPConfig fields they set.
 DDIP_SETTINGS = ("samples", "steps", "start_fraction", "lora_rank", "finetune_steps", "beta", "em_updates",
-                 "em_subsets", "refresh_estimate", "device", "seed", "threads")
+                 "em_subsets", "refresh_estimate", "psf_fwhm_mm", "device", "seed", "threads")
 # Settings that only one method has, as argparse destinations: giving them to the other is refused.
 DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode", "network",
                      "inner_iterations")
@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the adapted network again before each DDIM step (two passes per step); "
                             "--no-refresh-estimate steps from the data step's image (one pass) "
                             f"(default {'on' if DDIP_DEFAULTS.refresh_estimate else 'off'})")
+    group.add_argument("--psf-fwhm", type=float, dest="psf_fwhm_mm", metavar="MM",
+                       help="model the scanner's resolution in the data step: an isotropic Gaussian PSF of this "
+                            f"FWHM in mm (default {DDIP_DEFAULTS.psf_fwhm_mm:g}: none)")
     group.add_argument("--device", choices=DEVICES, help=f"default: {DEFAULT_DEVICE} (CUDA if available)")
     group.add_argument("--seed", type=int)
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

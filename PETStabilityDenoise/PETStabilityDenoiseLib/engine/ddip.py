@@ -7,7 +7,8 @@ channel set to ``DROPPED_CONDITION`` it models p(PET | MR). Each of ``config.sam
 2. at each of ``steps`` DDIM steps, on the whole volume:
    - the network estimates the clean image x0 from x_t (Tweedie, through sliding windows);
    - the data step: ``em_updates`` EM updates over ``em_subsets`` ordered subsets, tied to that estimate by
-     ``beta`` (half-quadratic splitting, ``tomography.penalized_em``), on the full PET grid, slice by slice;
+     ``beta`` (half-quadratic splitting, ``tomography.penalized_em``), on the full PET grid, slice by slice,
+     with the scanner's PSF in the system model if one is given;
    - LoRA adapters (``lora.py``) are fine-tuned for ``finetune_steps`` steps so that the network's estimate on
      random patches moves towards the data step's image; with ``config.refresh_estimate`` the network
      estimates x0 again, adapted; otherwise the data step's image is the estimate of this step, and the adapted
@@ -138,6 +139,7 @@ def ddip_reconstruct(
     device: torch.device = torch.device("cpu"),
     progress: Optional[Progress] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    resolution: Optional[tomography.ResolutionModel] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """The mean and the std of ``config.samples`` DDIP reconstructions, (z, y, x) in the OSEM image's units;
     outside the head, the OSEM image and 0.
@@ -151,6 +153,7 @@ def ddip_reconstruct(
         model: a DDPM that models p(PET | MR) (trained with condition dropout); it is not modified.
         progress: called after each DDIM step of each sample.
         should_stop: polled after each step; True raises :class:`Cancelled`.
+        resolution: the scanner's PSF, modelled in the data step (``config.psf_fwhm_mm``); None: none.
     """
     counts, additive, multiplicative = sinogram
     patch = model_config.patch_size
@@ -190,7 +193,7 @@ def ddip_reconstruct(
             estimate = run.estimate(x_t, conditions, t, alpha_bar)
             data_image = tomography.penalized_em(counts, projector, multiplicative, additive,
                                                  from_model_space(to_grid(estimate), scale), beta, config.em_updates,
-                                                 config.em_subsets)
+                                                 config.em_subsets, resolution=resolution)
             target = to_network(to_model_space(data_image, scale)[None])
             last = step + 1 == len(timesteps)
             if run.adapters:

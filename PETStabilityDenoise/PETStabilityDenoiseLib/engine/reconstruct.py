@@ -144,9 +144,12 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
         if progress is not None:
             progress(EpochReport(done, total, None, elapsed, elapsed / done * (total - done), config.samples))
 
+    resolution = (tomography.ResolutionModel(config.psf_fwhm_mm, sinogram.spacing[::-1], osem_array.shape[1:])
+                  if config.psf_fwhm_mm > 0 else None)
     mean, std = ddip_reconstruct((sinogram.prompts, sinogram.additive, sinogram.multiplicative),
                                  sinogram_projector(sinogram), osem_array, mr_on_grid, head, model, model_config,
-                                 config, device=device, progress=step_done, should_stop=should_stop)
+                                 config, device=device, progress=step_done, should_stop=should_stop,
+                                 resolution=resolution)
     engine_done = time.perf_counter()
     stability_mean = float(std[head].mean(dtype=np.float64))
     network_output, stability = sinogram.image(mean), sinogram.image(std)

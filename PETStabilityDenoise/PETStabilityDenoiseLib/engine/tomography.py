@@ -13,6 +13,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import scipy.sparse as sp
+from scipy import ndimage
+
+from .filters import sigma_voxels
 
 
 def uniform_angles(n_angles: int) -> np.ndarray:
@@ -109,15 +112,41 @@ class ParallelBeamProjector:
         return np.ascontiguousarray((self.matrix.T @ cols).T).reshape(sinogram.shape[0], *self.image_shape)
 
 
+class ResolutionModel:
+    """The scanner's PSF as an isotropic 3D Gaussian in image space: the system model becomes
+    multiplicative x A (H x), H the blur. H is symmetric, so it is its own adjoint.
+
+    Args:
+        fwhm_mm: the PSF's full width at half maximum.
+        voxel_mm_zyx: the PET grid's voxel size, (z, y, x).
+        slice_shape: (ny, nx) of a slice.
+    """
+
+    def __init__(self, fwhm_mm: float, voxel_mm_zyx: Sequence[float], slice_shape: Sequence[int]) -> None:
+        self.sigma_zyx = tuple(float(s) for s in sigma_voxels(fwhm_mm, voxel_mm_zyx))
+        self.slice_shape = tuple(int(n) for n in slice_shape)
+
+    def image(self, volume: np.ndarray) -> np.ndarray:
+        """H applied to a (nz, ny, nx) image."""
+        return ndimage.gaussian_filter(volume.astype(np.float32, copy=False), self.sigma_zyx, mode="constant")
+
+    def columns(self, columns: np.ndarray) -> np.ndarray:
+        """H applied to an image in the data step's column layout, (ny * nx, nz)."""
+        sigma_yxz = (*self.sigma_zyx[1:], self.sigma_zyx[0])
+        volume = columns.reshape(*self.slice_shape, columns.shape[1])
+        return ndimage.gaussian_filter(volume, sigma_yxz, mode="constant").reshape(columns.shape)
+
+
 class _Subsets:
     """The data split into subsets of interleaved angles, in column layout: the volume as (pixels, nz) and each
-    subset's sinogram as (rays, nz), with its rows of the system matrix and its sensitivity A_s^T m_s."""
+    subset's sinogram as (rays, nz), with its rows of the system matrix and its sensitivity (PSF) A_s^T m_s."""
 
     def __init__(self, counts: np.ndarray, projector: ParallelBeamProjector, multiplicative: np.ndarray,
-                 background: np.ndarray, n_subsets: int) -> None:
+                 background: np.ndarray, n_subsets: int, resolution: Optional[ResolutionModel] = None) -> None:
         if n_subsets < 1 or projector.n_angles % n_subsets:
             raise ValueError(f"{projector.n_angles} angles do not split into {n_subsets} subsets")
         self.nz, self.image_shape = counts.shape[0], projector.image_shape
+        self.resolution = resolution
         y, m, b = (np.ascontiguousarray(np.moveaxis(v.astype(np.float32, copy=False), 0, -1))
                    for v in (counts, multiplicative, background))  # (n_angles, n_bins, nz)
         self.parts = []
@@ -126,10 +155,13 @@ class _Subsets:
             rows = (angles[:, None] * projector.n_bins + np.arange(projector.n_bins)).ravel()
             a_s = projector.matrix[rows]
             y_s, m_s, b_s = (v[angles].reshape(-1, self.nz) for v in (y, m, b))
-            sens = np.asarray(a_s.T @ m_s, dtype=np.float32)
+            sens = self.blur(np.asarray(a_s.T @ m_s, dtype=np.float32))
             self.parts.append((a_s, a_s.T.tocsr(), y_s, m_s, b_s, sens))
         self.n_rays = projector.n_angles * projector.n_bins
         self.totals = y.reshape(self.n_rays, self.nz), m.reshape(self.n_rays, self.nz), b.reshape(self.n_rays, self.nz)
+
+    def blur(self, columns: np.ndarray) -> np.ndarray:
+        return columns if self.resolution is None else self.resolution.columns(columns)
 
     def to_columns(self, image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(image.reshape(self.nz, -1).T.astype(np.float32))
@@ -138,12 +170,13 @@ class _Subsets:
         return np.ascontiguousarray(columns.T).reshape(self.nz, *self.image_shape)
 
 
-def _em_image(x: np.ndarray, part: tuple) -> np.ndarray:
-    """One subset's EM image of the columns ``x``: x A_s^T (m_s y_s / (m_s A_s x + b_s)) / sensitivity_s."""
+def _em_image(x: np.ndarray, part: tuple, data: _Subsets) -> np.ndarray:
+    """One subset's EM image of the columns ``x``: x H^T A_s^T (m_s y_s / (m_s A_s H x + b_s)) / sensitivity_s,
+    with H the resolution model (or none)."""
     a_s, a_s_t, y_s, m_s, b_s, sens = part
-    expected = m_s * (a_s @ x) + b_s
+    expected = m_s * (a_s @ data.blur(x)) + b_s
     ratio = np.divide(y_s, expected, out=np.zeros_like(expected), where=expected > 0)
-    return x * np.divide(a_s_t @ (m_s * ratio), sens, out=np.zeros_like(x), where=sens > 0)
+    return x * np.divide(data.blur(a_s_t @ (m_s * ratio)), sens, out=np.zeros_like(x), where=sens > 0)
 
 
 def osem(
@@ -170,16 +203,18 @@ def osem(
     x = np.full((projector.matrix.shape[1], data.nz), start, dtype=np.float32)
     for iteration in range(n_iterations):
         for part in data.parts:
-            x = _em_image(x, part)
+            x = _em_image(x, part, data)
         if progress is not None:
             progress(iteration + 1)
     return data.to_image(x)
 
 
 def expected_counts(image: np.ndarray, projector: ParallelBeamProjector, multiplicative: np.ndarray,
-                    background: np.ndarray) -> np.ndarray:
-    """The data model's mean: multiplicative x A image + background, (nz, n_angles, n_bins)."""
-    return multiplicative * projector.forward(image) + background
+                    background: np.ndarray, resolution: Optional[ResolutionModel] = None) -> np.ndarray:
+    """The data model's mean: multiplicative x A (H) image + background, (nz, n_angles, n_bins); H the
+    ``resolution`` model, if any."""
+    blurred = image if resolution is None else resolution.image(image)
+    return multiplicative * projector.forward(blurred) + background
 
 
 def poisson_misfit(counts: np.ndarray, expected: np.ndarray) -> float:
@@ -197,25 +232,27 @@ def penalized_em(
     beta: float,
     n_updates: int,
     n_subsets: int = 1,
+    resolution: Optional[ResolutionModel] = None,
 ) -> np.ndarray:
     """The data step of half-quadratic splitting: EM updates tied to ``anchor`` by (beta / 2) ||x - anchor||^2.
 
     Starts from the anchor (clipped at 0). Each update is, for each of ``n_subsets`` subsets of interleaved angles,
     the subset's EM image x_em of the current x followed, per voxel, by the positive root of
-    b x^2 + (s - b z) x - s x_em = 0 (De Pierro's surrogate), where z is the anchor, s = A_s^T multiplicative the
-    subset's sensitivity and b = beta / n_subsets its share of the penalty (ordered subsets, as OSEM). One subset
-    is MLEM. ``beta`` 0 gives plain MLEM or OSEM; a large beta keeps the anchor. Arrays are (nz, ny, nx) images
-    and (nz, n_angles, n_bins) sinograms; ``beta`` is in counts per activity^2.
+    b x^2 + (s - b z) x - s x_em = 0 (De Pierro's surrogate), where z is the anchor, s = (H) A_s^T multiplicative
+    the subset's sensitivity and b = beta / n_subsets its share of the penalty (ordered subsets, as OSEM). One
+    subset is MLEM. ``beta`` 0 gives plain MLEM or OSEM; a large beta keeps the anchor. With a ``resolution``
+    model H, the system model is multiplicative x A H. Arrays are (nz, ny, nx) images and (nz, n_angles, n_bins)
+    sinograms; ``beta`` is in counts per activity^2.
     """
     if beta < 0 or n_updates < 0:
         raise ValueError(f"beta and n_updates must be >= 0; got {beta}, {n_updates}")
-    data = _Subsets(counts, projector, multiplicative, background, n_subsets)
+    data = _Subsets(counts, projector, multiplicative, background, n_subsets, resolution)
     anchor_columns = data.to_columns(np.maximum(anchor, 0.0))
     x = anchor_columns.copy()
     share = beta / n_subsets
     for _ in range(n_updates):
         for part in data.parts:
-            x_em = _em_image(x, part)
+            x_em = _em_image(x, part, data)
             if beta == 0:
                 x = x_em
                 continue

@@ -175,6 +175,9 @@ class DDIPConfig:
     adapted network serves from the next step on (one pass per step, and one more at the end). Off: on, the run
     takes about twice as long, and on a held-out brain it flattened the PET-only detail (peak-to-valley ratio
     1.01 against 2.50) and lost 0.5 dB of PSNR.
+    ``psf_fwhm_mm``: the scanner's resolution, an isotropic 3D Gaussian of this FWHM, modelled in the data step
+    (``tomography.ResolutionModel``); 0 (the default): none, as OSEM. On a held-out brain, the simulator's 3 mm
+    gained 0.1 dB of PSNR against the truth and lost 0.8 dB against the blurred truth, with more noise.
     ``model_dir``: a prior, a diffusion model trained with condition dropout (``petstab train-ddpm
     --condition-dropout``); None: the bundled prior. The measured effect of each setting is in
     docs/RECONSTRUCTION.md.
@@ -191,6 +194,7 @@ class DDIPConfig:
     em_updates: int = 2
     em_subsets: int = DEFAULT_OSEM_SUBSETS
     refresh_estimate: bool = False
+    psf_fwhm_mm: float = 0.0
     overlap: float = 0.25
     seed: int = 0
     device: str = DEFAULT_DEVICE
@@ -205,6 +209,8 @@ class DDIPConfig:
         if self.finetune_steps < 0 or self.beta < 0 or not self.learning_rate > 0:
             raise InputError(f"finetune_steps and beta must be >= 0 and learning_rate > 0; got "
                              f"{self.finetune_steps}, {self.beta}, {self.learning_rate}")
+        if not (math.isfinite(self.psf_fwhm_mm) and self.psf_fwhm_mm >= 0):
+            raise InputError(f"psf_fwhm_mm must be a FWHM in mm >= 0 (0: no resolution model); got {self.psf_fwhm_mm}")
         check_runtime(self.device, self.threads, self.seed)
 
     def replace(self, **changes) -> "DDIPConfig":
