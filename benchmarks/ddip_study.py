@@ -84,7 +84,8 @@ ABLATIONS = {
     "ddip_start0.6": {"start_fraction": 0.6},
     "ddip_finetune4": {"finetune_steps": 4},
     "ddip_lr3e-3": {"learning_rate": 3e-3},
-    "ddip_psf3": {"psf_fwhm_mm": 3.0},  # the brain scanner's PSF (simulation/scanners.py), modelled in the data step
+    "ddip_psf3": {"psf_fwhm_mm": 3.0},
+    "ddip_samples4": {"samples": 4},  # the brain scanner's PSF (simulation/scanners.py), modelled in the data step
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
