@@ -18,6 +18,7 @@ from conftest import synthetic_training_pairs  # noqa: E402
 from PETStabilityDenoiseLib.cli import main  # noqa: E402
 from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
 from PETStabilityDenoiseLib.engine.ddpm.model import DROPPED_CONDITION, DDPMConfig, build_model  # noqa: E402
+from PETStabilityDenoiseLib.engine.filters import FWHM_PER_SIGMA  # noqa: E402
 from PETStabilityDenoiseLib.engine.lora import add_lora  # noqa: E402
 from PETStabilityDenoiseLib.engine.reconstruct import reconstruct  # noqa: E402
 from PETStabilityDenoiseLib.errors import InputError  # noqa: E402
@@ -273,12 +274,11 @@ def test_network_passes_per_run(slab, tiny_prior, tmp_path, monkeypatch, refresh
 
 def test_the_psf_option_reaches_the_data_step_and_run_json(slab, tiny_prior, tmp_path, monkeypatch):
     """``--psf-fwhm`` puts the scanner's PSF, in voxels of the PET grid, into every data step; 0 leaves it out."""
-    from PETStabilityDenoiseLib.engine import tomography as tomography_module
-
     models = []
-    data_step = tomography_module.penalized_em
-    monkeypatch.setattr(tomography_module, "penalized_em",
-                        lambda *a, resolution=None, **k: models.append(resolution) or data_step(*a, **k))
+    data_step = tomography.penalized_em
+    monkeypatch.setattr(tomography, "penalized_em",
+                        lambda *a, resolution=None, **k: models.append(resolution)
+                        or data_step(*a, resolution=resolution, **k))
     case, sinogram, mr = slab
     tiny = ["--samples", "2", "--steps", "2", "--start-fraction", "0.3", "--finetune-steps", "1", "--em-updates", "1",
             "--device", "cpu", "--ddip-model", str(tiny_prior)]
@@ -287,8 +287,9 @@ def test_the_psf_option_reaches_the_data_step_and_run_json(slab, tiny_prior, tmp
         assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
                      "--psf-fwhm", fwhm, *tiny]) == 0
         assert json.loads((out / "run.json").read_text())["config"]["psf_fwhm_mm"] == float(fwhm)
+    assert len(models) == 8  # 2 samples x 2 steps per run
     with_psf, without = models[:4], models[4:]
     spacing = case.osem[0.2].GetSpacing()
-    assert len(without) == 4 and all(model is None for model in without)
+    assert all(model is None for model in without)
     for model in with_psf:
-        assert model.sigma_zyx == pytest.approx([3.0 / 2.3548200450309493 / s for s in spacing[::-1]])
+        assert model.sigma_zyx == pytest.approx([3.0 / FWHM_PER_SIGMA / s for s in spacing[::-1]])
