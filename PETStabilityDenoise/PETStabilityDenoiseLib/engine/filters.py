@@ -1,5 +1,5 @@
-"""Gaussian filters: the classic post-filters that DIP is compared against, and the FWHM-to-sigma conversion
-that the simulator's blurs and the reconstruction's resolution model share."""
+"""Gaussian filters: the classic post-filters that DIP is compared against, and the scanner's PSF blur and
+FWHM-to-sigma conversion that the simulator and the reconstruction's resolution model share."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ FWHM_PER_SIGMA = float(np.sqrt(8.0 * np.log(2.0)))
 def sigma_voxels(fwhm_mm: float, voxel_size_mm: Union[Sequence[float], np.ndarray]) -> np.ndarray:
     """The per-axis sigma, in voxels, of an isotropic Gaussian of ``fwhm_mm`` on voxels of ``voxel_size_mm``."""
     return float(fwhm_mm) / FWHM_PER_SIGMA / np.asarray(voxel_size_mm, dtype=float)
+
+
+def psf_blur(volume: np.ndarray, fwhm_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
+    """Isotropic Gaussian resolution blur (a scanner's PSF) of a volume with (z, y, x) voxel sizes in mm."""
+    return ndimage.gaussian_filter(volume.astype(np.float32, copy=False), sigma_voxels(fwhm_mm, voxel_size_mm),
+                                   mode="constant")
 
 
 def gaussian_fwhm(image: np.ndarray, fwhm_voxels: float) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
 
-from .filters import sigma_voxels
+from .filters import psf_blur, sigma_voxels
 
 
 def uniform_angles(n_angles: int) -> np.ndarray:
@@ -123,12 +123,16 @@ class ResolutionModel:
     """
 
     def __init__(self, fwhm_mm: float, voxel_mm_zyx: Sequence[float], slice_shape: Sequence[int]) -> None:
-        self.sigma_zyx = tuple(float(s) for s in sigma_voxels(fwhm_mm, voxel_mm_zyx))
+        self.fwhm_mm, self.voxel_mm_zyx = float(fwhm_mm), tuple(float(v) for v in voxel_mm_zyx)
         self.slice_shape = tuple(int(n) for n in slice_shape)
 
+    @property
+    def sigma_zyx(self) -> tuple:
+        return tuple(float(s) for s in sigma_voxels(self.fwhm_mm, self.voxel_mm_zyx))
+
     def image(self, volume: np.ndarray) -> np.ndarray:
-        """H applied to a (nz, ny, nx) image."""
-        return ndimage.gaussian_filter(volume.astype(np.float32, copy=False), self.sigma_zyx, mode="constant")
+        """H applied to a (nz, ny, nx) image: the simulator's PSF blur."""
+        return psf_blur(volume, self.fwhm_mm, self.voxel_mm_zyx)
 
     def columns(self, columns: np.ndarray) -> np.ndarray:
         """H applied to an image in the data step's column layout, (ny * nx, nz)."""

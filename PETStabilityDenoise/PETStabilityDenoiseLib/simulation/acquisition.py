@@ -1,24 +1,16 @@
-"""Slice-wise 2D PET acquisition on numpy arrays in (z, y, x) order: resolution, attenuation, randoms and
+"""Slice-wise 2D PET acquisition on numpy arrays in (z, y, x) order: attenuation, randoms and
 scatter, Poisson counts and dose thinning. Sinograms are (z, angle, bin) arrays; the projector and OSEM are
 ``engine.tomography``'s, shared with ``petstab reconstruct``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 from scipy import ndimage
 
-from ..engine.filters import FWHM_PER_SIGMA, sigma_voxels
+from ..engine.filters import FWHM_PER_SIGMA
 from ..engine.tomography import ParallelBeamProjector
 from ..errors import InputError
-
-
-def gaussian_blur(volume: np.ndarray, fwhm_mm: float, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """Isotropic Gaussian resolution blur (scanner PSF) of a volume with (z, y, x) voxel sizes in mm."""
-    return ndimage.gaussian_filter(volume.astype(np.float32, copy=False), sigma_voxels(fwhm_mm, voxel_size_mm),
-                                   mode="constant")
 
 
 def attenuation_factors(mu_per_mm: np.ndarray, projector: ParallelBeamProjector) -> np.ndarray:

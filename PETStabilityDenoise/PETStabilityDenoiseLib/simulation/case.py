@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from .. import DATA_DIR
 from ..engine import tomography
+from ..engine.filters import psf_blur
 from ..errors import InputError
 from ..volumes.sinogram import SinogramData, write_sinogram
 from . import acquisition as acq
@@ -340,7 +341,7 @@ def simulate_case(labels_image: sitk.Image, cfg: Optional[SimulationConfig] = No
     # Data: blurred activity projected on the fine label grid, then binned to the PET grid's slices and detector
     # bins, so that the data do not come from the reconstruction's own discrete model.
     t = time.perf_counter()
-    blurred = acq.gaussian_blur(activity, cfg.psf_fwhm_mm, spacing_zyx)
+    blurred = psf_blur(activity, cfg.psf_fwhm_mm, spacing_zyx)
     truth_blurred = ph.block_average(blurred, factor)
     pet_projector = tomography.ParallelBeamProjector.build(pet_shape[1:], cfg.pet_spacing_mm, cfg.n_angles)
     pad = [(0, p * f - n) for p, f, n in zip(pet_shape, factor, labels.shape)]
