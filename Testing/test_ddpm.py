@@ -31,6 +31,7 @@ from PETStabilityDenoiseLib.engine.ddpm.sampling import (
 )
 from PETStabilityDenoiseLib.engine.ddpm.weights import (
     BASE_DIR,
+    MANIFEST_FILE,
     MODEL_CARD_FILE,
     WEIGHTS_FILE,
     bundled_model_dir,
@@ -210,6 +211,24 @@ def test_weights_round_trip_and_checksum_mismatch(tiny_model, tmp_path):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="no trained model"):
         load_model(tmp_path / "missing")
+
+
+def test_a_save_stopped_while_writing_leaves_the_earlier_model(tiny_model, tmp_path, monkeypatch):
+    save_model(tiny_model, TINY, tmp_path, info={"note": "earlier"})
+    retrained = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(1.0)
+
+    def stopped(state, handle):
+        handle.write(b"half a state dict")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(retrained, TINY, tmp_path, info={"note": "later"})
+    _, _, manifest = load_model(tmp_path)
+    assert manifest["info"]["note"] == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([WEIGHTS_FILE, MANIFEST_FILE])
 
 
 def test_training_resumes_exactly_and_the_saved_model_denoises(tmp_path):

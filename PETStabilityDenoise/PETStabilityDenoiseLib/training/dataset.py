@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..settings import DEFAULT_TRAINING_TARGET, TRAINING_TARGETS
 from ..simulation import SimulationConfig, simulate_case
 from ..simulation.case import simulation_config
+from ..volumes.files import write_atomically
 from ..volumes.geometry import apply_crop_pad, head_mask, plan_crop_pad, resample_to_reference
 
 # Subjects never trained on: the evaluation study's and the model card's validation set.
@@ -140,11 +141,12 @@ def _simulate_with_room_for_lesions(label_image: sitk.Image, config: SimulationC
 
 
 def save_pairs(pairs: Sequence[TrainingPair], path: Path) -> None:
-    """Keeps a simulated training set, so that a resumed training does not simulate it again."""
+    """Keeps a simulated training set, so that a resumed training does not simulate it again; written whole, as a
+    resume takes any file that is there."""
     arrays = {f"{i}_{name}": getattr(pair, name) for i, pair in enumerate(pairs) for name in PAIR_ARRAYS}
     arrays.update({f"{i}_base": pair.base for i, pair in enumerate(pairs) if pair.base is not None})
     meta = [{"subject": pair.subject, "dose": pair.dose} for pair in pairs]
-    np.savez(path, meta=json.dumps(meta), **arrays)
+    write_atomically(path, lambda handle: np.savez(handle, meta=json.dumps(meta), **arrays), binary=True)
 
 
 def load_pairs(path: Path) -> List[TrainingPair]:

@@ -174,10 +174,12 @@ def _read_log(path: Path, up_to_step: int) -> list:
 
 
 def _write_log(path: Path, rows: list) -> None:
-    with open(path, "w", newline="") as handle:
+    """Writes the loss log whole, so that a run stopped while it writes keeps the previous log to resume from."""
+    def write(handle) -> None:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    write_atomically(path, write)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from ... import DATA_DIR
 from ...errors import ModelError
+from ...volumes.files import write_atomically
 from .model import DDPMConfig, build_model, count_parameters
 from .regression import RegressionConfig, build_regression_model
 
@@ -63,17 +64,24 @@ def sha256_of(path: Path) -> str:
 def save_model(model: torch.nn.Module, config: Any, directory: Path, info: dict) -> Path:
     """Writes the weights and their manifest into ``directory``; returns the weights path.
 
+    Each file is written whole (``write_atomically``), the manifest last: a run stopped in between leaves
+    weights that the older manifest's checksum refuses, or no manifest, never a model that loads half-written.
+
     Args:
         config: the network's :class:`DDPMConfig` or :class:`RegressionConfig`.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS_FILE
-    torch.save(model.state_dict(), weights)
+    weights = write_atomically(directory / WEIGHTS_FILE, lambda handle: torch.save(model.state_dict(), handle),
+                               binary=True)
     manifest = {"kind": model_kind(config), "config": dataclasses.asdict(config), "sha256": sha256_of(weights),
                 "parameters": count_parameters(model), "info": info}
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    write_manifest(directory, manifest)
     return weights
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Writes ``manifest`` as the folder's ``model.json``, whole."""
+    write_atomically(Path(directory) / MANIFEST_FILE, lambda handle: handle.write(json.dumps(manifest, indent=2)))
 
 
 def load_model(directory: Path, device: torch.device = torch.device("cpu"),
@@ -125,15 +133,14 @@ def attach_base(model_dir: Path, base_dir: Path) -> None:
     """Copies the regression model of ``base_dir`` into the corrective model folder ``model_dir`` (as ``base/``)
     and records its checksum in ``model_dir``'s manifest, so that a swapped base fails to load."""
     model_dir = Path(model_dir)
-    manifest_path = model_dir / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     _, config, _ = load_model(model_dir)
     if not config.corrective:
         raise ModelError(f"{model_dir} holds a diffusion model that is not corrective: it takes no base model")
     _, _, base_manifest = load_model(base_dir, kind="regression")
     shutil.copytree(base_dir, model_dir / BASE_DIR, dirs_exist_ok=True)
     manifest["base_sha256"] = base_manifest["sha256"]
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    write_manifest(model_dir, manifest)
 
 
 def load_base(model_dir: Path, manifest: dict, device: torch.device = torch.device("cpu")) -> Tuple[torch.nn.Module, Any]:
