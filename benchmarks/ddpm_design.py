@@ -42,6 +42,7 @@ from PETStabilityDenoiseLib.engine.ddpm.weights import (
     attach_base,
     model_kind,
     save_model,
+    write_manifest,
 )
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
@@ -194,7 +195,7 @@ def export_model(name: str, args, pairs: tuple, destination: Path) -> None:
     manifest["info"] = {**manifest["info"], "training_subjects": sorted({p.subject for p in train_pairs}),
                         "validation_subjects": list(VALIDATION_SUBJECTS), "doses": args.doses,
                         "variants_per_subject": args.variants, "training_pairs": len(train_pairs)}
-    (destination / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    write_manifest(destination, manifest)
 
 
 def score_case(subject: str, dose: float, args, models: Dict[str, Path]) -> Dict[str, dict]:
