@@ -54,6 +54,20 @@ def test_contrast_recovery():
     assert metrics.contrast_recovery(image, lesion, background, 3.0) == pytest.approx(1.0)
 
 
+def test_neighbour_steps_known_answer_and_mask():
+    # A step of 1 halfway along x on a background of 1: along x one pair in five of each row differs by 1.
+    image = np.ones((4, 4, 6))
+    image[:, :, 3:] = 2.0
+    steps = metrics.neighbour_steps(image, np.ones(image.shape, bool))
+    assert steps == pytest.approx((0.0, 0.0, (1 / 5) / 1.5))
+    # Only pairs with both voxels in the mask count: without the step's pairs, the map is flat.
+    left = np.zeros(image.shape, bool)
+    left[:, :, :3] = True
+    assert metrics.neighbour_steps(image, left) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="mean is zero"):
+        metrics.neighbour_steps(np.zeros((3, 3, 3)), np.ones((3, 3, 3), bool))
+
+
 def test_validation_messages():
     image, a, b, c = _masks()
     with pytest.raises(ValueError, match="shape"):

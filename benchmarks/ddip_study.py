@@ -84,8 +84,9 @@ ABLATIONS = {
     "ddip_start0.6": {"start_fraction": 0.6},
     "ddip_finetune4": {"finetune_steps": 4},
     "ddip_lr3e-3": {"learning_rate": 3e-3},
-    "ddip_psf3": {"psf_fwhm_mm": 3.0},
-    "ddip_samples4": {"samples": 4},  # the brain scanner's PSF (simulation/scanners.py), modelled in the data step
+    "ddip_psf3": {"psf_fwhm_mm": 3.0},  # the brain scanner's PSF (simulation/scanners.py), modelled in the data step
+    "ddip_samples4": {"samples": 4},
+    "ddip_overlap0.5": {"overlap": 0.5},  # the sliding windows' overlap (0.25)
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
@@ -136,18 +137,22 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         f"osem_dose{dose}": osem_array[z]}
     prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, device=args.device, threads=args.threads)
 
-    def ddip_row(config: DDIPConfig, default: bool = False) -> dict:
+    def ddip_row(config: DDIPConfig, name: str = "ddip") -> dict:
+        default = name == "ddip"
         result = ddip_image(sinogram, osem, case.mr, config, alpha=DDIP_ALPHA)
         mean, blended, std = (sitk.GetArrayFromImage(image) for image in
                               (result.network_output, result.denoised, result.stability))
-        row = {**scorer(mean), "blend": {"alpha": DDIP_ALPHA, **scorer(blended)}, **scorer.error_ranking(mean, std)}
-        if default:
-            panels.update({f"ddip_dose{dose}": mean[z], f"ddip_blend_dose{dose}": blended[z],
-                           f"ddip_std_dose{dose}": std[z]})
-            # The blend at each of the evaluation's alphas, from this run's own mean and std.
-            row["blend_sweep"] = [{"alpha": alpha, **scorer(blend(osem_array, mean, std, alpha,
-                                                                  stability_mean=result.stability_mean)[0])}
-                                  for alpha in ALPHAS]
+        row = {**scorer(mean), "blend": {"alpha": DDIP_ALPHA, **scorer(blended)}, **scorer.error_ranking(mean, std),
+               **scorer.stability_steps(std)}
+        if not default:
+            panels[f"{name}_std_dose{dose}"] = std[z]
+            return row
+        panels.update({f"ddip_dose{dose}": mean[z], f"ddip_blend_dose{dose}": blended[z],
+                       f"ddip_std_dose{dose}": std[z]})
+        # The blend at each of the evaluation's alphas, from this run's own mean and std.
+        row["blend_sweep"] = [{"alpha": alpha, **scorer(blend(osem_array, mean, std, alpha,
+                                                              stability_mean=result.stability_mean)[0])}
+                              for alpha in ALPHAS]
         return row
 
     def dip_row() -> dict:
@@ -162,14 +167,14 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     rows: Dict[str, Callable[[], object]] = {
         "osem": lambda: scorer(osem_array),
         "gaussian": lambda: [{"fwhm_voxels": f, **scorer(gaussian_fwhm(osem_array, f))} for f in GAUSSIAN_FWHMS],
-        "ddip": lambda: ddip_row(prior, default=True),
+        "ddip": lambda: ddip_row(prior),
     }
     if args.dip:
         rows["dip_blend"] = dip_row
     if args.ddpm:
         rows["ddpm"] = ddpm_row
     if regime == "realistic" and dose == args.doses[0] and subject in (args.ablation_subjects or [subject]):
-        rows.update({name: (lambda c=ABLATIONS[name]: ddip_row(dataclasses.replace(prior, **c)))
+        rows.update({name: (lambda n=name: ddip_row(dataclasses.replace(prior, **ABLATIONS[n]), n))
                      for name in args.ablations})
     results: Dict[str, dict] = {}
 

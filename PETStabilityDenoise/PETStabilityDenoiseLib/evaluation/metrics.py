@@ -49,6 +49,20 @@ def roi_bias(image: np.ndarray, reference: np.ndarray, roi_mask: np.ndarray) -> 
     return float((_region(image, roi_mask, "ROI").mean() - ref) / ref)
 
 
+def neighbour_steps(image: np.ndarray, mask: np.ndarray) -> tuple[float, ...]:
+    """Mean |difference| between neighbouring voxels that are both in ``mask``, along each axis, over the mean of
+    ``image`` in ``mask``: how rough a map is; the straight edges of sliding windows raise it."""
+    mask = np.asarray(mask, dtype=bool)
+    mean = _nonzero(float(_region(image, mask, "roughness").mean()), "roughness")
+    image = np.asarray(image, dtype=np.float64)
+    steps = []
+    for axis in range(image.ndim):
+        both = np.logical_and(np.take(mask, range(1, mask.shape[axis]), axis),
+                              np.take(mask, range(mask.shape[axis] - 1), axis))
+        steps.append(float(np.abs(np.diff(image, axis=axis))[both].mean()) / mean)
+    return tuple(steps)
+
+
 def contrast_recovery(
     image: np.ndarray, lesion_mask: np.ndarray, background_mask: np.ndarray, true_ratio: float
 ) -> float:

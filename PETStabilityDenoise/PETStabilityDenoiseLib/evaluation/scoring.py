@@ -79,6 +79,12 @@ class Scorer:
                                         if present and wm > 0 else math.nan)
         return out
 
+    def stability_steps(self, stability: np.ndarray) -> Dict[str, float]:
+        """The map's mean step between neighbouring head voxels over its mean in the head, along z, y and x
+        (``metrics.neighbour_steps``): the straight edges of a sliding-window grid raise it."""
+        steps = metrics.neighbour_steps(stability, self.masks["head"])
+        return {f"std_step_{axis}": step for axis, step in zip("zyx", steps)}
+
     def error_ranking(self, output: np.ndarray, stability: np.ndarray) -> Dict[str, float]:
         """How well a stability map ranks the error of the output it came with, over the head.
 
