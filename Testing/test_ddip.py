@@ -293,3 +293,22 @@ def test_the_psf_option_reaches_the_data_step_and_run_json(slab, tiny_prior, tmp
     assert all(model is None for model in without)
     for model in with_psf:
         assert model.sigma_zyx == pytest.approx([3.0 / FWHM_PER_SIGMA / s for s in spacing[::-1]])
+
+
+def test_the_overlap_option_reaches_the_windows_and_run_json(slab, tiny_prior, tmp_path, monkeypatch):
+    """``--overlap`` sets the overlap of every sliding-window pass of the network."""
+    from PETStabilityDenoiseLib.engine import ddip
+
+    overlaps = []
+    windows = ddip.blend_windows
+    monkeypatch.setattr(ddip, "blend_windows", lambda *a: overlaps.append(a[3]) or windows(*a))
+    _, sinogram, mr = slab
+    out = tmp_path / "overlap"
+    assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
+                 "--overlap", "0.5", "--samples", "2", "--steps", "2", "--start-fraction", "0.3", "--finetune-steps",
+                 "1", "--em-updates", "1", "--device", "cpu", "--ddip-model", str(tiny_prior)]) == 0
+    assert overlaps == [0.5] * 6  # 2 samples x (2 steps + the last estimate)
+    assert json.loads((out / "run.json").read_text())["config"]["overlap"] == 0.5
+    assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(tmp_path / "bad"),
+                 "--mr", str(mr), "--overlap", "1", "--ddip-model", str(tiny_prior)]) == 2
+    assert not (tmp_path / "bad").exists()
