@@ -178,6 +178,8 @@ class DDIPConfig:
     ``psf_fwhm_mm``: the scanner's resolution, an isotropic 3D Gaussian of this FWHM, modelled in the data step
     (``tomography.ResolutionModel``); 0 (the default): none, as OSEM. On a held-out brain, the simulator's 3 mm
     gained 0.1 dB of PSNR against the truth and lost 0.8 dB against the blurred truth, with more noise.
+    ``overlap``: of the network's sliding windows (``--overlap``); more fades the window edges in the std, and
+    takes longer.
     ``model_dir``: a prior, a diffusion model trained with condition dropout (``petstab train-ddpm
     --condition-dropout``); None: the bundled prior. The measured effect of each setting is in
     docs/RECONSTRUCTION.md.
