@@ -389,6 +389,9 @@ def test_a_corrective_model_trains_carries_its_base_and_denoises(tmp_path, monke
     shutil.rmtree(model_dir / BASE_DIR)
     with pytest.raises(ModelError, match="no base model"):
         load_base(model_dir, manifest)
+    # A training stopped between the corrective model's save and attach_base: no base recorded.
+    with pytest.raises(ModelError, match="incomplete"):
+        load_base(model_dir, {k: v for k, v in manifest.items() if k != "base_sha256"})
 
 
 def test_train_ddpm_checks_a_corrective_models_options():

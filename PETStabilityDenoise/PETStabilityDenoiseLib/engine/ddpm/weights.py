@@ -148,9 +148,13 @@ def load_base(model_dir: Path, manifest: dict, device: torch.device = torch.devi
     checksum that ``manifest`` (the corrective model's) records.
 
     Raises:
-        ModelError: the base is missing, damaged or not the one the model was trained on.
+        ModelError: the base is missing, damaged or not the one the model was trained on, or the model's
+            training stopped before its base was attached (``attach_base``).
     """
     base_dir = Path(model_dir) / BASE_DIR
+    if "base_sha256" not in manifest:
+        raise ModelError(f"the corrective diffusion model in {model_dir} is incomplete: its training stopped before "
+                         "its base model was attached. Train it again with 'petstab train-ddpm'")
     try:
         base, config, base_manifest = load_model(base_dir, device, kind="regression")
     except FileNotFoundError:
