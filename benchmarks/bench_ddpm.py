@@ -11,7 +11,7 @@ sampling and blending, as a user's run does. Targets: 15 min or less on
 ``--baseline MODEL_DIR`` times the U-Net baseline on the same volume instead: twice with ``WINDOWS_PER_CALL``
 windows per network call and twice with one.
 
-    python benchmarks/bench_ddpm.py --threads 2 --baseline docs/ddpm/unet_baseline
+    python benchmarks/bench_ddpm.py --threads 2 --baseline PETStabilityDenoise/PETStabilityDenoiseLib/data/ddpm/base
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ and run again.
 ``--export DIR`` copies each candidate's model folder (its EMA weights) into ``DIR/<candidate>``, with the
 training data described in its manifest as ``petstab train-ddpm`` describes it: the folder to bundle.
 
-A corrective candidate (``DDPMConfig.corrective``) corrects ``--base-model`` (default: the U-Net baseline in
-docs/ddpm/unet_baseline). Its pairs gain that model's predictions, computed once and cached in ``--work`` beside
+A corrective candidate (``DDPMConfig.corrective``) corrects ``--base-model`` (default: the U-Net baseline that the
+bundled denoiser carries, ``data/ddpm/base``). Its pairs gain that model's predictions, computed once and cached in ``--work`` beside
 the pairs, its training folder is keyed by the base's checksum, and its model folders carry the base.
 """
 
@@ -37,9 +37,11 @@ from PETStabilityDenoiseLib.engine.ddpm.model import DDPMConfig
 from PETStabilityDenoiseLib.engine.ddpm.regression import RegressionConfig
 from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
 from PETStabilityDenoiseLib.engine.ddpm.weights import (
+    BASE_DIR,
     MANIFEST_FILE,
     MODEL_KINDS,
     attach_base,
+    bundled_model_dir,
     model_kind,
     save_model,
     write_manifest,
@@ -250,7 +252,7 @@ def main() -> None:
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
                         help="score the EMA weights (what training saves) or the last raw weights (see raw_model)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--base-model", type=Path, default=Path(__file__).parents[1] / "docs/ddpm/unet_baseline",
+    parser.add_argument("--base-model", type=Path, default=bundled_model_dir() / BASE_DIR,
                         help="the regression model that a corrective candidate corrects")
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
     parser.add_argument("--export", type=Path, help="copy each candidate's model folder into this folder")
