@@ -89,6 +89,10 @@ ABLATIONS = {
     "ddip_psf3": {"psf_fwhm_mm": 3.0},  # the brain scanner's PSF (simulation/scanners.py), modelled in the data step
     "ddip_samples4": {"samples": 4},
     "ddip_overlap0.5": {"overlap": 0.5},  # the sliding windows' overlap (0.25)
+    "ddip_steps5": {"steps": 5},  # DDIM steps (10)
+    "ddip_steps20": {"steps": 20},
+    "ddip_em1": {"em_updates": 1},  # EM updates per data step (2)
+    "ddip_em4": {"em_updates": 4},
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
