@@ -6,6 +6,7 @@ The case is a thin axial slab (16 label slices, 8 PET slices) of the bundled sub
 import dataclasses
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,18 @@ def test_unreadable_or_incomplete_files_are_refused(simulated, tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_sinogram(tmp_path / "missing.npz")
     (tmp_path / "text.npz").write_text("not a zip")
-    with pytest.raises(InputError, match="cannot be read"):
+    with pytest.raises(InputError, match="not a .npz archive"):
         read_sinogram(tmp_path / "text.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(InputError, match="not a .npz archive"):
+        read_sinogram(tmp_path / "array.npy")
+    (tmp_path / "cut.npz").write_bytes((simulated / "sinogram_1-5.npz").read_bytes()[:-100])
+    with pytest.raises(InputError, match="or is cut short"):
+        read_sinogram(tmp_path / "cut.npz")
+    with zipfile.ZipFile(tmp_path / "damaged.npz", "w") as archive:
+        archive.writestr("prompts.npy", b"\x93NUMPY\x01\x00 a damaged header")
+    with pytest.raises(InputError, match="cannot be read as a .npz"):
+        read_sinogram(tmp_path / "damaged.npz")
     data = read_sinogram(simulated / "sinogram_1-5.npz")
     np.savez(tmp_path / "partial.npz", format_version=1, prompts=data.prompts)
     with pytest.raises(InputError, match="lacks additive, multiplicative, angles_rad"):

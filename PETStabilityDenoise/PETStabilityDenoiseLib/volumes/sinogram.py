@@ -166,6 +166,10 @@ def read_sinogram(path: PathLike) -> SinogramData:
     if not path.is_file():
         raise InputError(f"sinogram file {path} not found")
     source = f"sinogram file {path}"
+    # np.load reads other formats too (.npy, pickles), each failing in its own way; a .npz is a zip archive.
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{source} is not a .npz archive (a zip of named arrays) or is cut short; write it "
+                         "with numpy.savez as docs/RECONSTRUCTION.md describes")
     try:
         with np.load(path, allow_pickle=False) as npz:
             stored = {name: npz[name] for name in npz.files}
