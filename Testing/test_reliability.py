@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +264,32 @@ def test_a_failed_write_leaves_the_earlier_run_as_it_was(quick_engine, inputs, t
     assert tree(out) == before and no_leftovers(out)
     if code == 1:
         assert f"{out} was left as it was" in text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM ends a Windows process outright")
+def test_sigterm_stops_a_run_as_ctrl_c_does(quick_engine, inputs, tmp_path, capsys, caplog, monkeypatch):
+    """kill, or a job scheduler's time limit: the staged folder goes, the earlier run stays, the handler is restored."""
+    out = tmp_path / "out"
+    assert run_cli(denoise(inputs["pet"], inputs["mr"], out), capsys, caplog)[0] == 0
+    before = tree(out)
+    real_write = sitk.WriteImage
+
+    def write(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_write(*args, **kwargs)
+
+    def ignore(signum, frame):  # the test process's own handler: without petstab's, the run would go on
+        pass
+
+    monkeypatch.setattr(sitk, "WriteImage", write)
+    original = signal.signal(signal.SIGTERM, ignore)
+    try:
+        got, text = run_cli(denoise(inputs["pet"], inputs["mr"], out) + ["--alpha", "0.7"], capsys, caplog)
+        assert signal.getsignal(signal.SIGTERM) is ignore
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert got == 130 and "interrupted" in text
+    assert tree(out) == before and no_leftovers(out)
 
 
 def test_a_failed_first_write_leaves_nothing(quick_engine, inputs, tmp_path, capsys, caplog, monkeypatch):

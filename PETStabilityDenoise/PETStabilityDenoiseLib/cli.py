@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -665,6 +667,10 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -673,6 +679,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     command = {"denoise": run_denoise, "batch": run_batch, "blend": run_blend, "simulate": run_simulate,
                "reconstruct": run_reconstruct, "demo": run_demo, "evaluate": run_evaluate, "train-ddpm": run_train_ddpm}
+    # SIGTERM (kill, a job scheduler's time limit) stops a run as Ctrl+C does, so that its staged outputs are
+    # removed; left at its default it would end the process with no clean-up at all.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         return command[args.command](args)
     except (InputError, FileNotFoundError, FileExistsError) as error:
@@ -687,6 +697,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception:  # noqa: BLE001 - a bug, not the user's input: keep its traceback for the report
         log.exception("internal error; please report it with the lines above")
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
 
 
 if __name__ == "__main__":
