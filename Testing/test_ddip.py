@@ -44,12 +44,16 @@ def slab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_prior(tmp_path_factory):
+    return train_tiny_prior(tmp_path_factory.mktemp("tiny_prior"))
+
+
+def train_tiny_prior(folder, **config_changes):
     """A tiny DDPM trained for a few steps with condition dropout: a prior p(PET | MR), though not a useful one."""
-    config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16)
+    config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16, **config_changes)
     settings = TrainingSettings(steps=2, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
                                 validation_patches=2, condition_dropout=0.5)
     pairs = synthetic_training_pairs()
-    return train(config, settings, pairs[:1], pairs[1:], tmp_path_factory.mktemp("tiny_prior"))
+    return train(config, settings, pairs[:1], pairs[1:], folder)
 
 
 def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab):
@@ -231,6 +235,17 @@ def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, 
     assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
                  "--ddip-model", str(tiny_prior), "--psf-fwhm", "nan"]) == 2
     assert "psf_fwhm_mm must be a FWHM" in caplog.text and not out.exists()
+
+
+def test_ddip_refuses_a_prior_trained_on_another_chain(slab, tmp_path):
+    """A prior trained on a matched short schedule has never seen DDIP's other timesteps."""
+    _, sinogram, mr = slab
+    prior = train_tiny_prior(tmp_path / "matched", matched_steps=2, matched_start_fraction=0.5)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="trained for 2 DDIM steps from 0.5 T only: sample with --steps 2 "
+                                         "--start-fraction 0.5"):
+        reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(prior)))
+    assert not out.exists()
 
 
 def test_a_ddip_run_folder_loads_into_mrml_on_its_osem_image(slab, tiny_prior, tmp_path):

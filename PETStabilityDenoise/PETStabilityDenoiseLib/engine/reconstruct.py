@@ -113,12 +113,13 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
         should_stop: polled after each step; True raises :class:`Cancelled`.
 
     Raises:
-        InputError: the model is not a prior.
+        InputError: the model is not a prior, or it was trained on a matched chain other than ``config``'s.
     """
     import torch
 
     check_subsets(sinogram, config.em_subsets, "DDIP EM subsets (--em-subsets)")
     from .ddip import ddip_reconstruct
+    from .ddpm.sampling import check_matched_chain
     from .ddpm.weights import bundled_prior_dir, load_model
     from .device import resolve_device
 
@@ -134,6 +135,7 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
                          "train-ddpm --condition-dropout 1', or leave --ddip-model out for the bundled prior")
     if not model_config.use_mr:
         raise InputError(f"the diffusion model in {model_dir} does not take the MR: DDIP's prior needs it")
+    check_matched_chain(model_config, config.steps, config.start_fraction)
     validate_volume(mr, "MR", activity=False)
     mr_on_grid = sitk.GetArrayFromImage(resample_to_reference(mr, osem, name="MR")).astype(np.float32)
     osem_array = sitk.GetArrayFromImage(osem).astype(np.float32)

@@ -74,6 +74,19 @@ def matched_timesteps(config: DDPMConfig) -> List[int]:
     return sampling_timesteps(sampling_scheduler(config), config.matched_steps, config.matched_start_fraction)
 
 
+def check_matched_chain(config: DDPMConfig, steps: int, start_fraction: float) -> None:
+    """Refuses a DDIM chain other than the one that a model trained on a matched short schedule
+    (``config.matched_steps`` > 0) was trained for: it has never seen the other timesteps.
+
+    Raises:
+        InputError: ``steps`` or ``start_fraction`` differ from the model's own.
+    """
+    if config.matched_steps and (steps, start_fraction) != (config.matched_steps, config.matched_start_fraction):
+        raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
+                         f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
+                         f"--start-fraction {config.matched_start_fraction:g}")
+
+
 def sampling_timesteps(scheduler, steps: int, start_fraction: float) -> List[int]:
     """The descending DDIM timesteps: ``steps`` of them, none above ``start_fraction`` x T.
 
@@ -230,11 +243,8 @@ def denoise_volume(
     if config.corrective and start_fraction not in (SAMPLING_DEFAULTS.start_fraction, 1.0):
         raise InputError(f"this model's chain starts from pure noise, not from the low-dose image: --start-fraction "
                          f"does not apply to it (got {start_fraction:g})")
-    own_chain = (config.matched_steps, config.matched_start_fraction)
-    if not (config.residual or config.corrective) and config.matched_steps and (steps, start_fraction) != own_chain:
-        raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
-                         f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
-                         f"--start-fraction {config.matched_start_fraction:g}")
+    if not (config.residual or config.corrective):
+        check_matched_chain(config, steps, start_fraction)
     inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device, base)
 
     model = for_inference(model, device)
