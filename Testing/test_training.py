@@ -115,6 +115,23 @@ def test_the_regression_baseline_resumes_exactly_and_predicts_the_input_outside_
     assert not np.allclose(predicted[pair.head], pair.low[pair.head] * 3.0), "inside the head, the network's output"
 
 
+def test_training_can_start_from_a_trained_models_weights(tmp_path):
+    """Fine-tuning: with initial weights and a zero learning rate, the saved model is those weights."""
+    pairs = synthetic_training_pairs()
+    config = DDPMConfig(channels=(16, 16), patch_size=16)
+    trained, _, _ = load_model(train(config, QUICK, pairs[:1], pairs[1:], tmp_path / "first"))
+    still = dataclasses.replace(QUICK, steps=2, learning_rate=0.0)
+    fine_tuned, _, _ = load_model(train(dataclasses.replace(config, matched_steps=2), still, pairs[:1], pairs[1:],
+                                        tmp_path / "second", initial_weights=trained.state_dict()))
+    fresh, _, _ = load_model(train(config, still, pairs[:1], pairs[1:], tmp_path / "fresh"))
+    for name, tensor in trained.state_dict().items():
+        torch.testing.assert_close(fine_tuned.state_dict()[name], tensor, rtol=0, atol=0)
+    assert any(not torch.equal(fresh.state_dict()[name], tensor) for name, tensor in trained.state_dict().items())
+    with pytest.raises(RuntimeError, match="state_dict"):  # another network's weights
+        train(DDPMConfig(channels=(16, 32), patch_size=16), still, pairs[:1], pairs[1:], tmp_path / "other",
+              initial_weights=trained.state_dict())
+
+
 def test_the_ddpm_keeps_the_input_and_a_zero_std_outside_the_head(tiny_ddpm_model_dir):
     model, config, _ = load_model(tiny_ddpm_model_dir)
     pair = synthetic_training_pairs(1)[0]

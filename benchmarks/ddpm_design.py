@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,6 +42,8 @@ from PETStabilityDenoiseLib.engine.ddpm.weights import (
     MODEL_KINDS,
     attach_base,
     bundled_model_dir,
+    bundled_prior_dir,
+    load_model,
     model_kind,
     save_model,
     write_manifest,
@@ -50,7 +52,7 @@ from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer
 from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, StudySettings, model_manifest
-from PETStabilityDenoiseLib.settings import DDPMSamplingConfig, get_preset
+from PETStabilityDenoiseLib.settings import DDIPConfig, DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.simulation import simulate_case
 from PETStabilityDenoiseLib.simulation.case import brainweb_subjects, labels_path
 from PETStabilityDenoiseLib.training.corrective import pairs_with_base, residual_std
@@ -63,6 +65,7 @@ from PETStabilityDenoiseLib.training.dataset import (
 from PETStabilityDenoiseLib.training.trainer import CHECKPOINT_FILE, MODEL_DIR, TrainingSettings, train
 
 log = logging.getLogger("ddpm_design")
+DDIP_CHAIN = DDIPConfig()
 
 # name -> (network, training target, other training settings)
 CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
@@ -94,7 +97,13 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     # DDIP's prior, a separate model since dropout costs the denoiser (above): p(PET | MR) only, on every timestep
     # (DDIP's chain takes any steps from any start).
     "ddip_prior": (DDPMConfig(), "truth_blurred", {"condition_dropout": 1.0}),
+    # The bundled prior fine-tuned on DDIP's own chain only (its default DDIM steps from its default T'), at a
+    # third of the learning rate; --steps counts the fine-tuning steps. Seed 1: the run of docs/RECONSTRUCTION.md.
+    "ddip_prior_matched": (DDPMConfig(matched_steps=DDIP_CHAIN.steps, matched_start_fraction=DDIP_CHAIN.start_fraction),
+                           "truth_blurred", {"condition_dropout": 1.0, "learning_rate": 1e-4, "seed": 1}),
 }
+# name -> the model folder whose weights a candidate starts from, instead of a fresh network
+FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": bundled_prior_dir}
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
 
@@ -143,13 +152,18 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
     folder = run_folder(name, args)
     if is_corrective(name):
         pairs = base_pairs(args, pairs)
-    settings = TrainingSettings(steps=args.steps, batch_size=args.batch_size, target=target, seed=args.seed,
-                                bf16=args.bf16, **extra)
+    settings = TrainingSettings(**{"steps": args.steps, "batch_size": args.batch_size, "target": target,
+                                   "seed": args.seed, "bf16": args.bf16, **extra})
     model_dir = folder / MODEL_DIR
     if model_manifest(model_dir).get("info", {}).get("training", {}).get("steps", 0) < args.steps:
         log.info("Training %s to %d steps", name, args.steps)
-        train(config, settings, *pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(),
-              info={"command": f"ddpm_design.py {name}"},
+        info: Dict[str, Any] = {"command": f"ddpm_design.py {name}"}
+        initial_weights = None
+        if name in FINE_TUNED_FROM:
+            initial, _, initial_manifest = load_model(FINE_TUNED_FROM[name](), kind=model_kind(config))
+            initial_weights, info["fine_tuned_from_sha256"] = initial.state_dict(), initial_manifest["sha256"]
+        train(config, settings, *pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(), info=info,
+              initial_weights=initial_weights,
               progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
                                           "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))
     trained = model_manifest(model_dir)["info"]["training"]["steps"]

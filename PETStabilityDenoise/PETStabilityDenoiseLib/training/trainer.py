@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -233,11 +233,16 @@ def train(
     resume: bool = False,
     info: Optional[dict] = None,
     progress: Optional[Callable[[TrainingReport], None]] = None,
+    initial_weights: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Path:
     """Trains (or resumes) a model in ``out_dir``; returns the folder of the saved EMA model.
 
     ``config`` is a DDPMConfig (the diffusion model) or a RegressionConfig (its baseline). ``info`` (training data, command line) is stored in the model manifest with the
     settings, device and timings, for the model card.
+
+    Args:
+        initial_weights: a state dict of the same network to start from instead of a fresh one (fine-tuning a
+            trained model); unused when resuming, since the checkpoint holds the weights.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +258,10 @@ def train(
     if settings.condition_dropout and config.corrective:
         raise InputError("a corrective model's base prediction comes from the low-dose image: it cannot drop it")
     warn_if_slow_bf16(settings, device)
-    model = MODEL_KINDS[kind][1](config).to(device, memory_format=memory_format_for(device))
+    model = MODEL_KINDS[kind][1](config)
+    if initial_weights is not None and not resume:
+        model.load_state_dict(initial_weights)  # strict: another network's weights are refused
+    model = model.to(device, memory_format=memory_format_for(device))
     ema = AveragedModel(model, multi_avg_fn=ema_update(settings.ema_decay))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     scheduler = training_scheduler(config) if isinstance(config, DDPMConfig) else None
