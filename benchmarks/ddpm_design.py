@@ -101,9 +101,14 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     # third of the learning rate; --steps counts the fine-tuning steps. Seed 1: the run of docs/RECONSTRUCTION.md.
     "ddip_prior_matched": (DDPMConfig(matched_steps=DDIP_CHAIN.steps, matched_start_fraction=DDIP_CHAIN.start_fraction),
                            "truth_blurred", {"condition_dropout": 1.0, "learning_rate": 1e-4, "seed": 1}),
+    # Its control: the same fine-tuning at every timestep. Does the gain come from DDIP's chain, or from more
+    # training of the bundled prior?
+    "ddip_prior_continued": (DDPMConfig(), "truth_blurred",
+                             {"condition_dropout": 1.0, "learning_rate": 1e-4, "seed": 1}),
 }
 # name -> the model folder whose weights a candidate starts from, instead of a fresh network
-FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": bundled_prior_dir}
+FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": bundled_prior_dir,
+                                                  "ddip_prior_continued": bundled_prior_dir}
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
 
