@@ -20,7 +20,7 @@ from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
 from PETStabilityDenoiseLib.engine.ddpm.model import DROPPED_CONDITION, DDPMConfig, build_model  # noqa: E402
 from PETStabilityDenoiseLib.engine.filters import FWHM_PER_SIGMA  # noqa: E402
 from PETStabilityDenoiseLib.engine.lora import add_lora  # noqa: E402
-from PETStabilityDenoiseLib.engine.reconstruct import reconstruct  # noqa: E402
+from PETStabilityDenoiseLib.engine.reconstruct import reconstruct, sinogram_projector  # noqa: E402
 from PETStabilityDenoiseLib.errors import InputError  # noqa: E402
 from PETStabilityDenoiseLib.settings import DDIP_ALPHA, DEFAULT_ALPHAS, DDIPConfig  # noqa: E402
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case  # noqa: E402
@@ -59,9 +59,7 @@ def train_tiny_prior(folder, **config_changes):
 def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab):
     case, _, _ = slab
     data = case.sinograms[0.2]
-    nx, ny, _ = data.image_size
-    projector = tomography.ParallelBeamProjector.build((ny, nx), data.spacing[0], n_bins=data.shape[2],
-                                                       bin_mm=data.bin_mm, angles_rad=data.angles_rad)
+    projector = sinogram_projector(data)
     terms = (data.prompts, projector, data.multiplicative, data.additive)
     # A network's estimate: the truth smoothed well past the scanner's resolution, so that the data disagree.
     anchor = np.maximum(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.truth, 6.0)), 0.0)
@@ -85,6 +83,49 @@ def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab
     assert misfit(ordered) < misfit(tomography.penalized_em(*terms, anchor, unit, 1)) < misfit(anchor)
     with pytest.raises(ValueError, match="do not split into 5 subsets"):
         tomography.penalized_em(*terms, anchor, unit, 1, n_subsets=5)
+
+
+def test_the_final_data_correction_moves_regional_means_to_the_data_and_leaves_the_detail(slab):
+    """The correction takes the data step's coarse change (a regional bias the network made) and not its noise."""
+    from PETStabilityDenoiseLib.engine.ddip import low_frequency_data_correction
+    from PETStabilityDenoiseLib.engine.filters import sigma_voxels
+
+    case, _, _ = slab
+    data = case.sinograms[0.2]
+    projector = sinogram_projector(data)
+    terms = (data.prompts, projector, data.multiplicative, data.additive)
+    truth = np.maximum(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.truth, 2.0)), 0.0)
+    head = truth > 0.05 * truth.max()
+    nx = truth.shape[2]
+    # A network's image with a regional bias: 30 % high at one side of the head, falling to none at the other.
+    image = truth * np.linspace(1.3, 1.0, nx, dtype=np.float32)
+    data_image = tomography.penalized_em(*terms, image, 0.0, 2, n_subsets=8)
+    corrected = low_frequency_data_correction(image, data_image, head, sigma_voxels(6.0, data.spacing[::-1]))
+
+    def misfit(x):
+        return tomography.poisson_misfit(data.prompts, tomography.expected_counts(x, *terms[1:]))
+
+    assert misfit(corrected) < misfit(image)
+    side = head.copy()
+    side[:, :, nx // 2:] = False
+    bias = [abs(x[side].mean() / truth[side].mean() - 1) for x in (image, corrected)]
+    assert bias[1] < 0.5 * bias[0], bias
+    # Fine-grained noise in the data step's image stays out.
+    noise = np.random.default_rng(0).normal(0.0, 1.0, image.shape).astype(np.float32)
+    noisier = low_frequency_data_correction(image, data_image + noise, head, sigma_voxels(6.0, data.spacing[::-1]))
+    assert (noisier - corrected)[head].std() < 0.25 * noise[head].std()
+    np.testing.assert_array_equal(corrected[~head], image[~head])
+
+
+def test_masked_smoothing_keeps_values_beyond_the_mask_out():
+    from PETStabilityDenoiseLib.engine.filters import masked_gaussian
+
+    mask = np.zeros((12, 12, 12), bool)
+    mask[3:9, 3:9, 3:9] = True
+    image = np.where(mask, 2.0, 1e6).astype(np.float32)
+    smoothed = masked_gaussian(image, mask, 2.0)
+    np.testing.assert_allclose(smoothed[mask], 2.0, rtol=1e-5)
+    assert (smoothed[~mask] == 0).all()
 
 
 def test_the_data_step_models_the_scanners_psf_when_given_one(slab):
@@ -193,7 +234,7 @@ def test_ddip_keeps_the_osem_image_outside_the_head(slab, tiny_prior):
     from PETStabilityDenoiseLib.engine.ddip import ddip_reconstruct
     from PETStabilityDenoiseLib.engine.ddpm.sampling import HEAD_MARGIN_VOXELS
     from PETStabilityDenoiseLib.engine.ddpm.weights import load_model
-    from PETStabilityDenoiseLib.engine.reconstruct import osem_image, sinogram_projector
+    from PETStabilityDenoiseLib.engine.reconstruct import osem_image
     from PETStabilityDenoiseLib.volumes.geometry import resample_to_reference
 
     case, _, _ = slab
@@ -205,7 +246,8 @@ def test_ddip_keeps_the_osem_image_outside_the_head(slab, tiny_prior):
     head[:, 10:40, 8:32] = True
     model, model_config, _ = load_model(tiny_prior)
     mean, std = ddip_reconstruct((data.prompts, data.additive, data.multiplicative), sinogram_projector(data), osem,
-                                 mr, head, model, model_config, DDIPConfig(**TINY_DDIP))
+                                 mr, head, model, model_config, DDIPConfig(**TINY_DDIP),
+                                 voxel_size_mm=data.spacing[::-1])
     far = ~ndimage.binary_dilation(head, iterations=HEAD_MARGIN_VOXELS)
     assert far.any()
     np.testing.assert_array_equal(mean[far], osem[far])
@@ -302,12 +344,42 @@ def test_the_psf_option_reaches_the_data_step_and_run_json(slab, tiny_prior, tmp
         assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
                      "--psf-fwhm", fwhm, *tiny]) == 0
         assert json.loads((out / "run.json").read_text())["config"]["psf_fwhm_mm"] == float(fwhm)
-    assert len(models) == 8  # 2 samples x 2 steps per run
-    with_psf, without = models[:4], models[4:]
+    assert len(models) == 12  # 2 samples x (2 steps + the final data correction) per run
+    with_psf, without = models[:6], models[6:]
     spacing = case.osem[0.2].GetSpacing()
     assert all(model is None for model in without)
     for model in with_psf:
         assert model.sigma_zyx == pytest.approx([3.0 / FWHM_PER_SIGMA / s for s in spacing[::-1]])
+
+
+def test_the_data_correction_option_runs_one_more_data_step_per_sample(slab, tiny_prior, tmp_path, monkeypatch):
+    """``--data-correction-fwhm`` adds one data step per sample after the chain, and 0 leaves it out; both land in
+    run.json."""
+    from PETStabilityDenoiseLib.engine import ddip
+
+    data_steps, corrections = [], []
+    data_step, correct = tomography.penalized_em, ddip.low_frequency_data_correction
+    monkeypatch.setattr(tomography, "penalized_em", lambda *a, **k: data_steps.append(1) or data_step(*a, **k))
+    monkeypatch.setattr(ddip, "low_frequency_data_correction",
+                        lambda *a: corrections.append(a[3]) or correct(*a))
+    case, sinogram, mr = slab
+    tiny = ["--samples", "2", "--steps", "2", "--start-fraction", "0.3", "--finetune-steps", "1", "--em-updates", "1",
+            "--device", "cpu", "--ddip-model", str(tiny_prior)]
+    means = {}
+    for fwhm in ("8", "0"):
+        out = tmp_path / f"correction{fwhm}"
+        assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
+                     "--data-correction-fwhm", fwhm, *tiny]) == 0
+        assert json.loads((out / "run.json").read_text())["config"]["data_correction_fwhm_mm"] == float(fwhm)
+        means[fwhm] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "network_output.nii.gz")))
+    assert len(data_steps) == 2 * 3 + 2 * 2  # with it, 2 samples x (2 steps + 1); without, 2 x 2
+    spacing = case.osem[0.2].GetSpacing()
+    assert len(corrections) == 2
+    assert all(list(sigma) == pytest.approx([8.0 / FWHM_PER_SIGMA / s for s in spacing[::-1]]) for sigma in corrections)
+    assert not np.allclose(means["8"], means["0"])
+    assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(tmp_path / "bad"),
+                 "--mr", str(mr), "--data-correction-fwhm", "-1", "--ddip-model", str(tiny_prior)]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_overlap_option_reaches_the_windows_and_run_json(slab, tiny_prior, tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -93,11 +94,20 @@ ABLATIONS = {
     "ddip_steps20": {"steps": 20},
     "ddip_em1": {"em_updates": 1},  # EM updates per data step (2)
     "ddip_em4": {"em_updates": 4},
+    "ddip_no_data_correction": {"data_correction_fwhm_mm": 0.0},  # the final data correction (6 mm) off
+    "ddip_data_correction4": {"data_correction_fwhm_mm": 4.0},
+    "ddip_data_correction8": {"data_correction_fwhm_mm": 8.0},
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
 EVALUATION_ROWS = {"dip_blend": ("blend", DEFAULT_ALPHAS["dip"]), "ddpm": ("ddpm", None),
                    "ddpm_blend": ("ddpm_blend", DEFAULT_ALPHAS["ddpm"]), "unet": ("unet", None)}
+
+
+def settings_tag(config: DDIPConfig) -> str:
+    """A short hash of the DDIP settings that change its image (not where or on how many threads it runs)."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "threads", "model_dir")}
+    return "_" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def evaluation_rows(results_csv: Path, subject: str, dose: float, sweep: List[dict]) -> Dict[str, dict]:
@@ -188,10 +198,12 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
 
     # A row of another model, or of an older DDPM sampling chain (docs/DDPM.md, the sampling chain), is not this
     # one's: the rows of a model are keyed by its checksum.
+    # So are a DDIP row's settings, so that a changed default is not read from an older run's cache.
     prior_tag = "_" + model_manifest(args.prior or bundled_prior_dir()).get("sha256", "missing")[:12]
     ddpm_tag = "_" + ddpm_model_checksum(DDPMSamplingConfig(
         model_dir=str(args.ddpm_model) if args.ddpm_model else None))[:12] + SAMPLER_TAG
-    tags = {"ddip": prior_tag, "ddpm": ddpm_tag, **{name: prior_tag for name in ABLATIONS}}
+    tags = {"ddip": prior_tag + settings_tag(prior), "ddpm": ddpm_tag,
+            **{name: prior_tag + settings_tag(dataclasses.replace(prior, **ABLATIONS[name])) for name in ABLATIONS}}
 
     def run(name: str) -> None:
         path = cache / f"{name}{tags.get(name, '')}.json"

@@ -137,7 +137,8 @@ DDPM_DEFAULTS = DDPMSamplingConfig()
 DDIP_DEFAULTS = DDIPConfig()
 # petstab reconstruct's DDIP options: argparse destinations named after the DDIPConfig fields they set.
 DDIP_SETTINGS = ("samples", "steps", "start_fraction", "lora_rank", "finetune_steps", "beta", "em_updates",
-                 "em_subsets", "refresh_estimate", "psf_fwhm_mm", "overlap", "device", "seed", "threads")
+                 "em_subsets", "refresh_estimate", "psf_fwhm_mm", "overlap", "data_correction_fwhm_mm", "device",
+                 "seed", "threads")
 # Settings that only one method has, as argparse destinations: giving them to the other is refused.
 DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode", "network",
                      "inner_iterations")
@@ -288,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overlap", type=float,
                        help="overlap of the network's sliding windows, in [0, 1); more fades the window edges in the "
                             f"std and takes longer (default {DDIP_DEFAULTS.overlap:g})")
+    group.add_argument("--data-correction-fwhm", type=float, dest="data_correction_fwhm_mm", metavar="MM",
+                       help="after the last step, add the part of one more data step's change coarser than a "
+                            "Gaussian of this FWHM in mm, so that regional means follow the data "
+                            f"(default {DDIP_DEFAULTS.data_correction_fwhm_mm:g}; 0: off)")
     group.add_argument("--device", choices=DEVICES, help=f"default: {DEFAULT_DEVICE} (CUDA if available)")
     group.add_argument("--seed", type=int)
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

@@ -1,5 +1,6 @@
-"""Gaussian filters: the classic post-filters that DIP is compared against, and the scanner's PSF blur and
-FWHM-to-sigma conversion that the simulator and the reconstruction's resolution model share."""
+"""Gaussian filters: the classic post-filters that DIP is compared against, the scanner's PSF blur and
+FWHM-to-sigma conversion that the simulator and the reconstruction's resolution model share, and the smoothing
+within a mask of DDIP's final data correction."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def gaussian_fwhm(image: np.ndarray, fwhm_voxels: float) -> np.ndarray:
     if fwhm_voxels == 0:
         return np.array(image, copy=True)
     return ndimage.gaussian_filter(image, fwhm_voxels / FWHM_PER_SIGMA)
+
+
+def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma: Union[float, Sequence[float], np.ndarray]) -> np.ndarray:
+    """Gaussian smoothing (``sigma`` in voxels, per axis or one for all) of ``image`` within ``mask`` only
+    (normalised convolution), 0 outside it.
+
+    Each voxel of the mask gets the Gaussian-weighted mean of the mask's voxels around it, so that values beyond
+    the mask's edge (air, say) do not leak in.
+    """
+    inside = mask.astype(np.float32)
+    weights = ndimage.gaussian_filter(inside, sigma)
+    smoothed = ndimage.gaussian_filter(np.where(mask, image, 0).astype(np.float32), sigma)
+    return np.where(mask, smoothed / np.maximum(weights, np.finfo(np.float32).tiny), 0).astype(np.float32)

@@ -151,7 +151,7 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     mean, std = ddip_reconstruct((sinogram.prompts, sinogram.additive, sinogram.multiplicative),
                                  sinogram_projector(sinogram), osem_array, mr_on_grid, head, model, model_config,
                                  config, device=device, progress=step_done, should_stop=should_stop,
-                                 resolution=resolution)
+                                 resolution=resolution, voxel_size_mm=sinogram.spacing[::-1])
     engine_done = time.perf_counter()
     stability_mean = float(std[head].mean(dtype=np.float64))
     network_output, stability = sinogram.image(mean), sinogram.image(std)

@@ -144,6 +144,7 @@ class DDPMSamplingConfig:
     steps: int = 2
     start_fraction: float = 0.5
     overlap: float = 0.25
+    data_correction_fwhm_mm: float = 6.0
     seed: int = 0
     device: str = DEFAULT_DEVICE
     threads: Optional[int] = None
@@ -180,6 +181,9 @@ class DDIPConfig:
     gained 0.1 dB of PSNR against the truth and lost 0.8 dB against the blurred truth, with more noise.
     ``overlap``: of the network's sliding windows (``--overlap``); more fades the window edges in the std, and
     takes longer.
+    ``data_correction_fwhm_mm``: after the last step, the data step runs once more on each run's image, and the
+    part of its change coarser than a Gaussian of this FWHM (within the head) is added to the image: the
+    regional means follow the data, the detail stays the network's. 0: off, the run's image is the network's.
     ``model_dir``: a prior, a diffusion model trained with condition dropout (``petstab train-ddpm
     --condition-dropout``); None: the bundled prior. The measured effect of each setting is in
     docs/RECONSTRUCTION.md.
@@ -198,6 +202,7 @@ class DDIPConfig:
     refresh_estimate: bool = False
     psf_fwhm_mm: float = 0.0
     overlap: float = 0.25
+    data_correction_fwhm_mm: float = 6.0
     seed: int = 0
     device: str = DEFAULT_DEVICE
     threads: Optional[int] = None
@@ -213,6 +218,9 @@ class DDIPConfig:
                              f"{self.finetune_steps}, {self.beta}, {self.learning_rate}")
         if not (math.isfinite(self.psf_fwhm_mm) and self.psf_fwhm_mm >= 0):
             raise InputError(f"psf_fwhm_mm must be a FWHM in mm >= 0 (0: no resolution model); got {self.psf_fwhm_mm}")
+        if not (math.isfinite(self.data_correction_fwhm_mm) and self.data_correction_fwhm_mm >= 0):
+            raise InputError("data_correction_fwhm_mm must be a FWHM in mm >= 0 (0: no final data correction); got "
+                             f"{self.data_correction_fwhm_mm}")
         check_runtime(self.device, self.threads, self.seed)
 
     def replace(self, **changes) -> "DDIPConfig":
