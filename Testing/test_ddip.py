@@ -279,6 +279,14 @@ def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, 
     assert "psf_fwhm_mm must be a FWHM" in caplog.text and not out.exists()
 
 
+def test_the_settings_hash_follows_what_changes_the_image_only():
+    """Studies key cached runs by it: a changed default must not read an older run."""
+    default = DDIPConfig()
+    assert default.replace(device="cpu", threads=1, model_dir="elsewhere").settings_hash() == default.settings_hash()
+    assert default.replace(data_correction_fwhm_mm=0.0).settings_hash() != default.settings_hash()
+    assert default.replace(beta=1.0).settings_hash() != default.settings_hash()
+
+
 def test_ddip_refuses_a_prior_trained_on_another_chain(slab, tmp_path):
     """A prior trained on a matched short schedule has never seen DDIP's other timesteps."""
     _, sinogram, mr = slab

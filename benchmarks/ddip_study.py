@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -102,12 +101,6 @@ MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
 EVALUATION_ROWS = {"dip_blend": ("blend", DEFAULT_ALPHAS["dip"]), "ddpm": ("ddpm", None),
                    "ddpm_blend": ("ddpm_blend", DEFAULT_ALPHAS["ddpm"]), "unet": ("unet", None)}
-
-
-def settings_tag(config: DDIPConfig) -> str:
-    """A short hash of the DDIP settings that change its image (not where or on how many threads it runs)."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "threads", "model_dir")}
-    return "_" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def evaluation_rows(results_csv: Path, subject: str, dose: float, sweep: List[dict]) -> Dict[str, dict]:
@@ -202,8 +195,8 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     prior_tag = "_" + model_manifest(args.prior or bundled_prior_dir()).get("sha256", "missing")[:12]
     ddpm_tag = "_" + ddpm_model_checksum(DDPMSamplingConfig(
         model_dir=str(args.ddpm_model) if args.ddpm_model else None))[:12] + SAMPLER_TAG
-    tags = {"ddip": prior_tag + settings_tag(prior), "ddpm": ddpm_tag,
-            **{name: prior_tag + settings_tag(dataclasses.replace(prior, **ABLATIONS[name])) for name in ABLATIONS}}
+    tags = {"ddip": f"{prior_tag}_{prior.settings_hash()}", "ddpm": ddpm_tag,
+            **{name: f"{prior_tag}_{prior.replace(**ABLATIONS[name]).settings_hash()}" for name in ABLATIONS}}
 
     def run(name: str) -> None:
         path = cache / f"{name}{tags.get(name, '')}.json"

@@ -15,7 +15,8 @@ uptake, texture, lesions and noise for each variant (seeds apart from the evalua
     python benchmarks/tune_diffusion_alpha.py --model MODEL_DIR --out docs/ddpm/alpha
     python benchmarks/tune_diffusion_alpha.py --method ddip --realisations 1 --out docs/reconstruction/alpha
 
-Each case is cached in ``<out>/cases/`` under the model's checksum (and the DDPM sampler's revision). Writes
+Each case is cached in ``<out>/cases/`` under the model's checksum (and the DDPM sampler's revision, or DDIP's
+settings' hash). Writes
 results.json and prints the ranking.
 """
 
@@ -81,10 +82,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     args.model = args.model or (bundled_prior_dir() if args.method == "ddip" else bundled_model_dir())
+    ddip = DDIPConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
     checksum = model_manifest(args.model)["sha256"][:12]
     if args.method == "ddpm":  # results of an older sampling chain are not this one's
         checksum += SAMPLER_TAG
-    ddip = DDIPConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
+    else:  # nor are results of other DDIP settings (runs cached before the settings' hash have none)
+        checksum += "_" + ddip.settings_hash()
     ddpm = DDPMSamplingConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
 
     def method(case, dose: float) -> DenoiseResult:

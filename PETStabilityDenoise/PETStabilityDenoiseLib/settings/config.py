@@ -7,6 +7,8 @@ and check settings without loading the deep-learning stack.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import numbers
 from dataclasses import dataclass
@@ -225,6 +227,12 @@ class DDIPConfig:
 
     def replace(self, **changes) -> "DDIPConfig":
         return dataclasses.replace(self, **changes)
+
+    def settings_hash(self) -> str:
+        """A short hash of the settings that change the image (not where it runs, on how many threads, or the
+        prior, which has its own checksum): studies key their cached runs by it."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "threads", "model_dir")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
