@@ -18,7 +18,7 @@ channel set to ``DROPPED_CONDITION`` it models p(PET | MR). Each of ``config.sam
 3. with ``data_correction_fwhm_mm``, the data step runs once more on the run's image, and the part of its change
    coarser than a Gaussian of that FWHM, within the head, is added (:func:`low_frequency_data_correction`).
    The network alone pulls regional means towards the FDG pattern it was trained on (striatum and thalamus
-   high, occipital cortex low, by 3 to 6 % on held-out brains); the data know those means well, and their
+   high, occipital cortex low, by about 3 to 6 % on held-out brains); the data know those means well, and their
    noise is fine-grained.
 
 The mean of the runs is the network output and their std the stability map, as for the DDPM denoiser; as there,
