@@ -146,7 +146,6 @@ class DDPMSamplingConfig:
     steps: int = 2
     start_fraction: float = 0.5
     overlap: float = 0.25
-    data_correction_fwhm_mm: float = 6.0
     seed: int = 0
     device: str = DEFAULT_DEVICE
     threads: Optional[int] = None
