@@ -13,7 +13,7 @@ These subjects are among the models' training subjects, though not these phantom
 uptake, texture, lesions and noise for each variant (seeds apart from the evaluation's).
 
     python benchmarks/tune_diffusion_alpha.py --model MODEL_DIR --out docs/ddpm/alpha
-    python benchmarks/tune_diffusion_alpha.py --method ddip --realisations 1 --out docs/reconstruction/alpha
+    python benchmarks/tune_diffusion_alpha.py --method ddip --realisations 1 --out docs/reconstruction/alpha_data_correction
 
 Each case is cached in ``<out>/cases/`` under the model's checksum (and the DDPM sampler's revision, or DDIP's
 settings' hash). Writes
