@@ -56,16 +56,24 @@ def train_tiny_prior(folder, **config_changes):
     return train(config, settings, pairs[:1], pairs[1:], folder)
 
 
-def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab):
-    case, _, _ = slab
+def slab_data(slab):
+    """The slab's case, its 1/5-dose data, the data terms of ``tomography.penalized_em`` and an image's Poisson
+    misfit to the data."""
+    case = slab[0]
     data = case.sinograms[0.2]
-    projector = sinogram_projector(data)
-    terms = (data.prompts, projector, data.multiplicative, data.additive)
-    # A network's estimate: the truth smoothed well past the scanner's resolution, so that the data disagree.
-    anchor = np.maximum(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.truth, 6.0)), 0.0)
+    terms = (data.prompts, sinogram_projector(data), data.multiplicative, data.additive)
 
     def misfit(image):
         return tomography.poisson_misfit(data.prompts, tomography.expected_counts(image, *terms[1:]))
+
+    return case, data, terms, misfit
+
+
+def test_the_data_step_with_a_fixed_network_estimate_lowers_the_data_misfit(slab):
+    case, data, terms, misfit = slab_data(slab)
+    projector = terms[1]
+    # A network's estimate: the truth smoothed well past the scanner's resolution, so that the data disagree.
+    anchor = np.maximum(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.truth, 6.0)), 0.0)
 
     # Weights relative to the data's curvature at the mean activity, as DDIP's beta.
     unit = float(projector.back(data.multiplicative).mean() / anchor.mean())
@@ -90,20 +98,15 @@ def test_the_final_data_correction_moves_regional_means_to_the_data_and_leaves_t
     from PETStabilityDenoiseLib.engine.ddip import low_frequency_data_correction
     from PETStabilityDenoiseLib.engine.filters import sigma_voxels
 
-    case, _, _ = slab
-    data = case.sinograms[0.2]
-    projector = sinogram_projector(data)
-    terms = (data.prompts, projector, data.multiplicative, data.additive)
+    case, data, terms, misfit = slab_data(slab)
     truth = np.maximum(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.truth, 2.0)), 0.0)
     head = truth > 0.05 * truth.max()
     nx = truth.shape[2]
     # A network's image with a regional bias: 30 % high at one side of the head, falling to none at the other.
     image = truth * np.linspace(1.3, 1.0, nx, dtype=np.float32)
     data_image = tomography.penalized_em(*terms, image, 0.0, 2, n_subsets=8)
-    corrected = low_frequency_data_correction(image, data_image, head, sigma_voxels(6.0, data.spacing[::-1]))
-
-    def misfit(x):
-        return tomography.poisson_misfit(data.prompts, tomography.expected_counts(x, *terms[1:]))
+    sigma = sigma_voxels(6.0, data.spacing[::-1])
+    corrected = low_frequency_data_correction(image, data_image, head, sigma)
 
     assert misfit(corrected) < misfit(image)
     side = head.copy()
@@ -112,7 +115,7 @@ def test_the_final_data_correction_moves_regional_means_to_the_data_and_leaves_t
     assert bias[1] < 0.5 * bias[0], bias
     # Fine-grained noise in the data step's image stays out.
     noise = np.random.default_rng(0).normal(0.0, 1.0, image.shape).astype(np.float32)
-    noisier = low_frequency_data_correction(image, data_image + noise, head, sigma_voxels(6.0, data.spacing[::-1]))
+    noisier = low_frequency_data_correction(image, data_image + noise, head, sigma)
     assert (noisier - corrected)[head].std() < 0.25 * noise[head].std()
     np.testing.assert_array_equal(corrected[~head], image[~head])
 
