@@ -1,8 +1,9 @@
 """DDIP against the OSEM-based pipelines, with its ablations, on held-out simulated brains (docs/RECONSTRUCTION.md).
 
-Each case is a held-out BrainWeb subject simulated exactly as ``petstab evaluate`` simulates its realisation 0
-(the same doses, so the same noise), at one low dose, with its sinogram kept. ``--amyloid`` adds each subject at
-the first dose in the amyloid-negative regime, where the FDG-trained prior is out of its distribution. Rows per case:
+Each case is a held-out BrainWeb subject simulated exactly as ``petstab evaluate`` simulates its noise realisation
+``--realisation`` (0 unless given; the same doses, so the same noise), at one low dose, with its sinogram kept.
+``--amyloid`` adds each subject at the first dose in the amyloid-negative regime, where the FDG-trained prior is out
+of its distribution. Rows per case:
 
 - ``osem``; ``gaussian``: OSEM filtered at every FWHM of the evaluation (the sweep gives the matched-noise curve;
   its best PSNR against the truth is the row ``gaussian_best``);
@@ -103,12 +104,14 @@ EVALUATION_ROWS = {"dip_blend": ("blend", DEFAULT_ALPHAS["dip"]), "ddpm": ("ddpm
                    "ddpm_blend": ("ddpm_blend", DEFAULT_ALPHAS["ddpm"]), "unet": ("unet", None)}
 
 
-def evaluation_rows(results_csv: Path, subject: str, dose: float, sweep: List[dict]) -> Dict[str, dict]:
-    """The evaluation's rows of realisation 0 of ``subject`` at ``dose`` (EVALUATION_ROWS), after checking that the
-    evaluation scored the same images: its Gaussian sweep must equal ``sweep``."""
+def evaluation_rows(results_csv: Path, subject: str, dose: float, realisation: int,
+                    sweep: List[dict]) -> Dict[str, dict]:
+    """The evaluation's rows of ``realisation`` of ``subject`` at ``dose`` (EVALUATION_ROWS), after checking that
+    the evaluation scored the same images: its Gaussian sweep must equal ``sweep``."""
     with open(results_csv, newline="") as stream:
         rows = [row for row in csv.DictReader(stream) if row["condition"] == MAIN_CONDITION
-                and row["subject"] == f"subject{subject}" and row["realisation"] == "0" and float(row["dose"]) == dose]
+                and row["subject"] == f"subject{subject}" and row["realisation"] == str(realisation)
+                and float(row["dose"]) == dose]
 
     def numbers(row: dict) -> dict:
         return {k: float(v) for k, v in row.items() if k not in ("condition", "scanner", "regime", "subject",
@@ -127,14 +130,19 @@ def evaluation_rows(results_csv: Path, subject: str, dose: float, sweep: List[di
     return found
 
 
+def case_cache(work: Path, subject: str, regime: str, dose: float, realisation: int) -> Path:
+    """One case's folder in ``--work``; realisation 0 keeps the name it had before ``--realisation`` existed."""
+    return work / (f"subject{subject}_{regime}_dose{dose:g}" + (f"_realisation{realisation}" if realisation else ""))
+
+
 def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     """Every row of one case, each computed once and cached in ``--work``."""
-    cache = args.work / f"subject{subject}_{regime}_dose{dose:g}"
+    cache = case_cache(args.work, subject, regime, dose, args.realisation)
     cache.mkdir(parents=True, exist_ok=True)
-    # The evaluation's doses, so that each dose's noise is its realisation 0's.
+    # The evaluation's doses, so that each dose's noise is the evaluation's in this realisation.
     settings = StudySettings(doses=DEFAULT_DOSES, dip=get_preset("full", threads=args.threads), regime=regime)
-    case = simulate_case(sitk.ReadImage(str(labels_path(subject, args.labels_dir))), settings.simulation(0),
-                         keep_sinograms=True)
+    case = simulate_case(sitk.ReadImage(str(labels_path(subject, args.labels_dir))),
+                         settings.simulation(args.realisation), keep_sinograms=True)
     scorer = Scorer(case, sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32))
     sinogram = case.sinograms[dose]
     osem = osem_image(sinogram)  # the simulator's own OSEM of these data
@@ -218,7 +226,8 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     panels[f"gaussian_dose{dose}"] = gaussian_fwhm(osem_array, best)[z]
     np.savez_compressed(panels_path, **panels)
     # Checked before the long rows run: the imported rows must be of these very images.
-    imported = evaluation_rows(args.evaluation, subject, dose, sweep) if args.evaluation and regime == "realistic" else {}
+    imported = (evaluation_rows(args.evaluation, subject, dose, args.realisation, sweep)
+                if args.evaluation and regime == "realistic" else {})
     for name in rows:
         if name not in imported:
             run(name)
@@ -286,6 +295,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="the cache of every row (resumable)")
     parser.add_argument("--subjects", nargs="+", default=["50", "51"])
     parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])
+    parser.add_argument("--realisation", type=int, default=0,
+                        help="the evaluation's noise realisation to simulate (default 0)")
     parser.add_argument("--amyloid", action="store_true", help="also each subject at the first dose, amyloid-like")
     parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS),
                         help="DDIP variants to run on the realistic cases")
@@ -327,9 +338,9 @@ def main() -> None:
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         for subject, dose, regime in cases:
-            panels = dict(np.load(args.work / f"subject{subject}_{regime}_dose{dose:g}" / "panels.npz"))
-            image_panel(panels, dose, f"subject {subject} ({regime})",
-                        args.figures / f"panel_subject{subject}_{regime}_dose{dose:g}.png")
+            cache = case_cache(args.work, subject, regime, dose, args.realisation)
+            image_panel(dict(np.load(cache / "panels.npz")), dose, f"subject {subject} ({regime})",
+                        args.figures / f"panel_{cache.name}.png", realisation=args.realisation)
 
 
 if __name__ == "__main__":

@@ -110,9 +110,9 @@ def roi_bias(rows: List[dict], doses: Sequence[float], entries: Sequence[tuple],
     return save(fig, path)
 
 
-def image_panel(panels: Dict[str, np.ndarray], dose: float, subject: str, path: Path) -> Path:
-    """One slice per image at one dose: truth, full-dose OSEM, OSEM, each method at its operating point, S; the
-    keys of ``panels`` that are absent are left out."""
+def image_panel(panels: Dict[str, np.ndarray], dose: float, subject: str, path: Path, realisation: int = 0) -> Path:
+    """One slice per image at one dose of noise realisation ``realisation``: truth, full-dose OSEM, OSEM, each
+    method at its operating point, S; the keys of ``panels`` that are absent are left out."""
     names = [("truth", "truth"), ("osem_full", "OSEM full dose"), (f"osem_dose{dose}", f"OSEM {dose_title(dose)}"),
              (f"gaussian_dose{dose}", "Gaussian"), (f"nlm_dose{dose}", "Non-local means"),
              (f"dip_dose{dose}", "DIP"), (f"blend_dose{dose}", "Stability blend"),
@@ -132,7 +132,7 @@ def image_panel(panels: Dict[str, np.ndarray], dose: float, subject: str, path: 
             ax.imshow(image, cmap="gray_r", vmin=0, vmax=vmax)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{subject}, realisation 0, {dose_title(dose)}: axial slice through the colliculus-like peaks "
+    fig.suptitle(f"{subject}, realisation {realisation}, {dose_title(dose)}: axial slice through the colliculus-like peaks "
                  "(PET panels share one grey scale)", fontsize=8)
     fig.tight_layout()
     return save(fig, path)
