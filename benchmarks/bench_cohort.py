@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from PETStabilityDenoiseLib import DATA_DIR
 from PETStabilityDenoiseLib.cohort.batch import run_cohort
@@ -65,7 +66,7 @@ def main() -> None:
         writer.writerow(["subject", "pet", "mr"])
         writer.writerows([f"s{i:02d}", PET, MR] for i in range(args.subjects))
 
-    def rows(threads: int):
+    def rows(threads: Optional[int]):
         return read_cohort(cohort, method="dip", preset=args.preset, alpha=1.0,
                            parameters={"device": "cpu", "threads": threads})
 

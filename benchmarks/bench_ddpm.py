@@ -21,13 +21,14 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import List
 
 import SimpleITK as sitk
 import torch
 
 from PETStabilityDenoiseLib.engine.ddpm.sampling import WINDOWS_PER_CALL
 from PETStabilityDenoiseLib.engine.pipeline import denoise_ddpm, predict_regression
-from PETStabilityDenoiseLib.settings import DDPMSamplingConfig
+from PETStabilityDenoiseLib.settings import DDPMSamplingConfig, EpochReport
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case
 
 FIELD_OF_VIEW = (136, 136, 112)  # x, y, z voxels
@@ -67,7 +68,7 @@ def main() -> None:
         return
     overrides = {k: v for k, v in (("samples", args.samples), ("steps", args.steps)) if v}
     config = DDPMSamplingConfig(device=args.device, threads=args.threads, **overrides)
-    reports = []
+    reports: List[EpochReport] = []
     started = time.perf_counter()
     result = denoise_ddpm(pet, case.mr, config, progress=reports.append)
     seconds = time.perf_counter() - started

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 import numpy as np
 import psutil
@@ -52,10 +53,11 @@ def make_result(scene) -> ProcessResult:
     slicer.util.updateVolumeFromArray(pet, pet_array)
     network_output = (pet_array * 0.9).astype(np.float32)
     stability = rng.random(SHAPE, dtype=np.float32)
-    nodes = [add_volume_like(scene, pet, array, name) for name, array in
-             (("denoised", pet_array), ("network output", network_output), ("stability", stability),
-              ("normalized stability", stability))]
-    return ProcessResult(*nodes, alpha=0.6, stabilityMean=float(stability.mean()), runInfo={}, petArray=pet_array)
+    denoised, output, stability_node, normalized = (
+        add_volume_like(scene, pet, array, name) for name, array in
+        (("denoised", pet_array), ("network output", network_output), ("stability", stability),
+         ("normalized stability", stability)))
+    return ProcessResult(denoised, output, stability_node, normalized, alpha=0.6, stabilityMean=float(stability.mean()), runInfo={}, petArray=pet_array)
 
 
 def bench_set_alpha(repeats: int) -> None:
@@ -68,7 +70,7 @@ def bench_set_alpha(repeats: int) -> None:
     copy_ms = median_ms(lambda: np.copyto(target, source), repeats)
     alphas = iter(np.tile(np.linspace(0.0, 3.0, 31), 100))
     kernel = blend_module._blend_kernel
-    backends = {"numba": kernel, "numpy fallback": blend_module._blend_numpy} if blend_module.numba else \
+    backends: Dict[str, Any] = {"numba": kernel, "numpy fallback": blend_module._blend_numpy} if blend_module.numba else \
         {"numpy fallback": kernel}
     print(f"setAlpha on {SHAPE[::-1]} voxels (x, y, z), median of {repeats}; numpy copy of one volume: {copy_ms:.2f} ms")
     for name, function in backends.items():

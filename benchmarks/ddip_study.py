@@ -35,12 +35,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import SimpleITK as sitk
@@ -73,7 +74,7 @@ log = logging.getLogger("ddip_study")
 
 # Variants of the default: the changes to DDIPConfig's defaults. The ``ddip_beta1*`` rows are the first defaults
 # (beta 1), and two ablations of them.
-ABLATIONS = {
+ABLATIONS: Dict[str, Dict[str, Any]] = {
     "ddip_beta1": {"beta": 1.0},
     "ddip_beta1_mlem": {"beta": 1.0, "em_subsets": 1},
     "ddip_beta1_no_finetune": {"beta": 1.0, "finetune_steps": 0},
@@ -193,7 +194,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     if args.ddpm:
         rows["ddpm"] = ddpm_row
     if regime == "realistic" and dose == args.doses[0] and subject in (args.ablation_subjects or [subject]):
-        rows.update({name: (lambda n=name: ddip_row(dataclasses.replace(prior, **ABLATIONS[n]), n))
+        rows.update({name: functools.partial(ddip_row, dataclasses.replace(prior, **ABLATIONS[name]), name)
                      for name in args.ablations})
     results: Dict[str, dict] = {}
 

@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,6 +58,7 @@ from PETStabilityDenoiseLib.simulation.case import brainweb_subjects, labels_pat
 from PETStabilityDenoiseLib.training.corrective import pairs_with_base, residual_std
 from PETStabilityDenoiseLib.training.dataset import (
     VALIDATION_SUBJECTS,
+    TrainingPair,
     load_pairs,
     save_pairs,
     simulate_pairs,
@@ -112,7 +113,7 @@ FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": bundled_
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
 
-def training_pairs(args) -> tuple:
+def training_pairs(args) -> Tuple[List[TrainingPair], List[TrainingPair]]:
     """The simulated pairs, from ``--work`` when they were made before."""
     paths = args.work / "training_pairs.npz", args.work / "validation_pairs.npz"
     if all(p.is_file() for p in paths):
@@ -167,7 +168,8 @@ def train_candidate(name: str, args, pairs: tuple) -> Path:
         if name in FINE_TUNED_FROM:
             initial, _, initial_manifest = load_model(FINE_TUNED_FROM[name](), kind=model_kind(config))
             initial_weights, info["fine_tuned_from_sha256"] = initial.state_dict(), initial_manifest["sha256"]
-        train(config, settings, *pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(), info=info,
+        train_pairs, validation_pairs = pairs
+        train(config, settings, train_pairs, validation_pairs, folder, resume=(folder / CHECKPOINT_FILE).is_file(), info=info,
               initial_weights=initial_weights,
               progress=lambda r: log.info("%s step %d/%d loss %.5f%s", name, r.step, r.steps, r.train_loss,
                                           "" if r.validation_loss is None else f" val {r.validation_loss:.5f}"))

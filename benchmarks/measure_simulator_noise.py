@@ -87,11 +87,11 @@ def main() -> None:
         case = simulate_case(sitk.ReadImage(str(labels_path(subject, BRAINWEB))), cfg)
         score = Scorer(case)
         blurred = sitk.GetArrayFromImage(case.truth_blurred)
-        for dose, image in case.osem.items():
-            s = score(sitk.GetArrayFromImage(image))
+        for dose, osem in case.osem.items():
+            s = score(sitk.GetArrayFromImage(osem))
             c = case.info["counts"][dose_label(dose)]
-            wm_scale = 1 + score.bias(sitk.GetArrayFromImage(image), blurred, "wm_eroded")
-            brain_scale = 1 + score.bias(sitk.GetArrayFromImage(image), blurred, "brain")
+            wm_scale = 1 + score.bias(sitk.GetArrayFromImage(osem), blurred, "wm_eroded")
+            brain_scale = 1 + score.bias(sitk.GetArrayFromImage(osem), blurred, "brain")
             print(f"| {subject} | {dose_label(dose)} | {c['expected_true_counts']:.3g} | {s['wm_cov']:.3f} "
                   f"| {wm_scale:.3f} | {brain_scale:.3f} | {s['pvr']:.2f} | {s['lesion_cr']:.2f} "
                   f"| {s['hypo_recovery']:.2f} |")

@@ -33,7 +33,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,9 +56,9 @@ from PETStabilityDenoiseLib.volumes.geometry import head_mask, resample_to_refer
 # that every shorter schedule (n epochs, S from n/2 to n) is read out of the same fit: the first n epochs of a
 # fit do not depend on how long it goes on.
 # Every field that a default could change is spelled out, so that the candidates stay what they were measured as.
-PAPER_SCHEDULE = dict(epochs=200, interval=5, start=100)
-MONAI = dict(network="monai", channels=(16, 32, 64, 128), num_res_units=2)
-LBFGS_1 = dict(optimizer="lbfgs", learning_rate=1.0, inner_iterations=1, history_size=10)
+PAPER_SCHEDULE: Dict[str, Any] = dict(epochs=200, interval=5, start=100)
+MONAI: Dict[str, Any] = dict(network="monai", channels=(16, 32, 64, 128), num_res_units=2)
+LBFGS_1: Dict[str, Any] = dict(optimizer="lbfgs", learning_rate=1.0, inner_iterations=1, history_size=10)
 CANDIDATES = {
     # The defaults of the first study (docs/tuning/legacy): MONAI UNet, L-BFGS lr 1, one inner iteration.
     "monai": DIPConfig(**MONAI, **LBFGS_1, **PAPER_SCHEDULE),
@@ -105,6 +105,8 @@ def score_case(name: str, config: DIPConfig, case, dose: float, score: Scorer, t
                      output_epochs=range(0, config.epochs + 1, config.interval),
                      on_output=lambda epoch, array: snapshots.__setitem__(epoch, array.astype(np.float32)))
     fit_s = time.perf_counter() - t
+    dip = result.dip
+    assert dip is not None, "a DIP run records its fit"
     # Self-check: the full schedule read out of the snapshots is the engine's own output and stability map.
     net, s, _ = read_out(snapshots, config.epochs, config.interval)
     np.testing.assert_array_equal(net, sitk.GetArrayFromImage(result.network_output))
@@ -123,8 +125,8 @@ def score_case(name: str, config: DIPConfig, case, dose: float, score: Scorer, t
             blends.append(point)
         records.append({"candidate": schedule_name(name, epochs), "network": config.network, "epochs": epochs,
                         "s_samples": n_samples, "fit_s": fit_s * epochs / config.epochs,
-                        "loss_jumps": [j for j in result.dip.loss_jumps if j["epoch"] <= epochs],
-                        "final_loss": result.dip.loss_history[min(epochs, config.epochs - 1)], "dip": score(net),
+                        "loss_jumps": [j for j in dip.loss_jumps if j["epoch"] <= epochs],
+                        "final_loss": dip.loss_history[min(epochs, config.epochs - 1)], "dip": score(net),
                         "stability": score.stability_contrast(s), "gaussian": gauss, "blend": blends})
     return records
 
@@ -294,8 +296,9 @@ def main() -> None:
                         case = simulate_case(sitk.ReadImage(str(labels_path(subject, BRAINWEB))),
                                              SimulationConfig(doses=(1.0, *args.doses), seed=args.seed,
                                                               noise_seed=realisation))
-                        score = Scorer(case, sitk.GetArrayFromImage(case.osem[1.0]))
-                        full_dose = {k: v for k, v in score(score.full_dose).items() if k in KEYS}
+                        full_dose_osem = sitk.GetArrayFromImage(case.osem[1.0])
+                        score = Scorer(case, full_dose_osem)
+                        full_dose = {k: v for k, v in score(full_dose_osem).items() if k in KEYS}
                     found = [{"subject": subject, "dose": dose, "realisation": realisation,
                               "config": CANDIDATES[name].__dict__, "full_dose_osem": full_dose, **record}
                              for record in score_case(name, CANDIDATES[name], case, dose, score, args.threads)]

@@ -109,8 +109,9 @@ def main() -> None:
                                              SimulationConfig(doses=(1.0, *args.doses), seed=args.seed,
                                                               noise_seed=realisation),
                                              keep_sinograms=args.method == "ddip")
-                        score = Scorer(case, sitk.GetArrayFromImage(case.osem[1.0]))
-                        full_dose = score(score.full_dose)
+                        full_dose_osem = sitk.GetArrayFromImage(case.osem[1.0])
+                        score = Scorer(case, full_dose_osem)
+                        full_dose = score(full_dose_osem)
                     record = {"candidate": f"{args.method}_{checksum}", "subject": subject, "dose": dose,
                               "realisation": realisation, "full_dose_osem": full_dose,
                               **score_case(case, dose, score, method)}
