@@ -152,8 +152,14 @@ def test_patches_take_the_chosen_target():
     assert full_targets.std() > 0.01, "the full-dose OSEM is noisy"
     _, default_targets = random_patches([pair], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0))
     np.testing.assert_array_equal(default_targets, clean_targets)
+    with pytest.raises(InputError, match="simulated before the unblurred truth"):
+        random_patches([pair], 4, 16, np.random.default_rng(0), target="truth")
+    sharp = dataclasses.replace(pair, truth=np.full_like(pair.clean, 5.0))
+    _, truth_targets = random_patches([sharp], 4, 16, np.random.default_rng(0), intensity_scale=(1.0, 1.0),
+                                      target="truth")
+    np.testing.assert_allclose(truth_targets, to_model_space(np.float32(5.0), 1.0))
     with pytest.raises(InputError, match="unknown training target"):
-        TrainingSettings(target="truth")
+        TrainingSettings(target="truth_unblurred")
 
 
 def test_saved_pairs_round_trip_and_old_files_are_refused(tmp_path):
@@ -162,6 +168,10 @@ def test_saved_pairs_round_trip_and_old_files_are_refused(tmp_path):
     loaded = load_pairs(tmp_path / "pairs.npz")
     assert [(p.subject, p.dose) for p in loaded] == [(p.subject, p.dose) for p in pairs]
     np.testing.assert_array_equal(loaded[1].clean, pairs[1].clean)
+    assert loaded[1].truth is None, "pairs made without the unblurred truth load without it"
+    with_truth = [dataclasses.replace(p, truth=p.clean * 1.5) for p in pairs]
+    save_pairs(with_truth, tmp_path / "with_truth.npz")
+    np.testing.assert_array_equal(load_pairs(tmp_path / "with_truth.npz")[1].truth, with_truth[1].truth)
     np.savez(tmp_path / "old.npz", meta='[{"subject": "s0", "dose": 0.1}]', **{
         f"0_{name}": getattr(pairs[0], name) for name in ("low", "full", "mr", "head")})
     with pytest.raises(InputError, match="older format"):

@@ -106,10 +106,14 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     # training of the bundled prior?
     "ddip_prior_continued": (DDPMConfig(), "truth_blurred",
                              {"condition_dropout": 1.0, "learning_rate": 1e-4, "seed": 1}),
+    # The bundled prior fine-tuned towards the truth before the scanner's PSF, at every timestep and at its own
+    # training's learning rate (the target moves): a prior for DDIP with the PSF in its data step (--psf-fwhm).
+    "ddip_prior_sharp": (DDPMConfig(), "truth", {"condition_dropout": 1.0, "learning_rate": 3e-4, "seed": 1}),
 }
 # name -> the model folder whose weights a candidate starts from, instead of a fresh network
 FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": bundled_prior_dir,
-                                                  "ddip_prior_continued": bundled_prior_dir}
+                                                  "ddip_prior_continued": bundled_prior_dir,
+                                                  "ddip_prior_sharp": bundled_prior_dir}
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
 

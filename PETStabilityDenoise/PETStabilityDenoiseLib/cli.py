@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "bundled denoiser's design), or at all of them (full, for any chain). Default: matched; "
                         "full with --condition-dropout, since DDIP samples a prior on its own chain")
     p.add_argument("--target", choices=TRAINING_TARGETS, default=DEFAULT_TRAINING_TARGET,
-                   help="what the network learns to output: the full-dose OSEM, or the PSF-blurred truth "
+                   help="what the network learns to output: the full-dose OSEM, the PSF-blurred truth, or the "
+                        "truth before the PSF (for a DDIP prior run with --psf-fwhm) "
                         f"(default {DEFAULT_TRAINING_TARGET})")
     p.add_argument("--condition-dropout", type=float,
                    help="diffusion only: drop the low-dose condition of this fraction of the patches, so that the "

@@ -42,10 +42,11 @@ OPTIMIZERS: Tuple[str, ...] = ("lbfgs", "adam")
 INPUT_MODES: Tuple[str, ...] = ("mr", "mr+pet", "noise")
 
 # What a trained network (the DDPM or its regression baseline) learns to output: the full-dose OSEM, which is
-# noisy itself, or the PSF-blurred truth, which only a simulator has (the design study's choice, docs/DDPM.md).
+# noisy itself, or the PSF-blurred truth, which only a simulator has (the design study's choice, docs/DDPM.md),
+# or the truth itself, unblurred: for a DDIP prior whose data step models the scanner's PSF (--psf-fwhm).
 # And the training objectives: a diffusion model, a corrective diffusion model of a regression model's residual
 # (CorrDiff), or the regression baseline itself.
-TRAINING_TARGETS: Tuple[str, ...] = ("full_dose", "truth_blurred")
+TRAINING_TARGETS: Tuple[str, ...] = ("full_dose", "truth_blurred", "truth")
 DEFAULT_TRAINING_TARGET = "truth_blurred"
 TRAINING_OBJECTIVES: Tuple[str, ...] = ("diffusion", "corrective", "regression")
 # The timesteps a diffusion model trains at: only those of the default sampling chain ("matched", the bundled

@@ -6,9 +6,9 @@ and scanners: the grey/white matter ratio, the regional uptake pattern, the
 PET-only texture, hot lesions, a hypometabolic region in either hemisphere,
 the scanner preset and its count level, and the PET/MR misregistration.
 Every variant gives one pair per low dose: the low-dose OSEM (the
-condition), the MR on the PET grid, and two possible targets, the full-dose
-OSEM and the PSF-blurred truth (which only a simulator has, and which carries
-no noise of its own).
+condition), the MR on the PET grid, and three possible targets, the full-dose
+OSEM, the PSF-blurred truth (which only a simulator has, and which carries
+no noise of its own) and the truth itself, before the scanner's PSF.
 
 All images of a pair are divided by the *low-dose* image's head mean, the
 only scale known at inference. Patches then get two augmentations: a
@@ -40,15 +40,17 @@ from ..volumes.geometry import apply_crop_pad, head_mask, plan_crop_pad, resampl
 # Subjects never trained on: the evaluation study's and the model card's validation set.
 VALIDATION_SUBJECTS = ("50", "51", "52", "53", "54")
 PAIR_ARRAYS = ("low", "full", "clean", "mr", "head")
+# Arrays that pairs simulated before them lack: such pairs still serve every other target.
+OPTIONAL_PAIR_ARRAYS = ("truth",)
 
 
 @dataclass(frozen=True)
 class TrainingPair:
     """One simulated case at one dose, cropped to the head, in units of the low-dose head mean.
 
-    ``full`` is the full-dose OSEM and ``clean`` the PSF-blurred truth, the two possible targets. ``base`` is a
-    regression model's prediction from ``low`` (:func:`with_base_predictions`), which a corrective diffusion model
-    is trained to correct.
+    ``full`` is the full-dose OSEM, ``clean`` the PSF-blurred truth and ``truth`` the truth before the PSF, the
+    possible targets (``truth`` is None in pairs simulated before it was kept). ``base`` is a regression model's
+    prediction from ``low`` (:func:`with_base_predictions`), which a corrective diffusion model is trained to correct.
     """
 
     low: np.ndarray
@@ -59,10 +61,16 @@ class TrainingPair:
     subject: str
     dose: float
     base: Optional[np.ndarray] = None
+    truth: Optional[np.ndarray] = None
 
     def target(self, name: str) -> np.ndarray:
         if name not in TRAINING_TARGETS:
             raise InputError(f"unknown training target {name!r}; choose one of {', '.join(TRAINING_TARGETS)}")
+        if name == "truth":
+            if self.truth is None:
+                raise InputError("these training pairs were simulated before the unblurred truth was kept, so they "
+                                 "cannot train towards it: simulate them again in a new training folder")
+            return self.truth
         return self.full if name == "full_dose" else self.clean
 
 
@@ -92,13 +100,13 @@ class AugmentationRanges:
 
 
 def make_pair(low: np.ndarray, full: np.ndarray, clean: np.ndarray, mr: np.ndarray, subject: str, dose: float,
-              margin: int) -> TrainingPair:
+              margin: int, truth: Optional[np.ndarray] = None) -> TrainingPair:
     """Normalises and crops one case at one dose, (z, y, x) arrays on the PET grid."""
     head = head_mask(low, mr)
     scale, mr_scale = float(low[head].mean()), float(mr[head].mean())
     plan = plan_crop_pad(head, margin, 1)
     pet = {name: apply_crop_pad(a / scale, plan, mode="constant").astype(np.float32)
-           for name, a in (("low", low), ("full", full), ("clean", clean))}
+           for name, a in (("low", low), ("full", full), ("clean", clean), ("truth", truth)) if a is not None}
     return TrainingPair(**pet, mr=apply_crop_pad(mr / mr_scale, plan, mode="constant").astype(np.float32),
                         head=apply_crop_pad(head, plan, mode="constant").astype(bool), subject=subject, dose=dose)
 
@@ -144,7 +152,8 @@ def save_pairs(pairs: Sequence[TrainingPair], path: Path) -> None:
     """Keeps a simulated training set, so that a resumed training does not simulate it again; written whole, as a
     resume takes any file that is there."""
     arrays = {f"{i}_{name}": getattr(pair, name) for i, pair in enumerate(pairs) for name in PAIR_ARRAYS}
-    arrays.update({f"{i}_base": pair.base for i, pair in enumerate(pairs) if pair.base is not None})
+    arrays.update({f"{i}_{name}": getattr(pair, name) for i, pair in enumerate(pairs)
+                   for name in ("base", *OPTIONAL_PAIR_ARRAYS) if getattr(pair, name) is not None})
     meta = [{"subject": pair.subject, "dose": pair.dose} for pair in pairs]
     write_atomically(path, lambda handle: np.savez(handle, meta=json.dumps(meta), **arrays), binary=True)
 
@@ -156,8 +165,12 @@ def load_pairs(path: Path) -> List[TrainingPair]:
         if meta and missing:
             raise InputError(f"{path} holds training pairs of an older format (no {', '.join(missing)}): "
                              "simulate them again in a new training folder")
+
+        def optional(name: str) -> Optional[np.ndarray]:
+            return data[name] if name in data else None
+
         return [TrainingPair(**{name: data[f"{i}_{name}"] for name in PAIR_ARRAYS}, subject=m["subject"],
-                             dose=m["dose"], base=data[f"{i}_base"] if f"{i}_base" in data else None)
+                             dose=m["dose"], base=optional(f"{i}_base"), truth=optional(f"{i}_truth"))
                 for i, m in enumerate(meta)]
 
 
@@ -185,10 +198,11 @@ def simulate_pairs(labels: Iterable[Tuple[str, sitk.Image]], doses: Sequence[flo
             case = _simulate_with_room_for_lesions(label_image, config)
             full = sitk.GetArrayFromImage(case.osem[1.0]).astype(np.float32)
             clean = sitk.GetArrayFromImage(case.truth_blurred).astype(np.float32)
+            truth = sitk.GetArrayFromImage(case.truth).astype(np.float32)
             mr = sitk.GetArrayFromImage(resample_to_reference(case.mr, case.osem[1.0], name="MR")).astype(np.float32)
             for dose in doses:
                 low = sitk.GetArrayFromImage(case.osem[dose]).astype(np.float32)
-                pairs.append(make_pair(low, full, clean, mr, subject, dose, margin))
+                pairs.append(make_pair(low, full, clean, mr, subject, dose, margin, truth))
             if progress is not None:
                 progress(f"simulated subject {subject}, variant {variant + 1}/{variants}")
     return pairs
