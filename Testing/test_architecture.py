@@ -130,11 +130,13 @@ def choice_lists() -> Dict[str, Set[str]]:
 
 
 def string_collections(tree: ast.AST) -> Iterator[ast.AST]:
-    """Tuples, lists, sets and dict keys of two or more string constants."""
+    """Tuples, lists, sets and dict keys of two or more distinct string constants (a pair such as
+    ``("truth", "truth")``, a key and its label, lists no choices)."""
     for node in ast.walk(tree):
         elements = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
-        if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)) and elements and len(elements) >= 2 \
-                and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in elements):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)) and elements \
+                and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in elements) \
+                and len({e.value for e in elements}) >= 2:
             yield node
 
 
