@@ -191,15 +191,17 @@ def osem(
     n_iterations: int = 4,
     n_subsets: int = 8,
     progress: Optional[Callable[[int], None]] = None,
+    resolution: Optional[ResolutionModel] = None,
 ) -> np.ndarray:
-    """OSEM for the model counts ~ Poisson(multiplicative * A x + background), all slices at once.
+    """OSEM for the model counts ~ Poisson(multiplicative * A (H) x + background), all slices at once.
 
     ``multiplicative`` holds, per line of response, counts per unit activity x path length (attenuation,
     sensitivity, dose), so the image comes out in activity units. Subsets are interleaved angles. The update
     is multiplicative from a positive start, which keeps the image non-negative. ``progress`` is called with the
-    number of iterations done after each one.
+    number of iterations done after each one. ``resolution``, the scanner's PSF H, makes it OSEM with
+    resolution modelling (a scanner's "PSF" reconstruction); None, as the simulator reconstructs, models none.
     """
-    data = _Subsets(counts, projector, multiplicative, background, n_subsets)
+    data = _Subsets(counts, projector, multiplicative, background, n_subsets, resolution)
     y, m, b = data.totals
     # Start from the uniform image whose projection holds the measured net counts.
     ones_proj = projector.matrix @ np.ones((projector.matrix.shape[1], 1), dtype=np.float32)
