@@ -20,15 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from ddip_study import study_case
 
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm, masked_gaussian, psf_blur, sigma_voxels
 from PETStabilityDenoiseLib.engine.reconstruct import ddip_image, osem_image
 from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS
-from PETStabilityDenoiseLib.evaluation.scoring import Scorer
-from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE, GAUSSIAN_FWHMS, StudySettings
-from PETStabilityDenoiseLib.settings import DDIPConfig, get_preset
-from PETStabilityDenoiseLib.simulation import DEFAULT_DOSES, simulate_case
-from PETStabilityDenoiseLib.simulation.case import labels_path
+from PETStabilityDenoiseLib.evaluation.study import GAUSSIAN_FWHMS
+from PETStabilityDenoiseLib.settings import DDIPConfig
 from PETStabilityDenoiseLib.volumes.geometry import head_mask, resample_to_reference
 
 ITERATIONS = (1, 2, 5, 10)
@@ -46,10 +44,8 @@ def richardson_lucy(image: np.ndarray, fwhm_mm: float, spacing_zyx, iterations: 
 
 
 def subject_rows(subject: str, dose: float, args) -> dict:
-    settings = StudySettings(doses=DEFAULT_DOSES, dip=get_preset("full", threads=args.threads), regime="realistic")
-    simulation = settings.simulation(0)
-    case = simulate_case(sitk.ReadImage(str(labels_path(subject, args.labels_dir))), simulation, keep_sinograms=True)
-    scorer = Scorer(case, sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32))
+    settings, case, scorer = study_case(subject, "realistic", 0, args.labels_dir, args.threads)
+    psf_fwhm_mm = settings.simulation(0).psf_fwhm_mm
     osem = osem_image(case.sinograms[dose])
     osem_array = sitk.GetArrayFromImage(osem).astype(np.float32)
     mean = sitk.GetArrayFromImage(ddip_image(case.sinograms[dose], osem, case.mr,
@@ -66,7 +62,7 @@ def subject_rows(subject: str, dose: float, args) -> dict:
 
     rows = {"ddip": score(mean), "truth_blurred": score(scorer.truth_blurred)}
     for k in ITERATIONS:
-        sharpened = np.where(head, richardson_lucy(mean, simulation.psf_fwhm_mm, spacing, k), mean)
+        sharpened = np.where(head, richardson_lucy(mean, psf_fwhm_mm, spacing, k), mean)
         rows[f"rl{k}"] = score(sharpened)
         for fwhm in COARSE_KEPT_MM:
             kept = np.where(head, sharpened + masked_gaussian(mean - sharpened, head, sigma_voxels(fwhm, spacing)),

@@ -12,7 +12,8 @@ of its distribution. Rows per case:
   ``ddpm`` (OSEM + the diffusion model's mean), ``ddpm_blend`` (at the DDPM's alpha) and ``unet`` (its baseline);
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
 - ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
-  ``ABLATIONS`` (on the realistic cases at the first dose only, of ``--ablation-subjects``). DDIP rows score
+  ``ABLATIONS`` (at the first dose only, on the realistic cases unless ``--ablation-regimes`` says otherwise, of
+  ``--ablation-subjects``). DDIP rows score
   the mean (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha
   that was the default when the row was computed); the default row also its blend at each of the evaluation's
   alphas;
@@ -41,7 +42,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -68,7 +69,7 @@ from PETStabilityDenoiseLib.evaluation.study import (
 )
 from PETStabilityDenoiseLib.settings import DDIP_ALPHA, DEFAULT_ALPHAS, DDIPConfig, DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.simulation import DEFAULT_DOSES, simulate_case
-from PETStabilityDenoiseLib.simulation.case import labels_path
+from PETStabilityDenoiseLib.simulation.case import SimulatedCase, labels_path
 
 log = logging.getLogger("ddip_study")
 
@@ -136,15 +137,22 @@ def case_cache(work: Path, subject: str, regime: str, dose: float, realisation: 
     return work / (f"subject{subject}_{regime}_dose{dose:g}" + (f"_realisation{realisation}" if realisation else ""))
 
 
+def study_case(subject: str, regime: str, realisation: int, labels_dir: Path,
+               threads: int) -> Tuple[StudySettings, SimulatedCase, Scorer]:
+    """One held-out case as ``petstab evaluate`` simulates its noise ``realisation``, with its sinograms kept: the
+    study's settings, the case, and its scorer (the ROI-bias reference is the case's full-dose OSEM)."""
+    # The evaluation's doses, so that each dose's noise is the evaluation's in this realisation.
+    settings = StudySettings(doses=DEFAULT_DOSES, dip=get_preset("full", threads=threads), regime=regime)
+    case = simulate_case(sitk.ReadImage(str(labels_path(subject, labels_dir))), settings.simulation(realisation),
+                         keep_sinograms=True)
+    return settings, case, Scorer(case, sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32))
+
+
 def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     """Every row of one case, each computed once and cached in ``--work``."""
     cache = case_cache(args.work, subject, regime, dose, args.realisation)
     cache.mkdir(parents=True, exist_ok=True)
-    # The evaluation's doses, so that each dose's noise is the evaluation's in this realisation.
-    settings = StudySettings(doses=DEFAULT_DOSES, dip=get_preset("full", threads=args.threads), regime=regime)
-    case = simulate_case(sitk.ReadImage(str(labels_path(subject, args.labels_dir))),
-                         settings.simulation(args.realisation), keep_sinograms=True)
-    scorer = Scorer(case, sitk.GetArrayFromImage(case.osem[FULL_DOSE]).astype(np.float32))
+    settings, case, scorer = study_case(subject, regime, args.realisation, args.labels_dir, args.threads)
     sinogram = case.sinograms[dose]
     osem = osem_image(sinogram)  # the simulator's own OSEM of these data
     osem_array = sitk.GetArrayFromImage(osem)
@@ -193,7 +201,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         rows["dip_blend"] = dip_row
     if args.ddpm:
         rows["ddpm"] = ddpm_row
-    if regime == "realistic" and dose == args.doses[0] and subject in (args.ablation_subjects or [subject]):
+    if regime in args.ablation_regimes and dose == args.doses[0] and subject in (args.ablation_subjects or [subject]):
         rows.update({name: functools.partial(ddip_row, dataclasses.replace(prior, **ABLATIONS[name]), name)
                      for name in args.ablations})
     results: Dict[str, dict] = {}
@@ -300,7 +308,9 @@ def main() -> None:
                         help="the evaluation's noise realisation to simulate (default 0)")
     parser.add_argument("--amyloid", action="store_true", help="also each subject at the first dose, amyloid-like")
     parser.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS),
-                        help="DDIP variants to run on the realistic cases")
+                        help="DDIP variants to run on the cases of --ablation-regimes at the first dose")
+    parser.add_argument("--ablation-regimes", nargs="+", default=["realistic"], choices=["realistic", "amyloid"],
+                        help="run the ablations on these cases (default: the realistic ones; amyloid needs --amyloid)")
     parser.add_argument("--ablation-subjects", nargs="+", help="run the ablations on these subjects only (default: all)")
     parser.add_argument("--evaluation", type=Path, help="the evaluation's results.csv: import its rows of each case")
     parser.add_argument("--dip", action="store_true", help="also OSEM + the DIP blend (about 7 minutes a case)")
