@@ -1,0 +1,109 @@
+"""The ROI-bias reference when the reconstruction models the scanner's PSF (docs/RECONSTRUCTION.md, "A prior of the
+truth before the PSF"). A measurement: the study's reference stays full-dose OSEM.
+
+Full-dose OSEM, the reference of the study's ROI bias, models no PSF, so its ROI means carry the partial-volume loss
+of the scanner's blur; a DDIP whose prior and data step undo the blur moves its ROI means away from them. Is that a
+bias, or the reference's? This script scores the study's rows against the full-dose reconstruction of the same
+system model: full-dose OSEM with the PSF modelled (``tomography.osem(..., resolution=...)``, as scanners offer
+it), at each of ``--iterations`` (of the study's 21 subsets; a PSF model converges more slowly, so the reference
+moves with the iterations). Each subject is simulated as ``ddip_study.py`` simulates it; the ``--rows`` of the
+``--studies`` (``ddip_study.py --out`` files of the same cases and noise ``--realisation``) are scored against
+each reference from their ROI means' ratios to full-dose OSEM, as ``ddip_study.py`` scores them against the
+blurred truth.
+
+    python benchmarks/psf_reference.py --labels-dir ../shared/data/brainweb --subjects 50 51 52 53 54 \\
+        --iterations 4 8 --studies docs/reconstruction/study_data_correction.json \\
+        docs/reconstruction/study_prior_sharp.json --rows ddip ddip_psf3 ddpm osem truth_blurred \\
+        --out docs/reconstruction/psf_reference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+from ddip_study import study_case
+
+from PETStabilityDenoiseLib.engine import tomography
+from PETStabilityDenoiseLib.engine.reconstruct import sinogram_projector
+from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS
+from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE
+
+ROI_BIAS_TARGET = 0.03  # issue 14's |ROI bias| target
+
+
+def reference_scores(subject: str, iterations: List[int], args) -> Dict[str, dict]:
+    """Full-dose OSEM with the simulator's PSF modelled, at each of ``iterations``: its scores (``bias_fulldose_*``
+    against the plain full-dose OSEM the study uses) and the seconds it took."""
+    settings, case, scorer = study_case(subject, "realistic", args.realisation, args.labels_dir, args.threads)
+    simulation = settings.simulation(args.realisation)
+    data = case.sinograms[FULL_DOSE]
+    projector = sinogram_projector(data)
+    psf = tomography.ResolutionModel(simulation.psf_fwhm_mm, data.spacing[::-1], projector.image_shape)
+    references = {}
+    for n in iterations:
+        started = time.perf_counter()
+        image = tomography.osem(data.prompts, projector, data.multiplicative, data.additive, n,
+                                simulation.osem_subsets, resolution=psf)
+        references[f"osem_psf{n}"] = {**scorer(image), "seconds": time.perf_counter() - started}
+    return references
+
+
+def against(row: dict, reference: dict) -> np.ndarray:
+    """A study row's bias per paper ROI against ``reference``, from both ROI means' ratios to full-dose OSEM."""
+    return np.array([(1 + row[f"bias_fulldose_{roi}"]) / (1 + reference[f"bias_fulldose_{roi}"]) - 1
+                     for roi in PAPER_ROIS])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels-dir", type=Path, required=True)
+    parser.add_argument("--subjects", nargs="+", default=["50", "51", "52", "53", "54"])
+    parser.add_argument("--realisation", type=int, default=0, help="the studies' noise realisation (default 0)")
+    parser.add_argument("--dose", type=float, default=0.1, help="the studies' dose of the rows")
+    parser.add_argument("--iterations", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--studies", type=Path, nargs="+", required=True)
+    parser.add_argument("--rows", nargs="+", default=["ddip", "ddip_psf3", "ddpm", "osem", "truth_blurred"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the references' scores and the rows' biases as JSON here")
+    args = parser.parse_args()
+
+    studies = {path.stem: json.loads(path.read_text()) for path in args.studies}
+    cases = {subject: f"{subject}_realistic@{args.dose:g}" for subject in args.subjects}
+    references = {subject: reference_scores(subject, args.iterations, args) for subject in args.subjects}
+    table: Dict[str, Dict[str, dict]] = {}
+    for name in references[args.subjects[0]]:
+        print(f"\nreference: full-dose OSEM with the PSF, {name[len('osem_psf'):]} x 21; largest |ROI bias| "
+              "per subject, cases within 3 %, and the largest ROI's bias averaged over the subjects")
+        table[name] = {}
+        for stem, study in studies.items():
+            for row in args.rows:
+                if not all(row in study[case] for case in cases.values()):
+                    continue
+                biases = np.array([against(study[case][row], references[subject][name])
+                                   for subject, case in cases.items()])
+                largest, mean = np.abs(biases).max(axis=1), biases.mean(axis=0)
+                worst = int(np.abs(mean).argmax())
+                table[name][f"{stem}:{row}"] = {
+                    "max_abs_bias": dict(zip(args.subjects, largest.tolist())),
+                    "within_target": int((largest <= ROI_BIAS_TARGET).sum()),
+                    "mean_bias": dict(zip(PAPER_ROIS, mean.tolist())), "worst_mean_roi": PAPER_ROIS[worst]}
+                print(f"  {stem + ':' + row:<40} " + " / ".join(f"{100 * b:.1f}" for b in largest)
+                      + f" %  {int((largest <= ROI_BIAS_TARGET).sum())} of {len(largest)}"
+                      + f"  {100 * mean[worst]:+.1f} % ({PAPER_ROIS[worst]})")
+        own = np.array([[references[s][name][f"bias_{ref}_{roi}"] for roi in PAPER_ROIS]
+                        for s in args.subjects for ref in ("truth", "fulldose")]).reshape(len(args.subjects), 2, -1)
+        for k, ref in enumerate(("the truth", "plain full-dose OSEM")):
+            print(f"  the reference against {ref}: " + " ".join(
+                f"{roi} {100 * b:+.1f}" for roi, b in zip(PAPER_ROIS, own[:, k].mean(axis=0))) + " %")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"references": references, "rows": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
