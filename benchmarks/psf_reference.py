@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -30,21 +31,20 @@ from ddip_study import study_case
 
 from PETStabilityDenoiseLib.engine import tomography
 from PETStabilityDenoiseLib.engine.reconstruct import sinogram_projector
-from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS
+from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS, ROI_BIAS_TARGET
 from PETStabilityDenoiseLib.evaluation.study import FULL_DOSE
-
-ROI_BIAS_TARGET = 0.03  # issue 14's |ROI bias| target
 
 
 def reference_scores(subject: str, iterations: List[int], args) -> Dict[str, dict]:
     """Full-dose OSEM with the simulator's PSF modelled, at each of ``iterations``: its scores (``bias_fulldose_*``
-    against the plain full-dose OSEM the study uses) and the seconds it took."""
+    against the plain full-dose OSEM the study uses) and the seconds it took; and ``truth_blurred``, the blurred
+    truth's scores, which the studies' row of it must equal if they simulated the same case."""
     settings, case, scorer = study_case(subject, "realistic", args.realisation, args.labels_dir, args.threads)
     simulation = settings.simulation(args.realisation)
     data = case.sinograms[FULL_DOSE]
     projector = sinogram_projector(data)
     psf = tomography.ResolutionModel(simulation.psf_fwhm_mm, data.spacing[::-1], projector.image_shape)
-    references = {}
+    references = {"truth_blurred": scorer(scorer.truth_blurred)}
     for n in iterations:
         started = time.perf_counter()
         image = tomography.osem(data.prompts, projector, data.multiplicative, data.additive, n,
@@ -57,6 +57,12 @@ def against(row: dict, reference: dict) -> np.ndarray:
     """A study row's bias per paper ROI against ``reference``, from both ROI means' ratios to full-dose OSEM."""
     return np.array([(1 + row[f"bias_fulldose_{roi}"]) / (1 + reference[f"bias_fulldose_{roi}"]) - 1
                      for roi in PAPER_ROIS])
+
+
+def same_case(study_row: dict, scores: dict) -> bool:
+    """Whether a study's blurred-truth row has the ROI biases against full-dose OSEM of these ``scores``."""
+    return all(math.isclose(study_row[f"bias_fulldose_{roi}"], scores[f"bias_fulldose_{roi}"], rel_tol=1e-6,
+                            abs_tol=1e-9) for roi in PAPER_ROIS)
 
 
 def main() -> None:
@@ -75,10 +81,14 @@ def main() -> None:
     studies = {path.stem: json.loads(path.read_text()) for path in args.studies}
     cases = {subject: f"{subject}_realistic@{args.dose:g}" for subject in args.subjects}
     references = {subject: reference_scores(subject, args.iterations, args) for subject in args.subjects}
+    for stem, study in studies.items():
+        for subject, case in cases.items():
+            if not same_case(study[case]["truth_blurred"], references[subject]["truth_blurred"]):
+                raise SystemExit(f"{stem}'s {case} is not the case simulated here: give its --realisation")
     table: Dict[str, Dict[str, dict]] = {}
-    for name in references[args.subjects[0]]:
+    for name in (f"osem_psf{n}" for n in args.iterations):
         print(f"\nreference: full-dose OSEM with the PSF, {name[len('osem_psf'):]} x 21; largest |ROI bias| "
-              "per subject, cases within 3 %, and the largest ROI's bias averaged over the subjects")
+              f"per subject, cases within {100 * ROI_BIAS_TARGET:g} %, and the largest ROI's bias averaged over the subjects")
         table[name] = {}
         for stem, study in studies.items():
             for row in args.rows:

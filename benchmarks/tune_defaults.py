@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "PETStabilityDenoise"))
 from PETStabilityDenoiseLib.engine.blend import blend  # noqa: E402
 from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm  # noqa: E402
 from PETStabilityDenoiseLib.engine.pipeline import denoise  # noqa: E402
-from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS  # noqa: E402
+from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS, ROI_BIAS_TARGET  # noqa: E402
 from PETStabilityDenoiseLib.evaluation.scoring import Scorer, at_matched_noise  # noqa: E402
 from PETStabilityDenoiseLib.settings.config import DIPConfig, sample_epochs  # noqa: E402
 from PETStabilityDenoiseLib.simulation import SimulationConfig, simulate_case  # noqa: E402
@@ -159,7 +159,7 @@ def summarise(records: list) -> dict:
 # The targets of the realistic-regime issue, at 1/10 and 1/5 dose here: (name, what, goal, higher is better).
 TARGETS = (("a", "blend PVR vs full-dose OSEM", 0.0, True), ("b", "blend CoV / OSEM", 0.6, False),
            ("c1", "blend PVR vs Gauss", 0.10, True), ("c2", "blend CR − Gauss", 0.05, True),
-           ("c3", "blend hypo − Gauss", 0.0, True), ("d", "max abs ROI bias", 0.03, False),
+           ("c3", "blend hypo − Gauss", 0.0, True), ("d", "max abs ROI bias", ROI_BIAS_TARGET, False),
            ("e", "DIP PSNR − best Gauss", 1.0, True))
 
 

@@ -30,6 +30,7 @@ ERROR_RANKING_KEY = "std_error_spearman_blurred_truth"
 # The quantities compared at matched white-matter CoV: (key, label, relative?).
 MATCHED_KEYS = (("pvr", "PVR", True), ("lesion_cr", "lesion CR", False), ("hypo_recovery", "hypo recovery", False))
 TARGET_DOSE = 0.1
+ROI_BIAS_TARGET = 0.03  # every paper ROI's |bias| at most 3 % (the realistic-regime and DDIP issues' target)
 
 Case = Tuple[str, int]  # (subject, realisation)
 
@@ -284,7 +285,7 @@ def roi_bias_target(description: str, biases: Dict[str, Dict[Case, float]]) -> d
     per_roi = {roi: summarise_cases(b).mean for roi, b in biases.items()}
     largest = max((abs(v) for v in per_roi.values() if not math.isnan(v)), default=math.nan)
     worst = {case: max(abs(b[case]) for b in biases.values()) for case in next(iter(biases.values()))}
-    line = _target(description, worst, 0.03, False, measured=largest, unit="relative")
+    line = _target(description, worst, ROI_BIAS_TARGET, False, measured=largest, unit="relative")
     line["per_roi"] = per_roi
     return line
 
