@@ -12,7 +12,7 @@ each reference from their ROI means' ratios to full-dose OSEM, as ``ddip_study.p
 blurred truth.
 
     python benchmarks/psf_reference.py --labels-dir ../shared/data/brainweb --subjects 50 51 52 53 54 \\
-        --iterations 4 8 --studies docs/reconstruction/study_data_correction.json \\
+        --iterations 4 8 16 32 --studies docs/reconstruction/study_data_correction.json \\
         docs/reconstruction/study_prior_sharp.json --rows ddip ddip_psf3 ddpm osem truth_blurred \\
         --out docs/reconstruction/psf_reference.json
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from ddip_study import study_case
+from ddip_study import roi_bias_against, study_case
 
 from PETStabilityDenoiseLib.engine import tomography
 from PETStabilityDenoiseLib.engine.reconstruct import sinogram_projector
@@ -53,12 +53,6 @@ def reference_scores(subject: str, iterations: List[int], args) -> Dict[str, dic
     return references
 
 
-def against(row: dict, reference: dict) -> np.ndarray:
-    """A study row's bias per paper ROI against ``reference``, from both ROI means' ratios to full-dose OSEM."""
-    return np.array([(1 + row[f"bias_fulldose_{roi}"]) / (1 + reference[f"bias_fulldose_{roi}"]) - 1
-                     for roi in PAPER_ROIS])
-
-
 def same_case(study_row: dict, scores: dict) -> bool:
     """Whether a study's blurred-truth row has the ROI biases against full-dose OSEM of these ``scores``."""
     return all(math.isclose(study_row[f"bias_fulldose_{roi}"], scores[f"bias_fulldose_{roi}"], rel_tol=1e-6,
@@ -71,7 +65,8 @@ def main() -> None:
     parser.add_argument("--subjects", nargs="+", default=["50", "51", "52", "53", "54"])
     parser.add_argument("--realisation", type=int, default=0, help="the studies' noise realisation (default 0)")
     parser.add_argument("--dose", type=float, default=0.1, help="the studies' dose of the rows")
-    parser.add_argument("--iterations", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--iterations", type=int, nargs="+", default=[4, 8, 16, 32],
+                        help="OSEM iterations of each reference, with the simulator's subsets")
     parser.add_argument("--studies", type=Path, nargs="+", required=True)
     parser.add_argument("--rows", nargs="+", default=["ddip", "ddip_psf3", "ddpm", "osem", "truth_blurred"])
     parser.add_argument("--threads", type=int, default=2)
@@ -86,15 +81,16 @@ def main() -> None:
             if not same_case(study[case]["truth_blurred"], references[subject]["truth_blurred"]):
                 raise SystemExit(f"{stem}'s {case} is not the case simulated here: give its --realisation")
     table: Dict[str, Dict[str, dict]] = {}
-    for name in (f"osem_psf{n}" for n in args.iterations):
-        print(f"\nreference: full-dose OSEM with the PSF, {name[len('osem_psf'):]} x 21; largest |ROI bias| "
+    for n in args.iterations:
+        name = f"osem_psf{n}"
+        print(f"\nreference: full-dose OSEM with the PSF, {n} iterations; largest |ROI bias| "
               f"per subject, cases within {100 * ROI_BIAS_TARGET:g} %, and the largest ROI's bias averaged over the subjects")
         table[name] = {}
         for stem, study in studies.items():
             for row in args.rows:
                 if not all(row in study[case] for case in cases.values()):
                     continue
-                biases = np.array([against(study[case][row], references[subject][name])
+                biases = np.array([roi_bias_against(study[case][row], references[subject][name])
                                    for subject, case in cases.items()])
                 largest, mean = np.abs(biases).max(axis=1), biases.mean(axis=0)
                 worst = int(np.abs(mean).argmax())
@@ -105,11 +101,11 @@ def main() -> None:
                 print(f"  {stem + ':' + row:<40} " + " / ".join(f"{100 * b:.1f}" for b in largest)
                       + f" %  {int((largest <= ROI_BIAS_TARGET).sum())} of {len(largest)}"
                       + f"  {100 * mean[worst]:+.1f} % ({PAPER_ROIS[worst]})")
-        own = np.array([[references[s][name][f"bias_{ref}_{roi}"] for roi in PAPER_ROIS]
-                        for s in args.subjects for ref in ("truth", "fulldose")]).reshape(len(args.subjects), 2, -1)
-        for k, ref in enumerate(("the truth", "plain full-dose OSEM")):
-            print(f"  the reference against {ref}: " + " ".join(
-                f"{roi} {100 * b:+.1f}" for roi, b in zip(PAPER_ROIS, own[:, k].mean(axis=0))) + " %")
+        for key, label in (("truth", "the truth"), ("fulldose", "plain full-dose OSEM")):
+            own = np.mean([[references[s][name][f"bias_{key}_{roi}"] for roi in PAPER_ROIS] for s in args.subjects],
+                          axis=0)
+            print(f"  the reference against {label}: "
+                  + " ".join(f"{roi} {100 * b:+.1f}" for roi, b in zip(PAPER_ROIS, own)) + " %")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"references": references, "rows": table}, indent=1))
