@@ -90,6 +90,7 @@ def test_reconstruct_reports_each_iteration(simulated):
     (lambda d: {"additive": d.additive * np.nan}, "additive must be finite"),
     (lambda d: {"multiplicative": d.multiplicative * 0}, "zero everywhere"),
     (lambda d: {"angles_rad": d.angles_rad[:-1]}, "angles"),
+    (lambda d: {"angles_rad": np.rad2deg(d.angles_rad)}, "more than a full turn"),
     (lambda d: {"image_size": (d.image_size[0], d.image_size[1], d.image_size[2] + 1)}, "slices"),
     (lambda d: {"spacing": (2.0, 3.0, 2.0)}, "square pixels"),
     (lambda d: {"direction": (2.0, 0, 0, 0, 1, 0, 0, 0, 1)}, "orthonormal"),

@@ -81,7 +81,8 @@ def check_sinogram(data: SinogramData, source: str = "the sinogram") -> None:
 
     Raises:
         InputError: mismatched shapes, counts that are not whole non-negative numbers, negative or non-finite
-            factors, a grid that is not square-pixelled, or a detector too narrow for the slice.
+            factors, angles spanning more than a full turn (degrees, not radians), a grid that is not
+            square-pixelled, or a detector too narrow for the slice.
     """
     shapes = {name: np.shape(getattr(data, name)) for name in SINOGRAM_ARRAYS}
     if len(shapes["prompts"]) != 3:
@@ -95,6 +96,11 @@ def check_sinogram(data: SinogramData, source: str = "the sinogram") -> None:
                          f"{n_angles} angles")
     if not np.all(np.isfinite(data.angles_rad)):
         raise InputError(f"{source}: angles_rad holds non-finite values")
+    # No scanner's angles span more than a full turn; angles in degrees nearly always do.
+    angle_span = float(np.ptp(data.angles_rad)) if n_angles else 0.0
+    if angle_span > 2 * np.pi + 1e-6:
+        raise InputError(f"{source}: angles_rad spans {angle_span:.4g}, more than a full turn (2 pi): are they in "
+                         "degrees? Give them in radians (numpy.deg2rad)")
     if len(data.image_size) != 3 or len(data.origin) != 3 or len(data.spacing) != 3 or len(data.direction) != 9:
         raise InputError(f"{source}: image_size, origin and spacing need 3 values and direction 9")
     nx, ny, nz = data.image_size
