@@ -227,18 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ddpm_arguments(p)
 
     p = commands.add_parser("blend", help="re-blend a finished run at a new alpha, with no new fit")
-    p.add_argument("--run", required=True, type=Path, help="a folder written by 'petstab denoise'")
-    p.add_argument("--alpha", required=True, type=float)
+    p.add_argument("--run", required=True, type=Path,
+                   help="a run folder written by 'petstab denoise', 'petstab batch' (one subject's folder) or "
+                        "'petstab reconstruct --method ddip'")
+    p.add_argument("--alpha", required=True, type=float,
+                   help="the new blend strength, >= 0 (0 = the network output); rewrites denoised and "
+                        "stability_norm and updates run.json")
 
     p = commands.add_parser("simulate", help="simulate a brain FDG PET/MR case with known truth")
     p.add_argument("--labels", type=Path, help="tissue label volume (BrainWeb labels); default: the bundled subject 04")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES), help="dose fractions")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES),
+                   help="dose fractions, each in (0, 1] (default: " + " ".join(f"{d:g}" for d in DEFAULT_DOSES)
+                        + ")")
     p.add_argument("--lesions", type=int, default=3, help="PET-only hot lesions (absent from the MR)")
     p.add_argument("--seed", type=int, default=0, help="the phantom (lesions, texture, misregistration) and noise")
     p.add_argument("--noise-seed", type=int, help="another noise realisation of the same phantom")
     _add_simulation_arguments(p)
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS,
+                   help=f"volume file format (default {DEFAULT_OUTPUT_FORMAT})")
     p.add_argument("--sinograms", action="store_true",
                    help="also write each dose's measured data as sinogram_<dose>.npz, for 'petstab reconstruct' "
                         "(docs/RECONSTRUCTION.md)")
@@ -258,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"OSEM subsets; must divide the number of angles (default {DEFAULT_OSEM_SUBSETS})")
     p.add_argument("--alpha", type=float, default=DDIP_ALPHA,
                    help=f"DDIP: blend strength with the OSEM image (default {DDIP_ALPHA}; 0 = the DDIP mean)")
-    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS)
+    p.add_argument("--format", default=DEFAULT_OUTPUT_FORMAT, choices=FILE_FORMATS,
+                   help=f"volume file format (default {DEFAULT_OUTPUT_FORMAT})")
     p.add_argument("--no-overwrite", action="store_true", help="refuse an --out that already holds a run")
     p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
                    help="bar: a progress bar on stderr; jsonl: one JSON object per OSEM iteration or DDIP step on "
@@ -300,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="simulate a low-dose brain case, denoise it and write a figure")
     p.add_argument("--out", type=Path, default=Path("petstab_demo"), help="output folder (default ./petstab_demo)")
     p.add_argument("--dose", type=float, default=0.1, help="dose fraction of the simulated case (default 1/10)")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHAS["dip"])
-    p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES)
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHAS["dip"],
+                   help=f"blend strength (default {DEFAULT_ALPHAS['dip']})")
+    p.add_argument("--progress", default="bar", choices=PROGRESS_STYLES,
+                   help="bar: a progress bar on stderr (default); jsonl: JSON lines on stdout; none")
     _add_dip_arguments(p)
 
     p = commands.add_parser("evaluate", help="compare Gaussian, non-local means, DIP, the blend and the diffusion "
