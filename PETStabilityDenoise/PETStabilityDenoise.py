@@ -78,6 +78,7 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
         self._parameterNode = None
+        self._boundParameterNode = None  # the node the widgets are bound to; it outlives a scene close
         self._parameterNodeGuiTag = None
         self._result = None
         self._shownOverlay = None
@@ -119,14 +120,15 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self.logic is not None and self.logic.isRunning:
             self.logic.cancel()
         self.removeObservers()
+        if self._boundParameterNode:  # a Reload discards these widgets (from Slicer 5.10; 5.8 gives no tag)
+            self._boundParameterNode.disconnectGui(self._parameterNodeGuiTag)
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
         # The widgets stay bound to the node (see setParameterNode); only stop reacting to its changes.
-        if self._parameterNode:
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._stopObservingParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
         # The inputs and the result nodes are going away: a run could only fail.
@@ -148,20 +150,31 @@ class PETStabilityDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self._parameterNode.inputPET = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode: Optional[PETStabilityDenoiseParameterNode]) -> None:
-        """Set and observe the parameter node; the .ui's SlicerParameterName properties bind its widgets, once per
-        node: Slicer 5.8's connectGui returns no tag, so disconnectGui cannot undo a binding made on each enter()."""
-        current = self._parameterNode
-        if current:
-            self.removeObserver(current, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        if not (inputParameterNode and current and inputParameterNode.parameterNode is current.parameterNode):
-            if current:
-                current.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNode = inputParameterNode
-            self._shownMethod = inputParameterNode.method if inputParameterNode else None
-            self._parameterNodeGuiTag = inputParameterNode.connectGui(self.ui) if inputParameterNode else None
+        """Set and observe the parameter node.
+
+        The .ui's SlicerParameterName properties bind the widgets to a node once: Slicer 5.8's connectGui returns
+        no tag, so disconnectGui cannot undo a binding, and the module's node outlives a scene close (it is reset,
+        not removed). So the node already bound keeps its binding, on each enter() and after a scene close.
+        """
+        self._stopObservingParameterNode()
+        bound = self._boundParameterNode
+        if inputParameterNode and bound and inputParameterNode.parameterNode is bound.parameterNode:
+            inputParameterNode = bound
+        elif inputParameterNode:
+            if bound:
+                bound.disconnectGui(self._parameterNodeGuiTag)
+            self._shownMethod = inputParameterNode.method
+            self._parameterNodeGuiTag = inputParameterNode.connectGui(self.ui)
+            self._boundParameterNode = inputParameterNode
+        self._parameterNode = inputParameterNode
         if self._parameterNode:
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
+
+    def _stopObservingParameterNode(self) -> None:
+        node = self._parameterNode
+        if node and self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified):
+            self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         """Enables the chosen method's settings and Apply; a newly chosen method brings its default alpha; shows a
