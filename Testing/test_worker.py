@@ -193,3 +193,81 @@ def test_a_failure_while_polling_ends_the_run_as_failed(tmp_path):
     assert handle.state == "failed" and isinstance(handle.error, KeyError)
     assert worker.killed and ended == [handle] and not temp_dir.exists()
     assert handle.poll() is False and ended == [handle]  # once only
+
+
+def test_a_broken_torch_is_reported_as_a_protocol_error(tmp_path, capsys, monkeypatch):
+    # The memory advice must not import torch again: a failing torch import may be the error itself.
+    def broken_torch(args):
+        raise OSError("[WinError 126] Error loading c10.dll")
+
+    monkeypatch.setattr(worker, "run", broken_torch)
+    monkeypatch.setitem(sys.modules, "torch", None)  # importing torch now raises ImportError
+    code = worker.main(["--pet", str(tmp_path / "pet.nrrd"), "--out", str(tmp_path / "out")])
+    assert code == worker.EXIT_INTERNAL_ERROR
+    event = protocol_lines(capsys.readouterr().out)[-1]
+    assert event["kind"] == "internal" and "c10.dll" in event["message"]
+
+
+def test_a_protocol_line_is_one_write(monkeypatch):
+    # Written in one piece, nothing another thread writes to the same stream can split it.
+    from PETStabilityDenoiseLib.worker.protocol import emit
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stdout", recorder)
+    emit("progress", epoch=1)
+    assert len(recorder.writes) == 1 and recorder.writes[0].endswith("\n")
+    assert parse_event(recorder.writes[0].rstrip("\n")) == {"event": "progress", "epoch": 1}
+
+
+def test_kill_ends_the_worker_without_psutil(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psutil", None)  # as in Slicer before the packages are installed
+    process = WorkerProcess([sys.executable, "-c", "import time; time.sleep(60)"], cwd=".")
+    process.kill()
+    assert process.returncode is not None
+
+
+def test_the_last_error_of_a_finished_worker_is_not_lost(tmp_path):
+    # The worker's error line and its exit can both land between two looks at the worker; the run must still
+    # end with that error's message, not a bare exit code.
+    from PETStabilityDenoiseLib.errors import InputError
+    from PETStabilityDenoiseLib.slicer.logic import RunHandle
+
+    class LateErrorWorker:
+        returncode = 2
+
+        def __init__(self):
+            self.queued, self.exited = [], False
+
+        def events(self):
+            drained, self.queued = self.queued, []
+            if not self.exited:  # the last line arrives, and the process exits, just after this drain
+                self.queued, self.exited = [{"event": "error", "kind": "input", "message": "the PET is empty"}], True
+            return drained
+
+        def finished(self):
+            return self.exited
+
+        def kill(self):
+            pass
+
+        def log_tail(self, lines=20):
+            return []
+
+    temp_dir = tmp_path / "run"
+    temp_dir.mkdir()
+    handle = RunHandle(LateErrorWorker(), temp_dir, import_result=lambda folder: None, progress=None, finished=None)
+    for _ in range(3):
+        if not handle.poll():
+            break
+    assert handle.state == "failed"
+    assert isinstance(handle.error, InputError) and "the PET is empty" in str(handle.error)

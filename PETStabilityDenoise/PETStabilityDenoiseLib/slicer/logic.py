@@ -140,13 +140,16 @@ class RunHandle:
             if self.state != "running":
                 return False
             try:
+                # Asked before draining: once the worker has finished, the queue holds its every event, the last
+                # line (an error's message) included; asked after, that line could arrive unread in between.
+                finished = self._worker.finished()
                 for event in self._worker.events():
                     self._handle_event(event)
             except Exception as error:  # noqa: BLE001 - any failure here ends the run, reported as its error
                 self._worker.kill()
                 self.error, self.state = error, "failed"
             else:
-                if not self._worker.finished():
+                if not finished:
                     return True
                 try:
                     if self._worker.returncode == 0 and self._error_event is None:

@@ -55,9 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _memory_advice(error: BaseException) -> Optional[str]:
     """What to tell the user when ``error`` is running out of GPU or CPU memory; None otherwise."""
-    import torch
-
-    if isinstance(error, torch.cuda.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # not imported here: a failing torch import may be the error itself
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
         return GPU_MEMORY_ADVICE
     if isinstance(error, MemoryError) or "DefaultCPUAllocator" in str(error):
         return CPU_MEMORY_ADVICE

@@ -40,6 +40,7 @@ class WorkerProcess:
                  log_lines: int = 200) -> None:
         self.args = list(args)
         self._process = (launcher or launch_subprocess)(self.args, cwd)
+        self._root = _process_handle(self._process.pid)
         self._events: "queue.Queue[dict]" = queue.Queue()
         self._log: collections.deque = collections.deque(maxlen=log_lines)
         self._reader = threading.Thread(target=self._read, name="PETStabilityDenoise worker output", daemon=True)
@@ -88,27 +89,50 @@ class WorkerProcess:
         return list(self._log)[-lines:]
 
     def kill(self) -> None:
-        """Kills the process and every process it started, and waits for them (up to 2 s).
+        """Kills the process and every process it started, and waits for them (up to 2 s). Never raises.
 
         Killing the launched process alone is not enough: inside Slicer it is a
-        launcher whose child is the real Python worker.
+        launcher whose child is the real Python worker. Without psutil, or where it
+        is refused, only the launched process is killed.
         """
-        # Imported here: Slicer does not ship psutil, and the panel must open before it is installed.
+        try:
+            self._kill_tree()
+        except Exception:  # noqa: BLE001 - psutil missing or refused: a cancel must still end the run
+            if self._process.poll() is None:
+                self._process.kill()
+        try:
+            self._process.wait(timeout=KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self._reader.join(timeout=KILL_TIMEOUT_S)
+
+    def _kill_tree(self) -> None:
+        if self._root is None:
+            raise RuntimeError("psutil could not follow the worker's process")
         import psutil
 
+        # psutil.Process checks the creation time it recorded at launch: a PID that another process reused after
+        # the worker ended is not touched.
         try:
-            root = psutil.Process(self._process.pid)
-            tree = root.children(recursive=True) + [root]
+            tree = self._root.children(recursive=True) + [self._root]
         except psutil.NoSuchProcess:
-            tree = []
+            return
         for process in tree:
             try:
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(tree, timeout=KILL_TIMEOUT_S)
-        try:
-            self._process.wait(timeout=KILL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        self._reader.join(timeout=KILL_TIMEOUT_S)
+
+
+def _process_handle(pid: int):
+    """psutil's handle of the launched process, or None without psutil (Slicer does not ship it, and the panel must
+    open before it is installed)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None

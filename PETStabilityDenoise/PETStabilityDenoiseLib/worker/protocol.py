@@ -34,8 +34,9 @@ CPU_MEMORY_ADVICE = ("The computer ran out of memory: choose a smaller preset (D
 
 
 def emit(event: str, **fields) -> None:
-    """Writes one protocol line to stdout and flushes, so the caller sees it at once."""
-    print(json.dumps({"event": event, **fields}), file=sys.stdout, flush=True)
+    """Writes one protocol line to stdout, in one write, and flushes, so the caller sees it at once and whole."""
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
 
 
 def parse_event(line: str) -> Optional[dict]:
