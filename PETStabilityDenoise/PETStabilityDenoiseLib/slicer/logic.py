@@ -1,7 +1,10 @@
 """The Slicer logic: denoise PET volume nodes in a background worker. The console API.
 
-Use it from the Slicer Python console, a headless batch script, or any Python
-that has Slicer's MRML (the ``slicer-core`` wheel)::
+Inside the Slicer application (its Python console, a batch script), use the module's logic,
+``PETStabilityDenoise.PETStabilityDenoiseLogic()``: it wraps this class with PythonSlicer, Slicer's
+process launcher and a QTimer that polls on the main thread, where nodes must be created. This class
+on its own, as below, polls a ``wait=False`` run from a background thread: for any Python that has
+Slicer's MRML without the application (the ``slicer-core`` wheel), or pass ``scheduler=``::
 
     from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic
     logic = PETStabilityDenoiseLogic()              # uses slicer.mrmlScene
