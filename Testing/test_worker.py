@@ -271,3 +271,32 @@ def test_the_last_error_of_a_finished_worker_is_not_lost(tmp_path):
             break
     assert handle.state == "failed"
     assert isinstance(handle.error, InputError) and "the PET is empty" in str(handle.error)
+
+
+def test_a_worker_killed_by_a_signal_is_reported_with_the_memory_advice(tmp_path):
+    # The kernel's out-of-memory killer sends SIGKILL: the worker writes no error line.
+    from PETStabilityDenoiseLib.errors import WorkerFailed
+    from PETStabilityDenoiseLib.slicer.logic import RunHandle
+    from PETStabilityDenoiseLib.worker.protocol import CPU_MEMORY_ADVICE
+
+    class KilledWorker:
+        returncode = -9
+
+        def events(self):
+            return []
+
+        def finished(self):
+            return True
+
+        def kill(self):
+            pass
+
+        def log_tail(self, lines=20):
+            return ["INFO petstab: epoch 3"]
+
+    temp_dir = tmp_path / "run"
+    temp_dir.mkdir()
+    handle = RunHandle(KilledWorker(), temp_dir, import_result=lambda folder: None, progress=None, finished=None)
+    assert handle.poll() is False
+    assert isinstance(handle.error, WorkerFailed)
+    assert "signal 9" in str(handle.error) and CPU_MEMORY_ADVICE in str(handle.error)

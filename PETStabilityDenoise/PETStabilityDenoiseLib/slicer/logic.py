@@ -66,6 +66,7 @@ from ..volumes.pet_input import read_pet
 from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, recorded_pet_path
 from ..volumes.validation import same_volume_warning, validate_volume
 from ..worker.process import Launcher, WorkerProcess
+from ..worker.protocol import CPU_MEMORY_ADVICE
 from .display import set_slice_layers, show_as_pet, show_as_stability
 from .mrml_volumes import add_volume_from_image, add_volume_like, node_to_image, volume_array
 
@@ -184,7 +185,11 @@ class RunHandle:
             details = self._error_event.get("traceback", "").splitlines()
             return WorkerFailed(f"The denoising worker failed: {message}", [*tail, *details], kind)
         last_lines = "\n".join(tail) or "(no output)"
-        return WorkerFailed(f"The denoising worker stopped (exit code {self._worker.returncode}) without a result. "
+        code = self._worker.returncode
+        # A negative code is a signal (POSIX): the kernel's out-of-memory killer sends SIGKILL and leaves no message.
+        killed = (f" It was killed by signal {-code}; if the system stopped it, the computer most likely ran out of "
+                  f"memory. {CPU_MEMORY_ADVICE}") if code is not None and code < 0 else ""
+        return WorkerFailed(f"The denoising worker stopped (exit code {code}) without a result.{killed} "
                             f"Its last output:\n{last_lines}", tail)
 
     def cancel(self) -> None:
