@@ -300,3 +300,33 @@ def test_a_worker_killed_by_a_signal_is_reported_with_the_memory_advice(tmp_path
     assert handle.poll() is False
     assert isinstance(handle.error, WorkerFailed)
     assert "signal 9" in str(handle.error) and CPU_MEMORY_ADVICE in str(handle.error)
+
+
+def test_a_temporary_folder_that_cannot_be_removed_is_named(tmp_path, monkeypatch, caplog):
+    # It holds copies of the patient's volumes: the user must learn that it stayed, and where.
+    from PETStabilityDenoiseLib.slicer import logic
+
+    class FinishedWorker:
+        returncode = 0
+
+        def events(self):
+            return []
+
+        def finished(self):
+            return True
+
+        def kill(self):
+            pass
+
+        def log_tail(self, lines=20):
+            return []
+
+    temp_dir = tmp_path / "run"
+    temp_dir.mkdir()
+    monkeypatch.setattr(logic.shutil, "rmtree", lambda path, ignore_errors=False: None)  # a file held open
+    handle = logic.RunHandle(FinishedWorker(), temp_dir, import_result=lambda folder: "result", progress=None,
+                             finished=None)
+    with caplog.at_level("WARNING"):
+        assert handle.poll() is False
+    assert handle.state == "succeeded"
+    assert str(temp_dir) in caplog.text and "delete it by hand" in caplog.text

@@ -204,6 +204,9 @@ class RunHandle:
 
     def _end(self) -> None:
         shutil.rmtree(self._temp_dir, ignore_errors=True)
+        if self._temp_dir.exists():  # on Windows, a file another program holds open (a virus scanner) stays
+            log.warning("Could not remove the temporary folder %s, which holds copies of the input volumes: "
+                        "delete it by hand", self._temp_dir)
         self._ended.set()
 
     def _notify_finished(self) -> None:
