@@ -273,30 +273,34 @@ def test_the_last_error_of_a_finished_worker_is_not_lost(tmp_path):
     assert isinstance(handle.error, InputError) and "the PET is empty" in str(handle.error)
 
 
+class ExitedWorker:
+    """A worker process that has exited with ``returncode`` and reported nothing."""
+
+    def __init__(self, returncode: int):
+        self.returncode = returncode
+
+    def events(self):
+        return []
+
+    def finished(self):
+        return True
+
+    def kill(self):
+        pass
+
+    def log_tail(self, lines=20):
+        return []
+
+
 def test_a_worker_killed_by_a_signal_is_reported_with_the_memory_advice(tmp_path):
     # The kernel's out-of-memory killer sends SIGKILL: the worker writes no error line.
     from PETStabilityDenoiseLib.errors import WorkerFailed
     from PETStabilityDenoiseLib.slicer.logic import RunHandle
     from PETStabilityDenoiseLib.worker.protocol import CPU_MEMORY_ADVICE
 
-    class KilledWorker:
-        returncode = -9
-
-        def events(self):
-            return []
-
-        def finished(self):
-            return True
-
-        def kill(self):
-            pass
-
-        def log_tail(self, lines=20):
-            return ["INFO petstab: epoch 3"]
-
     temp_dir = tmp_path / "run"
     temp_dir.mkdir()
-    handle = RunHandle(KilledWorker(), temp_dir, import_result=lambda folder: None, progress=None, finished=None)
+    handle = RunHandle(ExitedWorker(returncode=-9), temp_dir, import_result=lambda folder: None, progress=None, finished=None)
     assert handle.poll() is False
     assert isinstance(handle.error, WorkerFailed)
     assert "signal 9" in str(handle.error) and CPU_MEMORY_ADVICE in str(handle.error)
@@ -306,25 +310,10 @@ def test_a_temporary_folder_that_cannot_be_removed_is_named(tmp_path, monkeypatc
     # It holds copies of the patient's volumes: the user must learn that it stayed, and where.
     from PETStabilityDenoiseLib.slicer import logic
 
-    class FinishedWorker:
-        returncode = 0
-
-        def events(self):
-            return []
-
-        def finished(self):
-            return True
-
-        def kill(self):
-            pass
-
-        def log_tail(self, lines=20):
-            return []
-
     temp_dir = tmp_path / "run"
     temp_dir.mkdir()
     monkeypatch.setattr(logic.shutil, "rmtree", lambda path, ignore_errors=False: None)  # a file held open
-    handle = logic.RunHandle(FinishedWorker(), temp_dir, import_result=lambda folder: "result", progress=None,
+    handle = logic.RunHandle(ExitedWorker(returncode=0), temp_dir, import_result=lambda folder: "result", progress=None,
                              finished=None)
     with caplog.at_level("WARNING"):
         assert handle.poll() is False
