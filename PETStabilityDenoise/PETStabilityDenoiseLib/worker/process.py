@@ -95,26 +95,27 @@ class WorkerProcess:
         launcher whose child is the real Python worker. Without psutil, or where it
         is refused, only the launched process is killed.
         """
-        try:
-            self._kill_tree()
-        except Exception:  # noqa: BLE001 - psutil missing or refused: a cancel must still end the run
-            if self._process.poll() is None:
-                self._process.kill()
+        if self._root is not None:
+            try:
+                self._kill_tree(self._root)
+            except Exception:  # noqa: BLE001 - psutil refused (access denied): a cancel must still end the run
+                pass
+        if self._process.poll() is None:  # without psutil, or where it was refused
+            self._process.kill()
         try:
             self._process.wait(timeout=KILL_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             pass
         self._reader.join(timeout=KILL_TIMEOUT_S)
 
-    def _kill_tree(self) -> None:
-        if self._root is None:
-            raise RuntimeError("psutil could not follow the worker's process")
+    @staticmethod
+    def _kill_tree(root) -> None:
         import psutil
 
         # psutil.Process checks the creation time it recorded at launch: a PID that another process reused after
         # the worker ended is not touched.
         try:
-            tree = self._root.children(recursive=True) + [self._root]
+            tree = root.children(recursive=True) + [root]
         except psutil.NoSuchProcess:
             return
         for process in tree:
