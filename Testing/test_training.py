@@ -89,6 +89,19 @@ def test_a_run_stopped_while_it_writes_a_checkpoint_keeps_the_previous_one(tmp_p
     train(config, QUICK, pairs[:1], pairs[1:], folder, resume=True)  # and training goes on from it
 
 
+def test_a_time_limit_ends_training_early_with_a_model_and_a_checkpoint_to_resume(tmp_path):
+    pairs = synthetic_training_pairs()
+    config = RegressionConfig(channels=(16, 16), patch_size=16)
+    folder = tmp_path / "run"
+    stopped = train(config, QUICK, pairs[:1], pairs[1:], folder, time_limit_s=0)  # past at once: one step
+    assert load_model(stopped, kind="regression")[2]["info"]["training"]["steps"] == 1
+    assert torch.load(folder / CHECKPOINT_FILE, weights_only=False)["step"] == 1
+    rows = (folder / "loss.csv").read_text().splitlines()
+    assert rows[-1].split(",")[0] == "1" and rows[-1].split(",")[2] != ""  # validated at the stop
+    finished = train(config, QUICK, pairs[:1], pairs[1:], folder, resume=True)
+    assert load_model(finished, kind="regression")[2]["info"]["training"]["steps"] == QUICK.steps
+
+
 def test_the_regression_baseline_resumes_exactly_and_predicts_the_input_outside_the_head(tmp_path):
     pairs = synthetic_training_pairs()
     config = RegressionConfig(channels=(16, 16), patch_size=16)

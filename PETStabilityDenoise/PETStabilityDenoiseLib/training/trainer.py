@@ -234,6 +234,7 @@ def train(
     info: Optional[dict] = None,
     progress: Optional[Callable[[TrainingReport], None]] = None,
     initial_weights: Optional[Mapping[str, torch.Tensor]] = None,
+    time_limit_s: Optional[float] = None,
 ) -> Path:
     """Trains (or resumes) a model in ``out_dir``; returns the folder of the saved EMA model.
 
@@ -243,6 +244,9 @@ def train(
     Args:
         initial_weights: a state dict of the same network to start from instead of a fresh one (fine-tuning a
             trained model); unused when resuming, since the checkpoint holds the weights.
+        time_limit_s: stop after the first step that ends this long after the call began (a GPU lent for fixed
+            minutes), with a checkpoint, a validation and the model, as at ``settings.steps``; the manifest records
+            the steps reached, and ``resume=True`` with the same settings continues towards ``settings.steps``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +298,9 @@ def train(
         validation[0][:, 0] = DROPPED_CONDITION  # a pure prior never sees the condition
     model.train()
     started, window_losses = time.perf_counter() - elapsed, []
-    while step < settings.steps:
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
+    last_step = settings.steps
+    while step < last_step:
         conditions, targets = (torch.from_numpy(a).to(device) for a in random_patches(
             train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr, target=settings.target,
             residual_scale=corrective_scale(config)))
@@ -307,8 +313,10 @@ def train(
         ema.update_parameters(model)
         step += 1
         window_losses.append(loss.item())
+        if deadline is not None and time.perf_counter() >= deadline:
+            last_step = step
 
-        validate = step % settings.validate_every == 0 or step == settings.steps
+        validate = step % settings.validate_every == 0 or step == last_step
         if step % settings.log_every == 0 or validate:
             report = TrainingReport(step, settings.steps, float(np.mean(window_losses)), None,
                                     time.perf_counter() - started)
@@ -322,7 +330,7 @@ def train(
             _write_log(log_path, log_rows)
             if progress is not None:
                 progress(report)
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
+        if step % settings.checkpoint_every == 0 or step == last_step:
             save_checkpoint({"kind": kind, "config": dataclasses.asdict(config),
                              "settings": dataclasses.asdict(settings), "model": model.state_dict(),
                              "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
@@ -332,7 +340,7 @@ def train(
     last_validation = next((float(r["validation_loss"]) for r in reversed(log_rows) if r["validation_loss"]), None)
     manifest_info = {
         **(info or {}),
-        "training": {**dataclasses.asdict(settings), "device": str(device),
+        "training": {**dataclasses.asdict(settings), "steps": step, "device": str(device),
                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "threads": torch.get_num_threads(), "elapsed_s": time.perf_counter() - started,
                      "final_validation_loss": last_validation, "parameters": count_parameters(model)},
