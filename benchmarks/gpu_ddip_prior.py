@@ -55,8 +55,8 @@ log = logging.getLogger("gpu_ddip_prior")
 CLEAN_STEP = 0.002  # quantisation of the PSF-blurred truth, in units of the head mean
 MR_STEP = 0.01  # quantisation of the MR, in units of its head mean
 PACKED_DOSE = 0.1  # the pair kept per variant; the others differ only in the low-dose image
-# name -> training settings that differ from TrainingSettings' defaults; every candidate starts from the bundled
-# prior, at every timestep, with the condition always dropped, as the bundled prior was trained.
+# name -> the settings that differ from the bundled prior's training; every candidate starts from the bundled prior
+# (or --initial-model) and trains at every timestep with the condition always dropped, as the bundled prior did.
 CANDIDATES: Dict[str, Dict[str, Any]] = {
     "batch32_lr1e-4": {"batch_size": 32, "learning_rate": 1e-4, "ema_decay": 0.999, "seed": 1},
     "batch64_lr2e-4": {"batch_size": 64, "learning_rate": 2e-4, "ema_decay": 0.999, "seed": 2},
@@ -64,8 +64,8 @@ CANDIDATES: Dict[str, Dict[str, Any]] = {
     "batch32_lr1e-4_more": {"batch_size": 32, "learning_rate": 1e-4, "ema_decay": 0.999, "seed": 3},
 }
 FIRST_RUN = ("batch32_lr1e-4", "batch64_lr2e-4")
-EXPORT_MARGIN_S = 45
-PAIRS_FILE = "pairs.pickle.xz"  # our own file, so pickle is safe  # for the last checkpoint, validation, model and copies after the time limit
+EXPORT_MARGIN_S = 45  # for the last checkpoint, validation, model and copies after the time limit
+PAIRS_FILE = "pairs.pickle.xz"  # our own file, so pickle is safe
 
 
 def quantise(volume: np.ndarray, step: float) -> np.ndarray:
