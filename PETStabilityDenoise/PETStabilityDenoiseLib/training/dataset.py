@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
 
@@ -62,6 +63,12 @@ class TrainingPair:
     dose: float
     base: Optional[np.ndarray] = None
     truth: Optional[np.ndarray] = None
+
+    @cached_property
+    def head_indices(self) -> np.ndarray:
+        """The flat indices of the head's voxels, where patches are centred; found once, not for every patch (it
+        was 40 % of the time to cut a batch)."""
+        return np.flatnonzero(self.head)
 
     def target(self, name: str) -> np.ndarray:
         if name not in TRAINING_TARGETS:
@@ -229,7 +236,7 @@ def random_patches(pairs: Sequence[TrainingPair], count: int, size: int, rng: np
     conditions, targets = [], []
     for _ in range(count):
         pair = pairs[cast(int, rng.integers(len(pairs)))]  # a numpy int, which indexes like one
-        inside = np.flatnonzero(pair.head)
+        inside = pair.head_indices
         centre = np.unravel_index(inside[rng.integers(len(inside))], pair.head.shape)
         corner = [int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, pair.head.shape)]
         window = tuple(slice(c, c + size) for c in corner)
