@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import shutil
 
@@ -452,7 +453,7 @@ def test_train_ddpm_checks_a_corrective_models_options():
 
 def test_train_ddpm_trains_a_corrective_model_on_its_bases_predictions(tmp_path, monkeypatch, caplog):
     pairs = synthetic_training_pairs()
-    simulated = iter([pairs[:1], pairs[1:]])  # the training subject's pairs, then the validation subject's
+    simulated = itertools.cycle([pairs[:1], pairs[1:]])  # each run's training subject's pairs, then its validation's
     monkeypatch.setattr(dataset, "simulate_pairs", lambda *args, **kwargs: next(simulated))
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -470,6 +471,17 @@ def test_train_ddpm_trains_a_corrective_model_on_its_bases_predictions(tmp_path,
     assert config.corrective and config.residual_scale == round(residual_std(with_base, "truth_blurred"), 3)
     assert manifest["info"]["base_sha256"] == load_model(bases[0], kind="regression")[2]["sha256"]
     load_base(tmp_path / "run" / "model", manifest)  # the base travels with the model, checksum and all
+
+    # A time limit that has passed at once: one step, a model, and a checkpoint that --resume goes on from.
+    assert main([*command, "--base-model", str(bases[0]), "--out", str(tmp_path / "timed"), "--steps", "5",
+                 "--time-limit-minutes", "1e-9"]) == 0
+    assert load_model(tmp_path / "timed" / "model")[2]["info"]["training"]["steps"] == 1
+    assert main([*command, "--base-model", str(bases[0]), "--out", str(tmp_path / "timed"), "--resume",
+                 "--steps", "3"]) == 0
+    assert load_model(tmp_path / "timed" / "model")[2]["info"]["training"]["steps"] == 3
+    assert main([*command, "--base-model", str(bases[0]), "--out", str(tmp_path / "bad"), "--time-limit-minutes",
+                 "0"]) == 2
+    assert "--time-limit-minutes must be positive" in caplog.text
 
     same_scale = ["--residual-scale", str(config.residual_scale)]  # so that only the base differs
     assert main([*command, "--base-model", str(bases[1]), *same_scale, "--resume", "--steps", "3"]) == 2

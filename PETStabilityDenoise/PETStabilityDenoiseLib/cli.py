@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, help="simulated variants per subject (uptake pattern, texture, lesions, "
                                                 "hypometabolism, scanner, counts, misregistration, noise)")
     p.add_argument("--steps", type=int, help="optimiser steps")
+    p.add_argument("--time-limit-minutes", type=float,
+                   help="stop after this many minutes of training, even short of --steps (a GPU lent for a fixed "
+                        "time): the checkpoint, a validation and the model are written, and --resume goes on")
     p.add_argument("--batch-size", type=int, help="patches per step")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--patch-size", type=int, help="patch edge in voxels (default 32)")
@@ -613,6 +616,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
 
     check_training_folder(args.out, args.resume)
     training_network(args, residual_scale=1.0)  # the options' errors before minutes of simulation
+    if args.time_limit_minutes is not None and not args.time_limit_minutes > 0:
+        raise InputError(f"--time-limit-minutes must be positive; got {args.time_limit_minutes}")
     base_manifest = load_model(args.base_model, kind="regression")[2] if args.objective == "corrective" else {}
     profile = TRAINING_PROFILES[args.profile]
     validation_subjects = list(args.validation_subjects or VALIDATION_SUBJECTS)
@@ -676,7 +681,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
         log.info("step %d/%d: loss %.5f%s (%.0f s)", row.step, row.steps, row.train_loss, validation, row.elapsed_s)
 
     model_dir = train(config, settings, train_pairs, validation_pairs, args.out, device=device, resume=args.resume,
-                      info=info, progress=report)
+                      info=info, progress=report,
+                      time_limit_s=None if args.time_limit_minutes is None else 60 * args.time_limit_minutes)
     if args.objective == "corrective":
         attach_base(model_dir, args.base_model)
     log.info("Model written to %s", model_dir)
