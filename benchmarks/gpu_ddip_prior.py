@@ -15,9 +15,10 @@ work is split:
    to ``--out``.
 3. ``engine``, there: ``benchmarks/bench_engine.py``'s quick report (the DIP fit's epoch, on the CPU and CUDA).
 
-The runs of 2026-12-04 (docs/RECONSTRUCTION.md, "A prior trained on a GPU"):
+The runs of 2026-12-04 (docs/RECONSTRUCTION.md, "A prior trained on a GPU"; SUBJECT50_LABELS is BrainWeb subject
+50's label file in ../shared/data/brainweb):
 
-    petstab simulate --labels ../shared/data/brainweb/brainweb_subject50_labels_1mm.nii.gz --out CASE \
+    petstab simulate --labels SUBJECT50_LABELS --out CASE \
         --doses 0.1 --sinograms
     python benchmarks/gpu_ddip_prior.py pack --labels-dir ../shared/data/brainweb --work WORK --case CASE \
         --out gpu_data
