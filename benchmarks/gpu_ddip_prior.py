@@ -206,22 +206,17 @@ def train_candidate(args: argparse.Namespace) -> None:
 def validate(args: argparse.Namespace) -> None:
     """Each of ``--models``' validation loss on the same held-out patches: those a training with ``--seed`` and
     ``--batch-size`` validates on (training losses of different runs are on different patches)."""
-    import torch
-
-    from PETStabilityDenoiseLib.engine.ddpm.model import DROPPED_CONDITION, training_scheduler
+    from PETStabilityDenoiseLib.engine.ddpm.model import training_scheduler
     from PETStabilityDenoiseLib.engine.ddpm.weights import bundled_prior_dir, load_model
-    from PETStabilityDenoiseLib.training.dataset import random_patches
-    from PETStabilityDenoiseLib.training.trainer import TrainingSettings, validation_loss
+    from PETStabilityDenoiseLib.training.trainer import TrainingSettings, validation_loss, validation_patches
 
+    # The settings of the candidates' training that choose their validation patches (CANDIDATES, train_candidate).
+    settings = TrainingSettings(seed=args.seed, target="truth_blurred", condition_dropout=1.0)
     _, validation_pairs = load_packed_pairs(args.data / PAIRS_FILE)
     for folder in args.models or [bundled_prior_dir()]:
         model, config, manifest = load_model(folder)
-        conditions, targets = (torch.from_numpy(a) for a in random_patches(
-            validation_pairs, TrainingSettings.validation_patches, config.patch_size,
-            np.random.default_rng(args.seed + 1), use_mr=config.use_mr, target="truth_blurred"))
-        conditions[:, 0] = DROPPED_CONDITION
-        loss = validation_loss(model, config, training_scheduler(config), conditions, targets, args.seed,
-                               args.batch_size)
+        loss = validation_loss(model, config, training_scheduler(config), *validation_patches(
+            config, settings, validation_pairs), args.seed, args.batch_size)
         print(f"{manifest['sha256'][:12]} {folder}: {loss:.6f}")
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -166,6 +166,19 @@ def validation_loss(model: torch.nn.Module, config: Any, scheduler, conditions: 
     return float(np.mean(losses))
 
 
+def validation_patches(config: Any, settings: TrainingSettings, validation_pairs: Sequence[TrainingPair],
+                       device: torch.device = torch.device("cpu")) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fixed held-out patches (conditions, targets) that :func:`train` validates on, drawn from
+    ``settings.seed``: with the same seed, target and pairs, two trainings' validation losses compare."""
+    conditions, targets = (torch.from_numpy(a).to(device) for a in random_patches(
+        validation_pairs, settings.validation_patches, config.patch_size,
+        np.random.default_rng(settings.seed + 1), use_mr=config.use_mr, target=settings.target,
+        residual_scale=corrective_scale(config)))
+    if settings.condition_dropout == 1:
+        conditions[:, 0] = DROPPED_CONDITION  # a pure prior never sees the condition
+    return conditions, targets
+
+
 def _read_log(path: Path, up_to_step: int) -> list:
     if not path.is_file():
         return []
@@ -290,12 +303,7 @@ def train(
         info = {**state["info"], "resumed_with": (info or {}).get("command")}
     log_rows = _read_log(log_path, step)
 
-    validation = cast(Tuple[torch.Tensor, torch.Tensor], [torch.from_numpy(a).to(device) for a in random_patches(
-        validation_pairs, settings.validation_patches, config.patch_size,
-        np.random.default_rng(settings.seed + 1), use_mr=config.use_mr, target=settings.target,
-        residual_scale=corrective_scale(config))])  # the pair, so that mypy counts *validation
-    if settings.condition_dropout == 1:
-        validation[0][:, 0] = DROPPED_CONDITION  # a pure prior never sees the condition
+    validation = validation_patches(config, settings, validation_pairs, device)
     model.train()
     started, window_losses = time.perf_counter() - elapsed, []
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
