@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -221,6 +222,26 @@ def test_worker_crash_raises_with_its_last_log_lines(scene, pet_mr_nodes, tmp_pa
     assert "Segmentation fault in libfoo" in str(failure.value)
     assert "Segmentation fault in libfoo" in failure.value.log_tail
     assert volume_node_ids(scene) == nodes_before and list(tmp_path.iterdir()) == []
+
+
+def test_a_run_removes_the_input_copies_that_a_crashed_run_left(scene, pet_mr_nodes, tmp_path):
+    # Slicer killed mid-run cannot remove its temporary folder; the next run does, and keeps its own until it ends.
+    pet, mr = pet_mr_nodes
+    temp_root = tmp_path / "temp"
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    left_behind = temp_root / f"PETStabilityDenoise-{ended.pid}-k3j9"
+    left_behind.mkdir(parents=True)
+    (left_behind / "pet.nrrd").write_bytes(b"copy of a PET")
+    seen_by_the_worker = tmp_path / "seen.txt"
+    listing = (f"import os, sys; seen = os.listdir({str(temp_root)!r}); "
+               f"open({str(seen_by_the_worker)!r}, 'w').write(' '.join(seen)); sys.exit(1)")
+    logic = PETStabilityDenoiseLogic(launcher=scripted_launcher(listing), temp_root=str(temp_root))
+    with pytest.raises(WorkerFailed, match="exit code 1"):
+        logic.process(pet, mr, wait=True, **TINY)
+    seen = seen_by_the_worker.read_text().split()
+    assert len(seen) == 1 and seen[0].startswith(f"PETStabilityDenoise-{os.getpid()}-")
+    assert list(temp_root.iterdir()) == []
 
 
 @pytest.mark.parametrize("mr_is", ["the PET node", "a copy of the PET", "the MR"])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -319,3 +320,34 @@ def test_a_temporary_folder_that_cannot_be_removed_is_named(tmp_path, monkeypatc
         assert handle.poll() is False
     assert handle.state == "succeeded"
     assert str(temp_dir) in caplog.text and "delete it by hand" in caplog.text
+
+
+def ended_process_id() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("psutil_installed", [True, False], ids=["psutil", "without psutil"])
+def test_the_folders_of_runs_whose_process_ended_are_removed(tmp_path, monkeypatch, psutil_installed):
+    # A Slicer that crashed mid-run leaves copies of the patient's volumes in the temporary folder.
+    from PETStabilityDenoiseLib.worker.temp_folders import make_temp_folder, remove_abandoned_temp_folders
+
+    if not psutil_installed:
+        monkeypatch.setitem(sys.modules, "psutil", None)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        abandoned = tmp_path / f"PETStabilityDenoise-{ended_process_id()}-x1y2"
+        another_running = tmp_path / f"PETStabilityDenoise-{running.pid}-a3b4"
+        unrelated = tmp_path / "PETStabilityDenoise-notapid-c5d6"
+        for folder in (abandoned, another_running, unrelated):
+            folder.mkdir()
+            (folder / "pet.nrrd").write_bytes(b"copy of a PET")
+        this_process = make_temp_folder(str(tmp_path))
+
+        assert remove_abandoned_temp_folders(str(tmp_path)) == [abandoned]
+        assert not abandoned.exists()
+        assert another_running.exists() and unrelated.exists() and this_process.exists()
+    finally:
+        running.kill()
+        running.wait()

@@ -34,7 +34,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, record
 from ..volumes.validation import same_volume_warning, validate_volume
 from ..worker.process import Launcher, WorkerProcess
 from ..worker.protocol import CPU_MEMORY_ADVICE
+from ..worker.temp_folders import make_temp_folder, remove_abandoned_temp_folders
 from .display import set_slice_layers, show_as_pet, show_as_stability
 from .mrml_volumes import add_volume_from_image, add_volume_like, node_to_image, volume_array
 
@@ -311,7 +311,8 @@ class PETStabilityDenoiseLogic:
                 warnings.append(same_volume)
         pet_array = np.array(volume_array(petNode, "PET"), dtype=np.float32)
 
-        temp_dir = Path(tempfile.mkdtemp(prefix="PETStabilityDenoise-", dir=self.temp_root))
+        remove_abandoned_temp_folders(self.temp_root)
+        temp_dir = make_temp_folder(self.temp_root)
         try:
             args = self._worker_arguments(temp_dir, pet_image, mr_image, method, preset, alpha, overrides)
             worker = WorkerProcess(args, cwd=str(LIBRARY_PARENT), launcher=self.launcher)
