@@ -296,6 +296,6 @@ def test_cuda_on_a_machine_without_it_is_refused_unless_the_cohort_runs_on_a_clu
     from PETStabilityDenoiseLib.cohort.schedulers import choose_scheduler
 
     rows = read_cohort(three_subjects(tmp_path, cohort_inputs), **dict(DEFAULTS, parameters={"device": "cuda"}))
-    with pytest.raises(InputError, match="no CUDA GPU"):
+    with pytest.raises(InputError, match="the device .cuda. was requested"):
         choose_scheduler(rows, workers=2)
     assert choose_scheduler(rows, address="ray://head:10001")[0].func is run_on_ray

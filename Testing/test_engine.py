@@ -242,3 +242,17 @@ def test_loss_jump_error_when_retries_run_out(monkeypatch):
     pet, mr = _blob()
     with pytest.raises(LossJumpError, match="after 2 of 2 allowed .* lower --learning-rate or use --optimizer adam"):
         fit_dip(pet, mr, TINY.replace(seed=1, max_loss_jump_retries=2))
+
+
+@pytest.mark.parametrize("cuda_build, advice", [(None, "is a CPU-only build"), ("12.4", "check that the NVIDIA driver")])
+def test_cuda_without_a_gpu_is_refused_with_what_to_do(monkeypatch, cuda_build, advice):
+    # The panel shows this too: it names the device setting and its cause, not a command-line flag.
+    from PETStabilityDenoiseLib.engine.device import resolve_device
+    from PETStabilityDenoiseLib.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    with pytest.raises(InputError, match=advice) as refusal:
+        resolve_device("cuda")
+    assert "choose the device 'auto' or 'cpu'" in str(refusal.value) and "--" not in str(refusal.value)
+    assert resolve_device("auto") == torch.device("cpu")

@@ -222,7 +222,7 @@ def test_an_unusable_out_is_refused_before_the_inputs_are_read(quick_engine, inp
 
 @pytest.mark.parametrize("argv, message", [(["--alpha", "-1"], "alpha must be a finite number >= 0"),
                                            (["--threads", "-3"], "threads must be a whole number >= 1"),
-                                           (["--device", "cuda"], "no CUDA GPU is available")])
+                                           (["--device", "cuda"], "the device 'cuda' was requested")])
 def test_bad_settings_are_refused_before_any_work(inputs, tmp_path, capsys, caplog, monkeypatch, argv, message):
     import torch
 

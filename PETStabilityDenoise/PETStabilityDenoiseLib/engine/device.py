@@ -15,5 +15,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu or auto")
+        # The panel, the console and petstab all show this, so it names the setting, not a command-line flag.
+        if torch.version.cuda is None:
+            why = (f"this PyTorch ({torch.__version__}) is a CPU-only build; on a computer with an NVIDIA GPU, "
+                   "install a CUDA build of PyTorch (in Slicer, with the PyTorch extension)")
+        else:
+            why = "PyTorch finds no CUDA GPU: check that the NVIDIA driver is installed and recent enough"
+        raise InputError(f"the device 'cuda' was requested, but {why}. Otherwise, choose the device 'auto' or 'cpu'")
     return torch.device(name)
