@@ -405,6 +405,7 @@ def test_a_run_folder_is_refused_with_another_pet_and_adds_nothing(scene, run_fo
     (moved / "run.json").write_text(json.dumps({**record, "outputs": {"osem": "osem.nii.gz"}}))
     with pytest.raises(InputError, match="not a denoising run"):
         logic.loadRunFolder(moved)
-    with pytest.raises(InputError, match="run.json"):
+    with pytest.raises(InputError, match="is not a run folder: it holds no run.json") as refusal:
         logic.loadRunFolder(tmp_path)
+    assert "--" not in str(refusal.value)  # the panel shows it: no command-line flag
     assert volume_node_ids(scene) == nodes_before

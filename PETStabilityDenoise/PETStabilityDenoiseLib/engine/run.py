@@ -197,11 +197,11 @@ def reblend_run(run_dir: Path, alpha: float) -> Dict[str, Path]:
     pet = read_pet(pet_path, (record.get("suv") or {}).get("type"))
     if image_sha256(pet.image) != record["pet_sha256"]:
         raise InputError(f"the PET at {pet_path} is not the image this run processed (its SHA-256 differs "
-                         "from run.json's): it was changed since; re-run 'petstab denoise'")
+                         "from run.json's): it was changed since; make the run again")
     network_output = read_volume(output_path(run_dir, "network_output", fmt))
     stability = read_volume(output_path(run_dir, "stability", fmt))
     if not grids_match(pet.image, network_output, tol=1e-4):
-        raise InputError(f"the PET at {pet_path} does not match this run's grid: re-run 'petstab denoise'")
+        raise InputError(f"the PET at {pet_path} does not match this run's grid: make the run again")
     denoised, stability_norm = blend_images(pet.image, network_output, stability, alpha, record["stability_mean"])
     with staged_folder(run_dir) as stage:
         for name in set(record["outputs"]) - set(BLENDED):  # everything the new alpha leaves as it was

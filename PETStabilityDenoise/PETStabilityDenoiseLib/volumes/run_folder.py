@@ -76,18 +76,22 @@ def write_record(run_dir: Path, record: dict) -> Path:
 
 
 def read_record(run_dir: Path, *keys: str) -> dict:
-    """The run.json of a folder that ``petstab denoise`` wrote; InputError when it lacks one of ``keys``."""
+    """The run.json of a run folder; InputError when there is none, or it lacks one of ``keys``.
+
+    Its messages name no command-line flag: Slicer's Load run folder shows them too.
+    """
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
-        raise InputError(f"{path} not found: --run must be a folder written by 'petstab denoise'")
+        raise InputError(f"{Path(run_dir)} is not a run folder: it holds no {RUN_FILE}. Choose a folder that "
+                         "'petstab denoise', 'petstab reconstruct' or 'petstab batch' wrote")
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise InputError(f"{path} cannot be read ({error}); re-run 'petstab denoise'") from None
+        raise InputError(f"{path} cannot be read ({error}): the run folder is damaged; make the run again") from None
     missing = [key for key in keys if key not in record]
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)}: it was edited, or written by an older version; "
-                         "re-run 'petstab denoise'")
+                         "make the run again")
     return record
 
 
