@@ -17,7 +17,7 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
 import vtk  # noqa: E402 - after the skip: vtk comes with slicer-core
 
-from PETStabilityDenoiseLib.errors import InputError, WorkerFailed  # noqa: E402
+from PETStabilityDenoiseLib.errors import InputError, OutputError, WorkerFailed  # noqa: E402
 from PETStabilityDenoiseLib.settings import DEFAULT_ALPHAS  # noqa: E402
 from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic  # noqa: E402
 from PETStabilityDenoiseLib.slicer.mrml_volumes import node_to_image  # noqa: E402
@@ -242,6 +242,24 @@ def test_a_run_removes_the_input_copies_that_a_crashed_run_left(scene, pet_mr_no
     seen = seen_by_the_worker.read_text().split()
     assert len(seen) == 1 and seen[0].startswith(f"PETStabilityDenoise-{os.getpid()}-")
     assert list(temp_root.iterdir()) == []
+
+
+def test_input_copies_that_cannot_be_written_are_refused_with_what_to_do(scene, pet_mr_nodes, tmp_path, monkeypatch):
+    pet, mr = pet_mr_nodes
+    temp_root = tmp_path / "Müller"  # a user name with an umlaut: ITK on Windows fails on this path
+    temp_root.mkdir()
+    nodes_before = volume_node_ids(scene)
+
+    def cannot_write(image, path, *args, **kwargs):
+        raise RuntimeError(f"Exception thrown in SimpleITK ImageFileWriter_Execute:\nCould not open {path}")
+
+    monkeypatch.setattr(sitk, "WriteImage", cannot_write)
+    logic = PETStabilityDenoiseLogic(launcher=lambda args, cwd: pytest.fail("the worker was started"),
+                                     temp_root=str(temp_root))
+    with pytest.raises(OutputError, match="could not copy the input volumes into the temporary folder") as refusal:
+        logic.process(pet, mr, wait=True, **TINY)
+    assert "Could not open" in str(refusal.value) and "set the TMP environment variable" in str(refusal.value)
+    assert list(temp_root.iterdir()) == [] and volume_node_ids(scene) == nodes_before and not logic.isRunning
 
 
 @pytest.mark.parametrize("mr_is", ["the PET node", "a copy of the PET", "the MR"])

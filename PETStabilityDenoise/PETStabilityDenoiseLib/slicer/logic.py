@@ -46,7 +46,7 @@ import slicer
 
 from .. import LIBRARY_PARENT
 from ..engine.blend import blend
-from ..errors import InputError, RunCancelled, WorkerFailed
+from ..errors import InputError, OutputError, RunCancelled, WorkerFailed
 from ..settings import (
     DEFAULT_METHOD,
     DEFAULT_OVERLAY,
@@ -232,6 +232,20 @@ class RunHandle:
         return cast(ProcessResult, self.result)  # the run succeeded: it has a result
 
 
+def _write_input_copy(image, path: Path) -> Path:
+    """Writes the worker's copy of an input volume; OutputError, saying what to do, when it cannot."""
+    try:
+        sitk.WriteImage(image, str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        hint = ("; on Windows, ITK cannot write to a path with non-ASCII characters unless Windows uses UTF-8 "
+                "(the region setting 'Beta: Use Unicode UTF-8'): set the TMP environment variable to a folder with "
+                "a plain-ASCII path, then start Slicer again") if not str(path).isascii() else ""
+        raise OutputError(f"could not copy the input volumes into the temporary folder {path.parent} ({reason}). "
+                          f"Is the disk full?{hint}") from None
+    return path
+
+
 class PETStabilityDenoiseLogic:
     """Runs the denoising on volume nodes of an MRML scene, in a background worker.
 
@@ -336,15 +350,12 @@ class PETStabilityDenoiseLogic:
 
     def _worker_arguments(self, temp_dir: Path, pet_image, mr_image, method: str, preset: str, alpha: float,
                           overrides: dict) -> list:
-        pet_path = temp_dir / "pet.nrrd"
-        sitk.WriteImage(pet_image, str(pet_path))
+        pet_path = _write_input_copy(pet_image, temp_dir / "pet.nrrd")
         args = [self.python_executable, "-m", "PETStabilityDenoiseLib.worker", "--pet", str(pet_path),
                 "--out", str(temp_dir / "output"), "--method", method, "--preset", preset,
                 "--alpha", repr(float(alpha)), "--parameters", json.dumps(overrides)]
         if mr_image is not None:
-            mr_path = temp_dir / "mr.nrrd"
-            sitk.WriteImage(mr_image, str(mr_path))
-            args += ["--mr", str(mr_path)]
+            args += ["--mr", str(_write_input_copy(mr_image, temp_dir / "mr.nrrd"))]
         return args
 
     def loadRunFolder(self, runFolder, petNode=None) -> ProcessResult:
