@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import locale
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+
+@pytest.fixture(autouse=True)
+def _locale_restored():
+    """Writing DICOM with SimpleITK (the tests' series) leaves the C library's locale at "C", which makes Python's
+    default text encoding ASCII: later tests must not inherit that."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 def rotation_direction(degrees: float, flip_y: bool = False) -> tuple:

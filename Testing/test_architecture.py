@@ -153,5 +153,5 @@ def test_choice_lists_are_written_only_in_settings(path):
 
 def test_the_brainweb_file_name_is_written_once():
     pattern = "_labels_1mm"
-    writers = [str(path.relative_to(ROOT)) for path in all_python_files() if pattern in path.read_text()]
+    writers = [str(path.relative_to(ROOT)) for path in all_python_files() if pattern in path.read_text(encoding="utf-8")]
     assert writers == ["PETStabilityDenoise/PETStabilityDenoiseLib/simulation/case.py"]
