@@ -415,3 +415,27 @@ def test_an_atomic_write_is_whole_or_absent(tmp_path, binary, content):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask, "an ordinary file's mode, not mkstemp's private one"
+
+
+def test_on_windows_itk_is_given_non_ascii_paths_by_their_short_names(tmp_path, monkeypatch):
+    # ITK on Windows cannot open "C:\Users\José\..." unless Windows runs with UTF-8: 8.3 names are ASCII.
+    from PETStabilityDenoiseLib.volumes import io
+
+    folder = tmp_path / "José"
+    folder.mkdir()
+    existing = folder / "pet.nii.gz"
+    existing.write_bytes(b"")
+    short_names = {str(folder): str(tmp_path / "JOSE~1"), str(existing): str(tmp_path / "JOSE~1" / "PET~1.GZ")}
+    monkeypatch.setattr(io, "ON_WINDOWS", True)
+    monkeypatch.setattr(io, "_windows_short_path", short_names.get)
+
+    assert io.itk_path(existing) == short_names[str(existing)]
+    assert io.itk_path(folder / "denoised.nii.gz") == str(tmp_path / "JOSE~1" / "denoised.nii.gz")  # to be written
+    assert io.itk_path(tmp_path / "plain.nii.gz") == str(tmp_path / "plain.nii.gz")
+    assert io.non_ascii_path_advice(existing) == ""
+
+    monkeypatch.setattr(io, "_windows_short_path", lambda path: None)  # a drive that keeps no short names
+    assert io.itk_path(existing) == str(existing)
+    assert "plain-ASCII path" in io.non_ascii_path_advice(existing)
+    monkeypatch.setattr(io, "ON_WINDOWS", False)
+    assert io.itk_path(existing) == str(existing) and io.non_ascii_path_advice(existing) == ""

@@ -21,6 +21,7 @@ from PETStabilityDenoiseLib.errors import InputError, OutputError, WorkerFailed 
 from PETStabilityDenoiseLib.settings import DEFAULT_ALPHAS  # noqa: E402
 from PETStabilityDenoiseLib.slicer.logic import PETStabilityDenoiseLogic  # noqa: E402
 from PETStabilityDenoiseLib.slicer.mrml_volumes import node_to_image  # noqa: E402
+from PETStabilityDenoiseLib.volumes import io  # noqa: E402
 
 TINY = dict(preset="tiny", device="cpu", seed=0)
 
@@ -254,6 +255,8 @@ def test_input_copies_that_cannot_be_written_are_refused_with_what_to_do(scene, 
         raise RuntimeError(f"Exception thrown in SimpleITK ImageFileWriter_Execute:\nCould not open {path}")
 
     monkeypatch.setattr(sitk, "WriteImage", cannot_write)
+    monkeypatch.setattr(io, "ON_WINDOWS", True)
+    monkeypatch.setattr(io, "_windows_short_path", lambda path: None)  # a drive that keeps no short names
     logic = PETStabilityDenoiseLogic(launcher=lambda args, cwd: pytest.fail("the worker was started"),
                                      temp_root=str(temp_root))
     with pytest.raises(OutputError, match="could not copy the input volumes into the temporary folder") as refusal:

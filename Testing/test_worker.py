@@ -351,24 +351,3 @@ def test_the_folders_of_runs_whose_process_ended_are_removed(tmp_path, monkeypat
     finally:
         running.kill()
         running.wait()
-
-
-@pytest.mark.parametrize("short_name", ["JOSE~1", None], ids=["short name", "no short name"])
-def test_on_windows_a_non_ascii_temporary_folder_is_used_by_its_short_name(tmp_path, monkeypatch, short_name):
-    # ITK on Windows cannot open "C:\Users\José\AppData\Local\Temp\..." unless Windows runs with UTF-8.
-    from PETStabilityDenoiseLib.worker import temp_folders
-
-    long_root = tmp_path / "José"
-    long_root.mkdir()
-    short_root = tmp_path / short_name if short_name else None
-    if short_root:
-        short_root.mkdir()
-    asked = []
-    monkeypatch.setattr(temp_folders, "ON_WINDOWS", True)
-    monkeypatch.setattr(temp_folders, "windows_short_path",
-                        lambda path: asked.append(path) or (str(short_root) if short_root else None))
-
-    folder = temp_folders.make_temp_folder(str(long_root))
-    assert asked == [str(long_root)]
-    assert folder.parent == (short_root or long_root)
-    assert temp_folders.make_temp_folder(str(tmp_path)).parent == tmp_path and len(asked) == 1  # ASCII: as it is

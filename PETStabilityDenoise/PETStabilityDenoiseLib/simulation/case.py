@@ -22,6 +22,7 @@ from .. import DATA_DIR
 from ..engine import tomography
 from ..engine.filters import psf_blur
 from ..errors import InputError
+from ..volumes.io import itk_path
 from ..volumes.sinogram import SinogramData, write_sinogram
 from . import acquisition as acq
 from . import phantom as ph
@@ -212,7 +213,7 @@ class SimulatedCase:
         paths = {}
         for name, image in images.items():
             paths[name] = out_dir / f"{name}.{fmt}"
-            sitk.WriteImage(image, str(paths[name]), useCompression=True)
+            sitk.WriteImage(image, itk_path(paths[name]), useCompression=True)
         for dose, data in self.sinograms.items():
             name = f"sinogram_{dose_label(dose)}"
             paths[name] = write_sinogram(data, out_dir / f"{name}.npz")

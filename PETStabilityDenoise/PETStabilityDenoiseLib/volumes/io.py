@@ -8,6 +8,7 @@ written in one of the single-file formats here, and as DICOM series by
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from pathlib import Path
 from typing import Sequence, Tuple, Union
@@ -26,6 +27,39 @@ PathLike = Union[str, Path]
 
 #: Single-file formats accepted by :func:`read_volume` (a DICOM series is given as a folder).
 READABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+ON_WINDOWS = os.name == "nt"
+
+
+def itk_path(path: PathLike) -> str:
+    """``path`` as ITK can open it: on Windows, ITK opens only paths in the active code page, so a path with
+    characters outside ASCII (a user name with accents) is given by its short 8.3 form, the existing file's own or,
+    for a file to be written, its folder's. Unchanged elsewhere, and where Windows keeps no short names.
+    """
+    text = str(path)
+    if not ON_WINDOWS or text.isascii():
+        return text
+    target = Path(text)
+    existing, name = (target, "") if target.exists() else (target.parent, target.name)
+    short = _windows_short_path(str(existing))
+    return str(Path(short) / name) if short else text
+
+
+def non_ascii_path_advice(path: PathLike) -> str:
+    """What to add to an error of ITK's on ``path``: on Windows, where the path is not ASCII even in its short form,
+    why ITK could not open it and what to do; otherwise nothing."""
+    if not ON_WINDOWS or itk_path(path).isascii():
+        return ""
+    return (" On Windows, ITK opens a path with non-ASCII characters only when Windows uses UTF-8 (the region "
+            "setting 'Beta: Use Unicode UTF-8 for worldwide language support'); use a folder with a plain-ASCII path.")
+
+
+def _windows_short_path(path: str) -> Union[str, None]:
+    """The short (8.3) form of an existing ``path``; None where Windows gives none in ASCII."""
+    import ctypes
+
+    buffer = ctypes.create_unicode_buffer(32768)
+    length = ctypes.windll.kernel32.GetShortPathNameW(path, buffer, len(buffer))  # type: ignore[attr-defined]
+    return buffer.value if 0 < length < len(buffer) and buffer.value.isascii() else None
 
 
 def _volume_suffix(path: Path) -> str | None:
@@ -69,11 +103,11 @@ def read_volume(path: PathLike) -> sitk.Image:
         if _volume_suffix(path) in (".nii", ".nii.gz"):
             check_nifti_payload(path)
         try:
-            image = sitk.ReadImage(str(path))
+            image = sitk.ReadImage(itk_path(path))
         except RuntimeError as exc:
             raise InputError(
                 f"Could not read {path}: {exc}. Check that the file is complete and not "
-                "corrupted, e.g. by opening it in 3D Slicer."
+                f"corrupted, e.g. by opening it in 3D Slicer.{non_ascii_path_advice(path)}"
             ) from exc
 
     n_components = image.GetNumberOfComponentsPerPixel()
@@ -95,13 +129,14 @@ def dicom_series_files(folder: PathLike) -> Tuple[str, ...]:
 
 def _choose_series(folder: Path) -> Tuple[Tuple[str, ...], str, int]:
     """The files of the series in ``folder`` with the most files, its ID, and the number of series there."""
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(itk_path(folder))
     if not series_ids:
         raise InputError(
             f"No DICOM series found in folder {folder}; point to the folder that directly "
             "contains the PET (or MR) DICOM files, or give a NIfTI/NRRD/MetaImage file instead."
         )
-    files_per_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
+    files_per_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(itk_path(folder), sid)
+                        for sid in series_ids}
     chosen = max(series_ids, key=lambda sid: len(files_per_series[sid]))
     return tuple(files_per_series[chosen]), chosen, len(series_ids)
 
@@ -134,12 +169,12 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
 def _check_announced_size(path: Path, files: Sequence[str]) -> None:
     """Refuses a volume whose header (the first file's, times the number of files) announces too many voxels."""
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(files[0]))
+    reader.SetFileName(itk_path(files[0]))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"Could not read the header of {files[0]}: {exc}. Check that the file is a complete "
-                         "NIfTI, NRRD, MetaImage or DICOM file.") from exc
+                         f"NIfTI, NRRD, MetaImage or DICOM file.{non_ascii_path_advice(files[0])}") from exc
     size = list(reader.GetSize())
     if len(files) > 1:
         size = size[:2] + [len(files)]
@@ -163,12 +198,12 @@ def write_volume(image: sitk.Image, path: PathLike) -> Path:
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, str(path), useCompression=True)
-        written = sitk.ReadImage(str(path))  # kept in a name: a view must not outlive its image
+        sitk.WriteImage(image, itk_path(path), useCompression=True)
+        written = sitk.ReadImage(itk_path(path))  # kept in a name: a view must not outlive its image
         intact = np.array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image))
     except (OSError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise OutputError(f"could not write {path.name}: {reason}") from None
+        raise OutputError(f"could not write {path.name}: {reason}.{non_ascii_path_advice(path)}") from None
     if not intact:
         raise OutputError(f"{path.name} reads back differently from what was written")
     logger.debug("Wrote %s", path)

@@ -20,22 +20,13 @@ from typing import List, Optional
 log = logging.getLogger(__name__)
 
 PREFIX = "PETStabilityDenoise-"
-ON_WINDOWS = os.name == "nt"
 # "PETStabilityDenoise-<pid of the process that made it>-<mkdtemp's random part>"
 _NAME = re.compile(re.escape(PREFIX) + r"(\d+)-[^-]+$")
 
 
 def make_temp_folder(temp_root: Optional[str] = None) -> Path:
-    """A new, empty folder for one run, named after this process; ``temp_root`` None: the system's temporary folder.
-
-    On Windows the folder's path is given in its short (8.3) form when the long one is not plain ASCII, as under
-    a user name with accents: ITK, which writes and reads the copies, cannot open such paths there unless Windows
-    runs with the UTF-8 code page.
-    """
-    root = temp_root or tempfile.gettempdir()
-    if ON_WINDOWS and not root.isascii():
-        root = windows_short_path(root) or root
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
+    """A new, empty folder for one run, named after this process; ``temp_root`` None: the system's temporary folder."""
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=temp_root))
 
 
 def remove_abandoned_temp_folders(temp_root: Optional[str] = None) -> List[Path]:
@@ -67,16 +58,6 @@ def remove_abandoned_temp_folders(temp_root: Optional[str] = None) -> List[Path]
     return removed
 
 
-def windows_short_path(path: str) -> Optional[str]:
-    """The short (8.3) form of an existing ``path`` on Windows, which is plain ASCII where the volume keeps short
-    names (the system drive does by default); None where Windows gives none."""
-    import ctypes
-
-    buffer = ctypes.create_unicode_buffer(32768)
-    length = ctypes.windll.kernel32.GetShortPathNameW(path, buffer, len(buffer))  # type: ignore[attr-defined]
-    return buffer.value if 0 < length < len(buffer) and buffer.value.isascii() else None
-
-
 def _process_exists(pid: int) -> Optional[bool]:
     """Whether a process ``pid`` runs; None where that cannot be told."""
     try:
@@ -87,7 +68,7 @@ def _process_exists(pid: int) -> Optional[bool]:
 
 
 def _posix_process_exists(pid: int) -> Optional[bool]:
-    if ON_WINDOWS:  # there, os.kill(pid, 0) would not test the process but stop it
+    if os.name == "nt":  # there, os.kill(pid, 0) would not test the process but stop it
         return None
     try:
         os.kill(pid, 0)
