@@ -60,7 +60,7 @@ from ..settings import (
     method_alpha,
 )
 from ..volumes.geometry import grids_match
-from ..volumes.io import itk_path, non_ascii_path_advice, read_volume
+from ..volumes.io import non_ascii_path_advice, read_volume, write_volume
 from ..volumes.pet_input import read_pet
 from ..volumes.run_folder import VOLUME_NAMES, image_sha256, read_record, recorded_pet_path
 from ..volumes.validation import same_volume_warning, validate_volume
@@ -233,17 +233,15 @@ class RunHandle:
 
 
 def _write_input_copy(image, path: Path) -> Path:
-    """Writes the worker's copy of an input volume; OutputError, saying what to do, when it cannot."""
+    """Writes the worker's copy of an input volume, uncompressed (the panel waits for it); OutputError, saying what
+    to do, when it cannot."""
     try:
-        sitk.WriteImage(image, itk_path(path))
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        advice = non_ascii_path_advice(path)
-        raise OutputError(f"could not copy the input volumes into the temporary folder {path.parent} ({reason}). "
-                          "Is the disk full?" + (f"{advice} For the temporary folder, set the TMP environment "
-                                                 "variable to one, then start Slicer again." if advice else "")
-                          ) from None
-    return path
+        return write_volume(image, path, compress=False)
+    except OutputError as error:
+        tmp_advice = (" For the temporary folder, set the TMP environment variable to one, then start Slicer again."
+                      if non_ascii_path_advice(path) else "")
+        raise OutputError(f"could not copy the input volumes into the temporary folder {path.parent}: {error} "
+                          f"Is the disk full?{tmp_advice}") from None
 
 
 class PETStabilityDenoiseLogic:

@@ -184,8 +184,9 @@ def _check_announced_size(path: Path, files: Sequence[str]) -> None:
                          "crop it to the head or resample it to a coarser grid first")
 
 
-def write_volume(image: sitk.Image, path: PathLike) -> Path:
-    """Write ``image`` to ``path`` (compressed where the format allows) and read it back; return the path.
+def write_volume(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` (compressed where the format allows, unless ``compress`` is False) and read it
+    back; return the path.
 
     Parent folders are created as needed. OutputError when the file cannot be
     written or does not read back as written (a full disk, a read-only folder).
@@ -198,7 +199,7 @@ def write_volume(image: sitk.Image, path: PathLike) -> Path:
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, itk_path(path), useCompression=True)
+        sitk.WriteImage(image, itk_path(path), useCompression=compress)
         written = sitk.ReadImage(itk_path(path))  # kept in a name: a view must not outlive its image
         intact = np.array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image))
     except (OSError, RuntimeError) as error:
