@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,31 @@ def test_the_folders_of_runs_whose_process_ended_are_removed(tmp_path, monkeypat
     finally:
         running.kill()
         running.wait()
+
+
+def slicer_launch_console_process(args, useStartupEnvironment=True, updateEnvironment=None, cwd=None):
+    """Slicer 5.8's ``slicer.util.launchConsoleProcess`` as the worker calls it (useStartupEnvironment=False)."""
+    assert not useStartupEnvironment
+    env = {**os.environ, **(updateEnvironment or {})} if updateEnvironment else None
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("inside_slicer", [False, True])
+def test_the_worker_imports_the_library_beside_it_even_with_pythonsafepath(tmp_path, monkeypatch, inside_slicer):
+    # With PYTHONSAFEPATH set, 'python -m' does not put cwd on sys.path: the worker would import another installed
+    # copy of the library (here, the test environment's), not the module's own.
+    from PETStabilityDenoiseLib.slicer import application
+    from PETStabilityDenoiseLib.worker.process import launch_subprocess
+
+    own_copy = tmp_path / "PETStabilityDenoiseLib"
+    own_copy.mkdir()
+    (own_copy / "__init__.py").write_text("BESIDE_THE_MODULE = True\n")
+    monkeypatch.setenv("PYTHONSAFEPATH", "1")
+    monkeypatch.setitem(sys.modules, "slicer", types.SimpleNamespace(
+        util=types.SimpleNamespace(launchConsoleProcess=slicer_launch_console_process)))
+    launcher = application.launch_worker if inside_slicer else launch_subprocess
+    script = "import PETStabilityDenoiseLib as lib; print(getattr(lib, 'BESIDE_THE_MODULE', lib.__file__))"
+    process = WorkerProcess([sys.executable, "-c", script], cwd=str(tmp_path), launcher=launcher)
+    process._process.wait(30)
+    process._reader.join(30)
+    assert process.log_tail() == ["True"]

@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Sequence
 from packaging.requirements import Requirement
 
 from .. import DATA_DIR
+from ..worker.process import worker_environment
 from .install import TORCH_VERSION_REQUIREMENT, pip_arguments, requirement_text
 
 SAMPLE_NAME = "PETStabilitySample"
@@ -34,7 +35,8 @@ def launch_worker(args: List[str], cwd: str):
     """Starts the worker with Slicer's launcher settings; stdout and stderr are merged, as text."""
     import slicer
 
-    return slicer.util.launchConsoleProcess(args, useStartupEnvironment=False, cwd=cwd)
+    return slicer.util.launchConsoleProcess(args, useStartupEnvironment=False, updateEnvironment=worker_environment(cwd),
+                                            cwd=cwd)
 
 
 def is_batch_mode() -> bool:

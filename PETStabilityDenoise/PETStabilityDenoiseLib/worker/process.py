@@ -9,10 +9,11 @@ scripted processes.
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import subprocess
 import threading
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .protocol import parse_event
 
@@ -22,10 +23,19 @@ Launcher = Callable[[List[str], str], subprocess.Popen]
 KILL_TIMEOUT_S = 2.0
 
 
+def worker_environment(cwd: str) -> Dict[str, str]:
+    """The environment variables a launcher sets for the worker: ``cwd`` first on PYTHONPATH.
+
+    ``python -m`` puts ``cwd`` first on ``sys.path`` only when PYTHONSAFEPATH is unset (Python 3.11+). With it
+    set, the worker would import another installed copy of the library, or none.
+    """
+    return {"PYTHONPATH": os.pathsep.join(filter(None, (cwd, os.environ.get("PYTHONPATH"))))}
+
+
 def launch_subprocess(args: List[str], cwd: str) -> subprocess.Popen:
     """The default launcher: text stdout with stderr merged, as ``launchConsoleProcess`` gives."""
-    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            encoding="utf-8", errors="replace", bufsize=1)
+    return subprocess.Popen(args, cwd=cwd, env={**os.environ, **worker_environment(cwd)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1)
 
 
 class WorkerProcess:
