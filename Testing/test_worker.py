@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -380,3 +381,31 @@ def test_the_worker_imports_the_library_beside_it_even_with_pythonsafepath(tmp_p
     process._process.wait(30)
     process._reader.join(30)
     assert process.log_tail() == ["True"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the children are POSIX 'sleep' processes")
+def test_kill_leaves_no_child_of_a_process_that_keeps_starting_them(tmp_path):
+    # A child started between the listing of the tree and the kill would escape a one-time snapshot.
+    psutil = pytest.importorskip("psutil")
+    started = tmp_path / "started.txt"
+    spawner = ("import subprocess, sys\n"
+               "with open(sys.argv[1], 'a') as pids:\n"
+               "    while True:\n"
+               "        pids.write(f'{subprocess.Popen([\"sleep\", \"60\"]).pid}\\n'); pids.flush()\n")
+    escaped = []
+    for _ in range(3):  # the one-time snapshot let children escape in 4 rounds of 5
+        process = WorkerProcess([sys.executable, "-c", spawner, str(started)], cwd=".")
+        while not started.is_file() or len(started.read_text().split()) < 20:
+            time.sleep(0.01)
+        process.kill()
+        pids = [int(pid) for pid in started.read_text().split()]
+        started.unlink()
+        for pid in pids:
+            try:
+                child = psutil.Process(pid)
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    escaped.append(pid)
+                    child.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert escaped == [], f"{len(escaped)} children escaped the kill"

@@ -122,18 +122,44 @@ class WorkerProcess:
     def _kill_tree(root) -> None:
         import psutil
 
-        # psutil.Process checks the creation time it recorded at launch: a PID that another process reused after
-        # the worker ended is not touched.
+        # Each process is suspended before its children are listed, so that none can start another between the
+        # listing and the kill. psutil.Process checks the creation time it recorded at launch: a PID that another
+        # process reused after the worker ended is not touched.
+        tree: list = []
         try:
-            tree = root.children(recursive=True) + [root]
-        except psutil.NoSuchProcess:
-            return
-        for process in tree:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(tree, timeout=KILL_TIMEOUT_S)
+            generation = [root]
+            while generation:
+                suspended = [process for process in generation if _suspend(process)]
+                tree += suspended
+                generation = [child for process in suspended for child in _children(process)]
+        finally:  # where psutil is refused part of the way, what was suspended is still killed
+            for process in tree:
+                try:
+                    process.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(tree, timeout=KILL_TIMEOUT_S)
+
+
+def _suspend(process) -> bool:
+    """Suspends a psutil process; False if it has already ended."""
+    import psutil
+
+    try:
+        process.suspend()
+        return True
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _children(process) -> list:
+    """The direct children of a psutil process; none once it has ended."""
+    import psutil
+
+    try:
+        return process.children()
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _process_handle(pid: int):
