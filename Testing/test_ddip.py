@@ -279,11 +279,12 @@ def test_ddip_keeps_the_osem_image_outside_the_head(slab, tiny_prior):
 def test_ddip_refuses_what_it_cannot_use(slab, tiny_prior, tiny_ddpm_model_dir, tmp_path, caplog):
     _, sinogram, mr = slab
     out = tmp_path / "out"
-    with pytest.raises(InputError, match="give the subject's MR"):
+    with pytest.raises(InputError, match=r"give the subject's MR, mr_path \(petstab --mr\)"):
         reconstruct(sinogram, out, method="ddip", ddip=DDIPConfig(model_dir=str(tiny_prior)))
-    with pytest.raises(InputError, match="without condition dropout"):
+    with pytest.raises(InputError, match=r"without condition dropout.* model_dir \(petstab --ddip-model\)"):
         reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(tiny_ddpm_model_dir)))
-    with pytest.raises(InputError, match=r"5 DDIP EM subsets \(--em-subsets\) do not divide the sinogram's 168 angles"):
+    with pytest.raises(InputError, match=r"5 DDIP EM subsets, em_subsets \(petstab --em-subsets\), do not divide the "
+                                         r"sinogram's 168 angles"):
         reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(tiny_prior), em_subsets=5))
     assert not out.exists()
     assert main(["reconstruct", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr)]) == 2
@@ -313,8 +314,8 @@ def test_ddip_refuses_a_prior_trained_on_another_chain(slab, tmp_path):
     _, sinogram, mr = slab
     prior = train_tiny_prior(tmp_path / "matched", matched_steps=2, matched_start_fraction=0.5)
     out = tmp_path / "out"
-    with pytest.raises(InputError, match="trained for 2 DDIM steps from 0.5 T only: sample with --steps 2 "
-                                         "--start-fraction 0.5"):
+    with pytest.raises(InputError, match=r"trained for 2 DDIM steps from 0.5 T only: sample with steps \(petstab "
+                                         r"--steps\) 2 and start_fraction \(petstab --start-fraction\) 0.5"):
         reconstruct(sinogram, out, method="ddip", mr_path=mr, ddip=DDIPConfig(model_dir=str(prior)))
     assert not out.exists()
 

@@ -2,7 +2,17 @@
 importing another layer. Imports nothing but typing.
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
+
+
+def setting(field: str, flag: Optional[str] = None) -> str:
+    """How an engine message names a setting, for the Python API and ``petstab`` alike.
+
+    Args:
+        field: the config field or keyword argument, e.g. ``learning_rate``.
+        flag: petstab's option, when it is not ``--`` + ``field`` with dashes.
+    """
+    return f"{field} (petstab {flag or '--' + field.replace('_', '-')})"
 
 
 class InputError(ValueError):

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Tuple, cast
 import numpy as np
 import torch
 
-from ..errors import Cancelled, LossJumpError
+from ..errors import Cancelled, LossJumpError, setting
 from ..settings import DIPConfig, EpochReport, sample_epochs
 from .device import resolve_device
 from .network import build_unet
@@ -181,7 +181,7 @@ def fit_dip(
                 raise LossJumpError(
                     f"the DIP loss jumped to {loss:.4g} at epoch {epoch} (lowest so far {best:.4g}) at learning "
                     f"rate {learning_rate:g}, after {len(jumps)} of {config.max_loss_jump_retries} allowed "
-                    "learning-rate reductions; lower --learning-rate or use --optimizer adam"
+                    f"learning-rate reductions; lower {setting('learning_rate')} or set {setting('optimizer')} to 'adam'"
                 )
             learning_rate /= LOSS_JUMP_LR_DIVISOR
             jumps.append({"epoch": epoch, "loss": loss, "best_loss": best, "new_learning_rate": learning_rate})

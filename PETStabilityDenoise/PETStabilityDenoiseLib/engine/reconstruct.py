@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, setting
 from ..settings import (
     DDIP_ALPHA,
     DEFAULT_OSEM_ITERATIONS,
@@ -117,7 +117,7 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     """
     import torch
 
-    check_subsets(sinogram, config.em_subsets, "DDIP EM subsets (--em-subsets)")
+    check_subsets(sinogram, config.em_subsets, f"DDIP EM subsets, {setting('em_subsets')},")
     from .ddip import ddip_reconstruct
     from .ddpm.sampling import check_matched_chain
     from .ddpm.weights import bundled_prior_dir, load_model
@@ -131,8 +131,9 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
     model, model_config, manifest = load_model(model_dir, device)
     if not manifest.get("info", {}).get("training", {}).get("condition_dropout"):
         raise InputError(f"the diffusion model in {model_dir} was trained without condition dropout, so it is no "
-                         "prior p(PET | MR): give a prior (--ddip-model), such as one trained with 'petstab "
-                         "train-ddpm --condition-dropout 1', or leave --ddip-model out for the bundled prior")
+                         f"prior p(PET | MR): give a prior as {setting('model_dir', '--ddip-model')}, such as one "
+                         "trained with 'petstab train-ddpm --condition-dropout 1', or leave it unset for the bundled "
+                         "prior")
     if not model_config.use_mr:
         raise InputError(f"the diffusion model in {model_dir} does not take the MR: DDIP's prior needs it")
     check_matched_chain(model_config, config.steps, config.start_fraction)
@@ -201,7 +202,7 @@ def reconstruct(sinogram_path: Path, out_dir: Path, *, method: str = DEFAULT_REC
     check_choice("format", fmt, FILE_FORMATS)
     check_alpha(alpha)
     if method == "ddip" and mr_path is None:
-        raise InputError("DDIP's prior is conditioned on the MR: give the subject's MR (--mr)")
+        raise InputError(f"DDIP's prior is conditioned on the MR: give the subject's MR, {setting('mr_path', '--mr')}")
     started = time.perf_counter()
     sinogram = read_sinogram(sinogram_path)
     check_osem_settings(sinogram, iterations, subsets)

@@ -29,7 +29,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from ...errors import InputError
+from ...errors import InputError, setting
 from ...settings import DDPMSamplingConfig
 from .model import (
     DDPMConfig,
@@ -83,8 +83,8 @@ def check_matched_chain(config: DDPMConfig, steps: int, start_fraction: float) -
     """
     if config.matched_steps and (steps, start_fraction) != (config.matched_steps, config.matched_start_fraction):
         raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
-                         f"{config.matched_start_fraction:g} T only: sample with --steps {config.matched_steps} "
-                         f"--start-fraction {config.matched_start_fraction:g}")
+                         f"{config.matched_start_fraction:g} T only: sample with {setting('steps')} {config.matched_steps} and "
+                         f"{setting('start_fraction')} {config.matched_start_fraction:g}")
 
 
 def sampling_timesteps(scheduler, steps: int, start_fraction: float) -> List[int]:
@@ -237,12 +237,12 @@ def denoise_volume(
         raise ValueError(f"at least 2 samples are needed for a std map; got {samples}")
     if (config.residual or config.corrective) and steps != config.matched_steps:
         raise InputError(f"this model was trained for {config.matched_steps} steps from its chain's start only: "
-                         f"sample with --steps {config.matched_steps}")
+                         f"sample with {setting('steps')} {config.matched_steps}")
     if config.corrective != (base is not None):
         raise ValueError("a corrective model needs its base prediction, and only such a model takes one")
     if config.corrective and start_fraction not in (SAMPLING_DEFAULTS.start_fraction, 1.0):
-        raise InputError(f"this model's chain starts from pure noise, not from the low-dose image: --start-fraction "
-                         f"does not apply to it (got {start_fraction:g})")
+        raise InputError(f"this model's chain starts from pure noise, not from the low-dose image: "
+                         f"{setting('start_fraction')} does not apply to it (got {start_fraction:g})")
     if not (config.residual or config.corrective):
         check_matched_chain(config, steps, start_fraction)
     inputs, scale = conditions_in_model_space(low_dose, mr, head, config.use_mr, device, base)
