@@ -240,8 +240,8 @@ def test_loss_jump_error_when_retries_run_out(monkeypatch):
     # Every optimiser, at any learning rate, breaks the weights at its second step.
     _corrupt_steps(monkeypatch, {2}, float("nan"))
     pet, mr = _blob()
-    with pytest.raises(LossJumpError, match=r"after 2 of 2 allowed .* lower learning_rate \(petstab --learning-rate\) or set optimizer "
-                                             r"\(petstab --optimizer\) to 'adam'"):
+    with pytest.raises(LossJumpError, match=r"after 2 of 2 allowed .* lower learning_rate \(petstab "
+                                             r"--learning-rate\) or set optimizer \(petstab --optimizer\) to 'adam'"):
         fit_dip(pet, mr, TINY.replace(seed=1, max_loss_jump_retries=2))
 
 

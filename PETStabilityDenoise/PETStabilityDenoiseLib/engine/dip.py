@@ -181,7 +181,8 @@ def fit_dip(
                 raise LossJumpError(
                     f"the DIP loss jumped to {loss:.4g} at epoch {epoch} (lowest so far {best:.4g}) at learning "
                     f"rate {learning_rate:g}, after {len(jumps)} of {config.max_loss_jump_retries} allowed "
-                    f"learning-rate reductions; lower {setting('learning_rate')} or set {setting('optimizer')} to 'adam'"
+                    f"learning-rate reductions; lower {setting('learning_rate')} or set {setting('optimizer')} to "
+                    "'adam'"
                 )
             learning_rate /= LOSS_JUMP_LR_DIVISOR
             jumps.append({"epoch": epoch, "loss": loss, "best_loss": best, "new_learning_rate": learning_rate})

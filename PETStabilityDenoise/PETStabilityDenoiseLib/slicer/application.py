@@ -35,8 +35,8 @@ def launch_worker(args: List[str], cwd: str):
     """Starts the worker with Slicer's launcher settings; stdout and stderr are merged, as text."""
     import slicer
 
-    return slicer.util.launchConsoleProcess(args, useStartupEnvironment=False, updateEnvironment=worker_environment(cwd),
-                                            cwd=cwd)
+    return slicer.util.launchConsoleProcess(args, useStartupEnvironment=False,
+                                            updateEnvironment=worker_environment(cwd), cwd=cwd)
 
 
 def is_batch_mode() -> bool:

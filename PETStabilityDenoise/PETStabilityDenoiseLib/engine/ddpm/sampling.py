@@ -83,8 +83,8 @@ def check_matched_chain(config: DDPMConfig, steps: int, start_fraction: float) -
     """
     if config.matched_steps and (steps, start_fraction) != (config.matched_steps, config.matched_start_fraction):
         raise InputError(f"this model was trained for {config.matched_steps} DDIM steps from "
-                         f"{config.matched_start_fraction:g} T only: sample with {setting('steps')} {config.matched_steps} and "
-                         f"{setting('start_fraction')} {config.matched_start_fraction:g}")
+                         f"{config.matched_start_fraction:g} T only: sample with {setting('steps')} "
+                         f"{config.matched_steps} and {setting('start_fraction')} {config.matched_start_fraction:g}")
 
 
 def sampling_timesteps(scheduler, steps: int, start_fraction: float) -> List[int]:
