@@ -11,11 +11,12 @@ of its distribution. Rows per case:
   that its Gaussian sweep equals this one: ``dip_blend`` (OSEM + the DIP blend at DIP's default alpha),
   ``ddpm`` (OSEM + the diffusion model's mean), ``ddpm_blend`` (at the DDPM's alpha) and ``unet`` (its baseline);
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
-- ``ddip`` with the default settings (the bundled prior, or ``--prior``; not with ``--ablations-only``), and the
-  ``--ablations`` chosen from ``ABLATIONS`` (at the first dose only, on the realistic cases unless
-  ``--ablation-regimes`` says otherwise, of ``--ablation-subjects``). DDIP rows score the mean (``network_output``)
-  and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha that was the default when the row
-  was computed); the default row also its blend at each of the evaluation's alphas;
+- ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
+  ``ABLATIONS`` (at the first dose only, on the realistic cases unless ``--ablation-regimes`` says otherwise, of
+  ``--ablation-subjects``). DDIP rows score
+  the mean (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha
+  that was the default when the row was computed); the default row also its blend at each of the evaluation's
+  alphas;
 - ``truth_blurred``: the PSF-blurred truth itself, what every trained model here learns.
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
@@ -206,8 +207,6 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         # What every trained model here learns: a perfect estimate of it, scored as the methods are.
         "truth_blurred": lambda: scorer(scorer.truth_blurred),
     }
-    if args.ablations_only:
-        del rows["ddip"]
     if args.dip:
         rows["dip_blend"] = dip_row
     if args.ddpm:
@@ -322,8 +321,6 @@ def main() -> None:
     parser.add_argument("--ablation-regimes", nargs="+", default=["realistic"], choices=["realistic", "amyloid"],
                         help="run the ablations on these cases (default: the realistic ones; amyloid needs --amyloid)")
     parser.add_argument("--ablation-subjects", nargs="+", help="run the ablations on these subjects only (default: all)")
-    parser.add_argument("--ablations-only", action="store_true",
-                        help="of DDIP, run the --ablations only, not the default settings (half the time with one)")
     parser.add_argument("--evaluation", type=Path, help="the evaluation's results.csv: import its rows of each case")
     parser.add_argument("--dip", action="store_true", help="also OSEM + the DIP blend (about 7 minutes a case)")
     parser.add_argument("--ddpm", action="store_true", help="also OSEM + the diffusion model")
