@@ -90,6 +90,7 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     "ddip_finetune4": {"finetune_steps": 4},
     "ddip_lr3e-3": {"learning_rate": 3e-3},
     "ddip_psf3": {"psf_fwhm_mm": 3.0},  # the brain scanner's PSF (simulation/scanners.py), modelled in the data step
+    "ddip_psf1.5": {"psf_fwhm_mm": 1.5},  # half of it: between a sharp prior's two trades (docs/RECONSTRUCTION.md)
     # With the PSF, the adapters fitted harder: can they keep a sharp prior's FDG detail off another tracer?
     "ddip_psf3_finetune4": {"psf_fwhm_mm": 3.0, "finetune_steps": 4},
     "ddip_psf3_lr3e-3": {"psf_fwhm_mm": 3.0, "learning_rate": 3e-3},
