@@ -358,7 +358,7 @@ def test_the_folders_of_runs_whose_process_ended_are_removed(tmp_path, monkeypat
 def slicer_launch_console_process(args, useStartupEnvironment=True, updateEnvironment=None, cwd=None):
     """Slicer 5.8's ``slicer.util.launchConsoleProcess`` as the worker calls it (useStartupEnvironment=False)."""
     assert not useStartupEnvironment
-    env = {**os.environ, **(updateEnvironment or {})} if updateEnvironment else None
+    env = {**os.environ, **updateEnvironment} if updateEnvironment else None
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
 
 
@@ -395,7 +395,9 @@ def test_kill_leaves_no_child_of_a_process_that_keeps_starting_them(tmp_path):
     escaped = []
     for _ in range(3):  # the one-time snapshot let children escape in 4 rounds of 5
         process = WorkerProcess([sys.executable, "-c", spawner, str(started)], cwd=".")
+        deadline = time.monotonic() + 30
         while not started.is_file() or len(started.read_text().split()) < 20:
+            assert time.monotonic() < deadline, f"the spawner started too few children: {process.log_tail()}"
             time.sleep(0.01)
         process.kill()
         pids = [int(pid) for pid in started.read_text().split()]
