@@ -166,7 +166,7 @@ def test_a_missing_tag_is_named(pet_series, keyword, tag):
 
 @pytest.mark.parametrize("keyword, value, message", [
     ("Units", "CNTS", r"Units \(0054,1001\) is 'CNTS': SUV needs BQML"),
-    ("Units", "GML", r"already in SUV: leave out --suv"),
+    ("Units", "GML", r"already in SUV: leave suv unset; petstab: leave out --suv"),
     ("CorrectedImage", ["ATTN", "SCAT"], r"CorrectedImage \(0028,0051\) is 'ATTN\\\\SCAT', without DECY"),
     ("DecayCorrection", "NONE", r"DecayCorrection \(0054,1102\) is 'NONE'"),
     ("PatientWeight", "0", r"PatientWeight \(0010,1030\) is '0': SUV needs a positive value"),
@@ -296,8 +296,8 @@ def test_cli_denoises_a_dicom_series_in_suv_into_dicom_then_reblends(pet_series,
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--format", "dicom"], "--format dicom needs the PET as a DICOM series folder"),
-    (["--suv", "bw"], "--suv bw needs the PET as a DICOM series folder"),
+    (["--format", "dicom"], "fmt (petstab --format) dicom needs the PET as a DICOM series folder"),
+    (["--suv", "bw"], "suv (petstab --suv) bw needs the PET as a DICOM series folder"),
 ])
 def test_cli_refuses_dicom_output_or_suv_for_a_nifti_pet(pet_series, tmp_path, caplog, monkeypatch, argv, message):
     from PETStabilityDenoiseLib.engine import run as engine_run

@@ -204,7 +204,7 @@ def test_a_folder_of_other_files_is_never_replaced(quick_engine, inputs, tmp_pat
 
 @pytest.mark.parametrize("where, message", [("file", "is a file, not a folder"),
                                             ("below_file", "which is a file, not a folder"),
-                                            ("proc", "cannot write beside --out")])
+                                            ("proc", "cannot write beside out_dir (petstab --out)")])
 def test_an_unusable_out_is_refused_before_the_inputs_are_read(quick_engine, inputs, tmp_path, capsys, caplog,
                                                                monkeypatch, where, message):
     from PETStabilityDenoiseLib.engine import run as engine_run

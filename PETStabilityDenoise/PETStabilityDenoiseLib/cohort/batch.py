@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, OutputError
 from ..volumes.files import write_atomically
-from ..volumes.run_folder import clean_up_interrupted
+from ..volumes.run_folder import OUT, clean_up_interrupted
 from .schedulers import Scheduler
 from .table import SUMMARY_FILE, CohortRow
 from .tasks import SUMMARY_COLUMNS, SubjectOutcome, SubjectTask, earlier_outcome, not_run
@@ -47,11 +47,11 @@ def run_cohort(rows: Sequence[CohortRow], out_dir: Path, fmt: str, scheduler: Sc
     """
     out_dir = Path(out_dir).resolve()  # the summary's output paths hold from any folder
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file, not a folder; choose a folder")
+        raise InputError(f"{OUT} {out_dir} is a file, not a folder; choose a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"cannot create --out {out_dir}: {error.strerror or error}") from None
+        raise InputError(f"cannot create {OUT} {out_dir}: {error.strerror or error}") from None
     tasks = [SubjectTask(row, out_dir / row.subject, fmt) for row in rows]
     for task in tasks:
         clean_up_interrupted(task.out_dir)  # what a killed earlier batch may have left

@@ -32,7 +32,7 @@ from ..settings.config import check_choice
 from ..volumes.dicom import write_derived_series
 from ..volumes.geometry import grids_match
 from ..volumes.io import output_path, read_volume, write_volume
-from ..volumes.pet_input import PetInput, check_pet_options, read_pet
+from ..volumes.pet_input import FORMAT, PetInput, check_pet_options, read_pet
 from ..volumes.run_folder import (
     VOLUME_NAMES,
     image_sha256,
@@ -85,7 +85,7 @@ def write_output(image: sitk.Image, folder: Path, name: str, fmt: str, *, alpha:
     if fmt != DICOM_FORMAT:
         return write_volume(image, path)
     if pet is None:
-        raise InputError(f"--format {DICOM_FORMAT} needs the PET as a DICOM series folder")
+        raise InputError(f"{FORMAT} {DICOM_FORMAT} needs the PET as a DICOM series folder")
     description = SERIES_LABELS[name] + (f" alpha {alpha:g}" if name in BLENDED else "")
     # S_norm is a fraction; the other outputs share the PET's units.
     units = "NONE" if name == "stability_norm" else "GML" if pet.suv else None

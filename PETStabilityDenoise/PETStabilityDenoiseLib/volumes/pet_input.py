@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, setting
 from ..settings import DICOM_FORMAT, FILE_FORMATS, SUV_TYPES
 from ..settings.config import check_choice
 from .dicom import read_headers
@@ -21,6 +21,8 @@ from .io import dicom_series_files, read_volume
 from .suv import SUVFactor, suv_bw_factor
 
 log = logging.getLogger(__name__)
+# How messages name the output format, for the Python API and petstab alike.
+FORMAT = setting("fmt", "--format")
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,11 @@ class PetInput:
     def dicom_source(self) -> Tuple[str, ...]:
         """The files DICOM outputs are derived from, one per slice; InputError when there are none such."""
         if not self.series_files:
-            raise InputError(f"--format {DICOM_FORMAT} needs the PET as a DICOM series folder")
+            raise InputError(f"{FORMAT} {DICOM_FORMAT} needs the PET as a DICOM series folder")
         if len(self.series_files) != self.image.GetDepth():
-            raise InputError(f"--format {DICOM_FORMAT} needs a PET series of one file per slice; this one has "
+            raise InputError(f"{FORMAT} {DICOM_FORMAT} needs a PET series of one file per slice; this one has "
                              f"{len(self.series_files)} file(s) for {self.image.GetDepth()} slices (multi-frame?): "
-                             f"choose another --format ({', '.join(FILE_FORMATS)})")
+                             f"choose another {FORMAT} ({', '.join(FILE_FORMATS)})")
         return self.series_files
 
 
@@ -62,11 +64,11 @@ def check_pet_options(pet_path: Union[str, Path], *, suv: Optional[str], fmt: Op
     if not path.exists() or path.is_dir():
         return
     if suv is not None:
-        raise InputError(f"--suv {suv} needs the PET as a DICOM series folder (SUV comes from its headers' dose, "
+        raise InputError(f"{setting('suv')} {suv} needs the PET as a DICOM series folder (SUV comes from its headers' dose, "
                          f"weight and times); {path} is a file")
     if fmt == DICOM_FORMAT:
-        raise InputError(f"--format {DICOM_FORMAT} needs the PET as a DICOM series folder (each output series is "
-                         f"derived from it); {path} is a file: choose another --format ({', '.join(FILE_FORMATS)})")
+        raise InputError(f"{FORMAT} {DICOM_FORMAT} needs the PET as a DICOM series folder (each output series is "
+                         f"derived from it); {path} is a file: choose another {FORMAT} ({', '.join(FILE_FORMATS)})")
 
 
 def read_pet(pet_path: Union[str, Path], suv: Optional[str] = None) -> PetInput:

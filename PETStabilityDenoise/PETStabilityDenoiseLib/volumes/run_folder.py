@@ -29,10 +29,12 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, setting
 from ..settings import FILE_FORMATS
 
 log = logging.getLogger(__name__)
+# How messages name the run folder, for the Python API and petstab alike.
+OUT = setting("out_dir", "--out")
 
 RUN_FILE = "run.json"
 VOLUME_NAMES = ("denoised", "network_output", "stability", "stability_norm")
@@ -102,29 +104,29 @@ def recorded_pet_path(run_dir: Path, record: dict) -> Path:
 
 
 def check_output_folder(out_dir: Path, *, overwrite: bool = True) -> bool:
-    """Refuses an ``--out`` that cannot take a run folder; True when it holds an earlier run to be replaced.
+    """Refuses an ``out_dir`` that cannot take a run folder; True when it holds an earlier run to be replaced.
 
     A folder that holds anything but a run's files is never replaced, so that nothing of the user's is deleted.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder; choose a folder")
+        raise InputError(f"{OUT} {out} is a file, not a folder; choose a folder")
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise InputError(f"--out {out} is below {ancestor}, which is a file, not a folder; choose another folder")
+        raise InputError(f"{OUT} {out} is below {ancestor}, which is a file, not a folder; choose another folder")
     if not out.exists() or not any(out.iterdir()):
         return False
     entries = sorted(entry.name for entry in out.iterdir())
     foreign = [name for name in entries if name not in RUN_FOLDER_FILES]
     if foreign or RUN_FILE not in entries:
         shown = ", ".join((foreign or entries)[:5])
-        raise InputError(f"--out {out} holds files that are not a PETStabilityDenoise run ({shown}); "
+        raise InputError(f"{OUT} {out} holds files that are not a PETStabilityDenoise run ({shown}); "
                          "choose a new or empty folder, so that nothing in it is replaced")
     if not overwrite:
-        raise InputError(f"--out {out} already holds a run; choose another folder, or leave out --no-overwrite "
-                         "to replace it as a whole")
+        raise InputError(f"{OUT} {out} already holds a run; choose another folder, or let it be replaced as a whole "
+                         "(overwrite True; petstab without --no-overwrite)")
     return True
 
 
@@ -142,7 +144,7 @@ def staged_folder(out_dir: Path, *, overwrite: bool = True) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage.mkdir()
     except OSError as error:
-        raise InputError(f"cannot write beside --out {out}: {error.strerror or error}; "
+        raise InputError(f"cannot write beside {OUT} {out}: {error.strerror or error}; "
                          "choose a folder you can write to") from None
     try:
         yield stage

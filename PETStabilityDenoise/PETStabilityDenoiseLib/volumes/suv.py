@@ -85,7 +85,7 @@ def suv_bw_factor(headers: Sequence[Any]) -> SUVFactor:
     tags: Dict[str, Any] = {}
     units = _text(headers, "Units", tags)
     if units != "BQML":
-        advice = " (the series is already in SUV: leave out --suv)" if units == "GML" else ""
+        advice = " (the series is already in SUV: leave suv unset; petstab: leave out --suv)" if units == "GML" else ""
         raise InputError(f"{tag_name('Units')} is {units!r}: SUV needs BQML, an activity concentration{advice}")
     corrections = _series_value(headers, "CorrectedImage")
     corrected = [str(value).strip() for value in (corrections if _is_multi(corrections) else [corrections])]
