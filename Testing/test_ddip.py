@@ -17,14 +17,14 @@ from conftest import synthetic_training_pairs  # noqa: E402
 
 from PETStabilityDenoiseLib.cli import main  # noqa: E402
 from PETStabilityDenoiseLib.engine import tomography  # noqa: E402
-from PETStabilityDenoiseLib.engine.ddpm.model import DROPPED_CONDITION, DDPMConfig, build_model  # noqa: E402
+from PETStabilityDenoiseLib.engine.ddpm.model import DROPPED_CONDITION, DROPPED_MR, DDPMConfig, build_model  # noqa: E402
 from PETStabilityDenoiseLib.engine.filters import FWHM_PER_SIGMA  # noqa: E402
 from PETStabilityDenoiseLib.engine.lora import add_lora  # noqa: E402
 from PETStabilityDenoiseLib.engine.reconstruct import reconstruct, sinogram_projector  # noqa: E402
 from PETStabilityDenoiseLib.errors import InputError  # noqa: E402
 from PETStabilityDenoiseLib.settings import DDIP_ALPHA, DEFAULT_ALPHAS, DDIPConfig  # noqa: E402
 from PETStabilityDenoiseLib.simulation import SimulationConfig, bundled_labels_path, simulate_case  # noqa: E402
-from PETStabilityDenoiseLib.training.trainer import TrainingSettings, drop_low_dose, train  # noqa: E402
+from PETStabilityDenoiseLib.training.trainer import TrainingSettings, drop_low_dose, drop_mr, train  # noqa: E402
 from PETStabilityDenoiseLib.volumes.sinogram import write_sinogram  # noqa: E402
 
 TINY_DDIP = dict(samples=2, steps=2, start_fraction=0.3, finetune_steps=1, finetune_batch=1, em_updates=1,
@@ -47,11 +47,11 @@ def tiny_prior(tmp_path_factory):
     return train_tiny_prior(tmp_path_factory.mktemp("tiny_prior"))
 
 
-def train_tiny_prior(folder, **config_changes):
+def train_tiny_prior(folder, mr_dropout=0.0, **config_changes):
     """A tiny DDPM trained for a few steps with condition dropout: a prior p(PET | MR), though not a useful one."""
     config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16, **config_changes)
     settings = TrainingSettings(steps=2, batch_size=2, checkpoint_every=2, validate_every=2, log_every=1,
-                                validation_patches=2, condition_dropout=0.5)
+                                validation_patches=2, condition_dropout=0.5, mr_dropout=mr_dropout)
     pairs = synthetic_training_pairs()
     return train(config, settings, pairs[:1], pairs[1:], folder)
 
@@ -220,6 +220,74 @@ def test_condition_dropout_drops_the_low_dose_channel_only():
         TrainingSettings(condition_dropout=1.5)
 
 
+def test_mr_dropout_drops_the_mr_channel_only_and_needs_a_network_that_takes_the_mr(tmp_path):
+    conditions = torch.randn(64, 2, 4, 4, 4)
+    generator = torch.Generator().manual_seed(0)
+    dropped = drop_mr(conditions, 0.5, generator)
+    is_dropped = (dropped[:, 1] == DROPPED_MR).flatten(1).all(1)
+    assert 16 < int(is_dropped.sum()) < 48
+    assert torch.equal(dropped[~is_dropped], conditions[~is_dropped])
+    assert torch.equal(dropped[:, 0], conditions[:, 0])
+    with pytest.raises(InputError, match=r"mr_dropout must be in \[0, 1\)"):
+        TrainingSettings(mr_dropout=1.0)
+    with pytest.raises(InputError, match="a DDPM that uses the MR"):
+        train_tiny_prior(tmp_path / "no_mr", mr_dropout=0.5, use_mr=False)
+
+
+def test_mr_guidance_mixes_the_estimates_with_and_without_the_mr():
+    """w = 1 is the network as trained, in one pass; otherwise x0(no MR) + w (x0(MR) - x0(no MR))."""
+    from PETStabilityDenoiseLib.engine.ddip import estimate_clean, guided_estimate
+
+    torch.manual_seed(0)
+    config = DDPMConfig(channels=(16, 16), num_res_blocks=1, patch_size=16)
+    model = build_model(config).eval()
+    with torch.no_grad():  # MONAI starts the output layer at zero, which would hide the MR's effect
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    x_t, conditions = torch.randn(1, 1, 16, 16, 16), torch.randn(1, 2, 16, 16, 16)
+    without_mr = conditions.clone()
+    without_mr[:, 1] = DROPPED_MR
+    with torch.no_grad():
+        with_mr, no_mr = (estimate_clean(model, config, x_t, c, 300, 0.5) for c in (conditions, without_mr))
+        assert not torch.allclose(with_mr, no_mr)
+        passes = []
+        model.register_forward_hook(lambda *_: passes.append(1))
+        assert torch.equal(guided_estimate(model, config, x_t, conditions, 300, 0.5, 1.0), with_mr)
+        assert len(passes) == 1
+        for weight in (0.0, 0.5, 2.0):
+            torch.testing.assert_close(guided_estimate(model, config, x_t, conditions, 300, 0.5, weight),
+                                       no_mr + weight * (with_mr - no_mr))
+        assert len(passes) == 7
+    with pytest.raises(InputError, match="mr_guidance must be a weight >= 0"):
+        DDIPConfig(mr_guidance=-0.5)
+
+
+def test_the_mr_guidance_option_needs_a_prior_trained_with_mr_dropout(slab, tiny_prior, tmp_path, caplog,
+                                                                      monkeypatch):
+    """``--mr-guidance`` reaches every estimate of the network, fine-tuning's included, and run.json."""
+    from PETStabilityDenoiseLib.engine import ddip
+
+    weights = []
+    guided_estimate = ddip.guided_estimate
+    monkeypatch.setattr(ddip, "guided_estimate", lambda *a: weights.append(a[-1]) or guided_estimate(*a))
+    _, sinogram, mr = slab
+    tiny = ["--samples", "2", "--steps", "2", "--start-fraction", "0.3", "--finetune-steps", "1", "--em-updates", "1",
+            "--device", "cpu"]
+    bad = tmp_path / "bad"
+    assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(bad), "--mr", str(mr),
+                 "--mr-guidance", "0.5", "--ddip-model", str(tiny_prior), *tiny]) == 2
+    assert "mr_guidance (petstab --mr-guidance) 0.5 needs a prior trained with MR dropout" in caplog.text
+    assert not bad.exists()
+    guided = train_tiny_prior(tmp_path / "mr_dropout", mr_dropout=0.5)
+    out = tmp_path / "guided"
+    assert main(["reconstruct", "--method", "ddip", "--sinogram", str(sinogram), "--out", str(out), "--mr", str(mr),
+                 "--mr-guidance", "0.5", "--ddip-model", str(guided), *tiny]) == 0
+    assert json.loads((out / "run.json").read_text())["config"]["mr_guidance"] == 0.5
+    # Per sample, 2 fine-tuning steps and the windows of 3 estimates.
+    assert set(weights) == {0.5} and len(weights) > 2 * (2 + 3), weights
+    assert np.isfinite(sitk.GetArrayViewFromImage(sitk.ReadImage(str(out / "network_output.nii.gz")))).all()
+
+
 def test_a_tiny_ddip_run_gives_finite_volumes_on_the_pet_grid(slab, tiny_prior, tmp_path):
     case, sinogram, mr = slab
     out = tmp_path / "ddip"
@@ -307,6 +375,7 @@ def test_the_settings_hash_follows_what_changes_the_image_only():
     assert default.replace(device="cpu", threads=1, model_dir="elsewhere").settings_hash() == default.settings_hash()
     assert default.replace(data_correction_fwhm_mm=0.0).settings_hash() != default.settings_hash()
     assert default.replace(beta=1.0).settings_hash() != default.settings_hash()
+    assert default.replace(mr_guidance=0.5).settings_hash() != default.settings_hash()
 
 
 def test_ddip_refuses_a_prior_trained_on_another_chain(slab, tmp_path):

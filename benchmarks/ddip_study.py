@@ -94,6 +94,8 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     # With the PSF, the adapters fitted harder: can they keep a sharp prior's FDG detail off another tracer?
     "ddip_psf3_finetune4": {"psf_fwhm_mm": 3.0, "finetune_steps": 4},
     "ddip_psf3_lr3e-3": {"psf_fwhm_mm": 3.0, "learning_rate": 3e-3},
+    # A prior trained with MR dropout, with the MR weighed less: less of the FDG pattern the MR stands for?
+    "ddip_psf3_mr0.5": {"psf_fwhm_mm": 3.0, "mr_guidance": 0.5},
     "ddip_samples4": {"samples": 4},
     "ddip_overlap0.5": {"overlap": 0.5},  # the sliding windows' overlap (0.25)
     "ddip_steps5": {"steps": 5},  # DDIM steps (10)

@@ -66,6 +66,8 @@ from PETStabilityDenoiseLib.training.dataset import (
 from PETStabilityDenoiseLib.training.trainer import CHECKPOINT_FILE, MODEL_DIR, TrainingSettings, train
 
 log = logging.getLogger("ddpm_design")
+# The sharp prior's second training, kept outside the wheel (docs/RECONSTRUCTION.md).
+KEPT_SHARP_PRIOR = Path(__file__).resolve().parent.parent / "docs" / "reconstruction" / "prior_sharp"
 DDIP_CHAIN = DDIPConfig()
 
 # name -> (network, training target, other training settings)
@@ -109,11 +111,17 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     # The bundled prior fine-tuned towards the truth before the scanner's PSF, at every timestep and at its own
     # training's learning rate (the target moves): a prior for DDIP with the PSF in its data step (--psf-fwhm).
     "ddip_prior_sharp": (DDPMConfig(), "truth", {"condition_dropout": 1.0, "learning_rate": 3e-4, "seed": 1}),
+    # The kept sharp prior (docs/reconstruction/prior_sharp) trained on with its MR dropped for half the patches,
+    # so that it also models p(PET): does weighing the MR less at inference (--mr-guidance) keep the sharp
+    # prior's FDG gain off another tracer?
+    "ddip_prior_sharp_mr_dropout": (DDPMConfig(), "truth", {"condition_dropout": 1.0, "mr_dropout": 0.5,
+                                                            "learning_rate": 3e-4, "seed": 1}),
 }
 # name -> the model folder whose weights a candidate starts from, instead of a fresh network
 FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": bundled_prior_dir,
                                                   "ddip_prior_continued": bundled_prior_dir,
-                                                  "ddip_prior_sharp": bundled_prior_dir}
+                                                  "ddip_prior_sharp": bundled_prior_dir,
+                                                  "ddip_prior_sharp_mr_dropout": lambda: KEPT_SHARP_PRIOR}
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
 

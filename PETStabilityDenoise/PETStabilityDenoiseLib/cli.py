@@ -137,8 +137,8 @@ DDPM_DEFAULTS = DDPMSamplingConfig()
 DDIP_DEFAULTS = DDIPConfig()
 # petstab reconstruct's DDIP options: argparse destinations named after the DDIPConfig fields they set.
 DDIP_SETTINGS = ("samples", "steps", "start_fraction", "lora_rank", "finetune_steps", "beta", "em_updates",
-                 "em_subsets", "refresh_estimate", "psf_fwhm_mm", "overlap", "data_correction_fwhm_mm", "device",
-                 "seed", "threads")
+                 "em_subsets", "refresh_estimate", "psf_fwhm_mm", "overlap", "data_correction_fwhm_mm", "mr_guidance",
+                 "device", "seed", "threads")
 # Settings that only one method has, as argparse destinations: giving them to the other is refused.
 DIP_ONLY_SETTINGS = ("epochs", "interval", "start", "optimizer", "learning_rate", "input_mode", "network",
                      "inner_iterations")
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="after the last step, add the part of one more data step's change coarser than a "
                             "Gaussian of this FWHM in mm, so that regional means follow the data "
                             f"(default {DDIP_DEFAULTS.data_correction_fwhm_mm:g}; 0: off)")
+    group.add_argument("--mr-guidance", type=float, dest="mr_guidance", metavar="W",
+                       help="weight of the MR in the prior's estimate; not 1 needs a prior trained with "
+                            f"--mr-dropout, and takes two network passes (default {DDIP_DEFAULTS.mr_guidance:g})")
     group.add_argument("--device", choices=DEVICES, help=f"default: {DEFAULT_DEVICE} (CUDA if available)")
     group.add_argument("--seed", type=int)
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -403,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition-dropout", type=float,
                    help="diffusion only: drop the low-dose condition of this fraction of the patches, so that the "
                         "model is also the prior p(PET | MR) of 'petstab reconstruct --method ddip' (e.g. 0.2; 1: only that prior)")
+    p.add_argument("--mr-dropout", type=float,
+                   help="diffusion only: drop the MR of this fraction of the patches as well, so that a prior also "
+                        "models p(PET) and 'petstab reconstruct --mr-guidance' can weigh the MR (e.g. 0.5)")
     p.add_argument("--bf16", action="store_true",
                    help="run the network in bfloat16: about 2x faster on CPUs with AMX (Xeon Sapphire Rapids "
                         "and later); dozens of times slower on CPUs without bfloat16 support, where it warns")
@@ -639,6 +645,7 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
                                                   ("learning_rate", args.learning_rate),
                                                   ("seed", args.seed), ("target", args.target),
                                                   ("condition_dropout", args.condition_dropout),
+                                                  ("mr_dropout", args.mr_dropout),
                                                   ("bf16", args.bf16)) if v is not None}
     settings = TrainingSettings(**training)
     variants = args.variants or profile["variants"]

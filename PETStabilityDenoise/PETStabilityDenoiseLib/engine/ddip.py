@@ -5,7 +5,8 @@ channel set to ``DROPPED_CONDITION`` it models p(PET | MR). Each of ``config.sam
 
 1. starts from the OSEM image, in the network's range, noised to t' = ``start_fraction`` x T;
 2. at each of ``steps`` DDIM steps, on the whole volume:
-   - the network estimates the clean image x0 from x_t (Tweedie, through sliding windows);
+   - the network estimates the clean image x0 from x_t (Tweedie, through sliding windows), with the MR weighed
+     by ``mr_guidance`` (:func:`guided_estimate`; 1, the default: as trained);
    - the data step: ``em_updates`` EM updates over ``em_subsets`` ordered subsets, tied to that estimate by
      ``beta`` (half-quadratic splitting, ``tomography.penalized_em``), on the full PET grid, slice by slice,
      with the scanner's PSF in the system model if one is given;
@@ -46,6 +47,7 @@ from ..settings import DDIPConfig
 from . import tomography
 from .ddpm.model import (
     DROPPED_CONDITION,
+    DROPPED_MR,
     DDPMConfig,
     ddim_step,
     from_model_space,
@@ -72,6 +74,19 @@ def estimate_clean(model: torch.nn.Module, config: DDPMConfig, x_t: torch.Tensor
     if config.prediction_type == "epsilon":
         return (x_t - b * prediction) / a
     return a * x_t - b * prediction  # v-prediction
+
+
+def guided_estimate(model: torch.nn.Module, config: DDPMConfig, x_t: torch.Tensor, conditions: torch.Tensor,
+                    timestep: int, alpha_bar: float, mr_guidance: float) -> torch.Tensor:
+    """x0 with the MR weighed by ``mr_guidance`` (w): x0(no MR) + w (x0(MR) - x0(no MR)), as classifier-free
+    guidance mixes its two estimates; 1: the MR-conditioned estimate alone, one network pass. Other weights need
+    a prior trained with MR dropout (``TrainingSettings.mr_dropout``), which knows what the dropped MR means."""
+    with_mr = estimate_clean(model, config, x_t, conditions, timestep, alpha_bar)
+    if mr_guidance == 1:
+        return with_mr
+    without_mr = conditions.clone()
+    without_mr[:, -1] = DROPPED_MR
+    return torch.lerp(estimate_clean(model, config, x_t, without_mr, timestep, alpha_bar), with_mr, mr_guidance)
 
 
 def prior_conditions(mr: np.ndarray, head: np.ndarray) -> np.ndarray:
@@ -108,8 +123,8 @@ class _Run:
         channels = x_t.shape[1]
 
         def predictor(windows: torch.Tensor) -> torch.Tensor:
-            return estimate_clean(self.model, self.model_config, windows[:, :channels], windows[:, channels:],
-                                  timestep, alpha_bar)
+            return guided_estimate(self.model, self.model_config, windows[:, :channels], windows[:, channels:],
+                                   timestep, alpha_bar, self.config.mr_guidance)
 
         return blend_windows(inputs, predictor, self.model_config.patch_size, self.config.overlap)
 
@@ -123,7 +138,8 @@ class _Run:
             corners = patch_origins(head, patch, self.config.finetune_batch, rng)
             region = [tuple(slice(c, c + patch) for c in corner) for corner in corners]
             batch = [torch.cat([v[(slice(None), slice(None), *r)] for r in region]) for v in (x_t, conditions, target)]
-            estimate = estimate_clean(self.model, self.model_config, batch[0], batch[1], timestep, alpha_bar)
+            estimate = guided_estimate(self.model, self.model_config, batch[0], batch[1], timestep, alpha_bar,
+                                       self.config.mr_guidance)
             loss = torch.nn.functional.mse_loss(estimate, batch[2])
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -136,6 +136,9 @@ def ddip_image(sinogram: SinogramData, osem: sitk.Image, mr: sitk.Image, config:
                          "prior")
     if not model_config.use_mr:
         raise InputError(f"the diffusion model in {model_dir} does not take the MR: DDIP's prior needs it")
+    if config.mr_guidance != 1 and not manifest["info"]["training"].get("mr_dropout"):
+        raise InputError(f"{setting('mr_guidance')} {config.mr_guidance:g} needs a prior trained with MR dropout "
+                         f"('petstab train-ddpm --mr-dropout'); the one in {model_dir} was not: leave it at 1")
     check_matched_chain(model_config, config.steps, config.start_fraction)
     validate_volume(mr, "MR", activity=False)
     mr_on_grid = sitk.GetArrayFromImage(resample_to_reference(mr, osem, name="MR")).astype(np.float32)

@@ -185,6 +185,10 @@ class DDIPConfig:
     ``data_correction_fwhm_mm``: after the last step, the data step runs once more on each run's image, and the
     part of its change coarser than a Gaussian of this FWHM (within the head) is added to the image: the
     regional means follow the data, the detail stays the network's. 0: off, the run's image is the network's.
+    ``mr_guidance``: the weight w of the MR in the network's estimate, x0(no MR) + w (x0(MR) - x0(no MR)); 1
+    (the default): the prior as trained, one network pass; other values take two passes, and a prior trained with
+    MR dropout (``petstab train-ddpm --mr-dropout``). Below 1 the prior leans less on the anatomy (an
+    experiment for tracers other than the prior's; docs/RECONSTRUCTION.md).
     ``model_dir``: a prior, a diffusion model trained with condition dropout (``petstab train-ddpm
     --condition-dropout``); None: the bundled prior. The measured effect of each setting is in
     docs/RECONSTRUCTION.md.
@@ -204,6 +208,7 @@ class DDIPConfig:
     psf_fwhm_mm: float = 0.0
     overlap: float = 0.25
     data_correction_fwhm_mm: float = 6.0
+    mr_guidance: float = 1.0
     seed: int = 0
     device: str = DEFAULT_DEVICE
     threads: Optional[int] = None
@@ -222,6 +227,8 @@ class DDIPConfig:
         if not (math.isfinite(self.data_correction_fwhm_mm) and self.data_correction_fwhm_mm >= 0):
             raise InputError("data_correction_fwhm_mm must be a FWHM in mm >= 0 (0: no final data correction); got "
                              f"{self.data_correction_fwhm_mm}")
+        if not (math.isfinite(self.mr_guidance) and self.mr_guidance >= 0):
+            raise InputError(f"mr_guidance must be a weight >= 0 (1: the prior as trained); got {self.mr_guidance}")
         check_runtime(self.device, self.threads, self.seed)
 
     def replace(self, **changes) -> "DDIPConfig":
@@ -231,6 +238,8 @@ class DDIPConfig:
         """A short hash of the settings that change the image (not where it runs, on how many threads, or the
         prior, which has its own checksum): studies key their cached runs by it."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "threads", "model_dir")}
+        if self.mr_guidance == 1:  # as before the setting existed, so that runs cached then keep their keys
+            del fields["mr_guidance"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 

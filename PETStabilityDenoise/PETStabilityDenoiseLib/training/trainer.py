@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..engine.ddpm.model import (
     DROPPED_CONDITION,
+    DROPPED_MR,
     DDPMConfig,
     add_residual_noise,
     count_parameters,
@@ -64,6 +65,9 @@ class TrainingSettings:
     # that the model also learns p(PET | MR), the prior of the sinogram reconstruction DDIP. 1: always dropped, a
     # model that is only that prior (and is validated without the condition too).
     condition_dropout: float = 0.0
+    # A DDPM with the MR only: the probability that a patch's MR channel (the last) is dropped (set to
+    # DROPPED_MR), so that the model also learns p(PET) and DDIP can weigh the MR (``DDIPConfig.mr_guidance``).
+    mr_dropout: float = 0.0
     # Run the network in bfloat16 (autocast; weights and optimiser stay float32). About 2x faster on CPUs with
     # AMX (benchmarks/bench_training.py); far slower on CPUs without bfloat16 support (``warn_if_slow_bf16``).
     bf16: bool = False
@@ -73,6 +77,9 @@ class TrainingSettings:
             raise InputError(f"unknown training target {self.target!r}; choose one of {', '.join(TRAINING_TARGETS)}")
         if not 0 <= self.condition_dropout <= 1:
             raise InputError(f"condition_dropout must be in [0, 1]; got {self.condition_dropout}")
+        if not 0 <= self.mr_dropout < 1:
+            raise InputError(f"mr_dropout must be in [0, 1): a model that never sees the MR is no MR-guided prior; "
+                             f"got {self.mr_dropout}")
 
 
 @dataclass
@@ -130,14 +137,25 @@ def diffusion_loss(model: torch.nn.Module, scheduler, conditions: torch.Tensor, 
     return torch.nn.functional.mse_loss(prediction, goal)
 
 
-def drop_low_dose(conditions: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """``conditions`` with each patch's low-dose channel (the first) set to DROPPED_CONDITION with ``probability``."""
+def drop_condition(conditions: torch.Tensor, channel: int, value: float, probability: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """``conditions`` with each patch's ``channel`` set to ``value`` with ``probability``, drawn per patch."""
     if probability == 0:
         return conditions
     dropped = torch.rand(conditions.shape[0], generator=generator, device=generator.device) < probability
     conditions = conditions.clone()
-    conditions[dropped.to(conditions.device), 0] = DROPPED_CONDITION
+    conditions[dropped.to(conditions.device), channel] = value
     return conditions
+
+
+def drop_low_dose(conditions: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """``conditions`` with each patch's low-dose channel (the first) set to DROPPED_CONDITION with ``probability``."""
+    return drop_condition(conditions, 0, DROPPED_CONDITION, probability, generator)
+
+
+def drop_mr(conditions: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """``conditions`` with each patch's MR channel (the last) set to DROPPED_MR with ``probability``."""
+    return drop_condition(conditions, -1, DROPPED_MR, probability, generator)
 
 
 def corrective_scale(config: Any) -> Optional[float]:
@@ -274,6 +292,8 @@ def train(
         raise InputError("a residual (Resfusion) model noises towards the low-dose image: it cannot drop it")
     if settings.condition_dropout and config.corrective:
         raise InputError("a corrective model's base prediction comes from the low-dose image: it cannot drop it")
+    if settings.mr_dropout and not (isinstance(config, DDPMConfig) and config.use_mr):
+        raise InputError("MR dropout trains an MR-guided diffusion prior: the network must be a DDPM that uses the MR")
     warn_if_slow_bf16(settings, device)
     model = MODEL_KINDS[kind][1](config)
     if initial_weights is not None and not resume:
@@ -313,6 +333,7 @@ def train(
             train_pairs, settings.batch_size, config.patch_size, rng, use_mr=config.use_mr, target=settings.target,
             residual_scale=corrective_scale(config)))
         conditions = drop_low_dose(conditions, settings.condition_dropout, generator)
+        conditions = drop_mr(conditions, settings.mr_dropout, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
             loss = training_loss(model, config, scheduler, conditions, targets, generator)
         optimiser.zero_grad(set_to_none=True)

@@ -32,6 +32,10 @@ NORMALISED_RANGE = 8.0
 # The low-dose channel of a model trained with condition dropout, when it is dropped: zero activity, a value the
 # low-dose PET never takes over a whole patch. Such a model is also a prior p(PET | MR) (engine/ddip.py).
 DROPPED_CONDITION = -1.0
+# The MR channel of a prior trained with MR dropout, when it is dropped: a value above any MR's range (air -1,
+# the head mean -0.75, 8 times it +1), so that the network cannot take it for anatomy. With it, such a prior
+# also models p(PET), which DDIP's MR guidance mixes with p(PET | MR).
+DROPPED_MR = 1.0
 
 
 ConfigT = TypeVar("ConfigT", bound="UNetConfig")
