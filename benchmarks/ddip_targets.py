@@ -29,11 +29,13 @@ BUNDLED = ("study_data_correction.json", "study_realisation1.json", "study_reali
 SHARP = ("study_prior_sharp_second.json", "study_prior_sharp_second_realisation1.json",
          "study_prior_sharp_second_realisation2.json")
 SHARP_AMYLOID = ("study_prior_sharp_second_amyloid.json",)
+SHARP_OVERLAP = ("study_prior_sharp_overlap.json",)
 # name -> (the study row, the FDG studies, the amyloid-like studies)
 CONFIGURATIONS: Dict[str, Tuple[str, Sequence[str], Sequence[str]]] = {
     "DDIP, bundled prior (the default)": ("ddip", BUNDLED, BUNDLED[:2]),
     "DDIP, sharp prior": ("ddip", SHARP, SHARP_AMYLOID),
     "DDIP, sharp prior + PSF model": ("ddip_psf3", SHARP[:2], SHARP_AMYLOID),
+    "DDIP, sharp prior, window overlap 0.5": ("ddip_overlap0.5", SHARP_OVERLAP, SHARP_OVERLAP),
     "DDPM denoiser on OSEM (not DDIP)": ("ddpm", BUNDLED, BUNDLED[:2]),
 }
 ROI_LIMIT = 0.03
