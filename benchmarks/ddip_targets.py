@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PETStabilityDenois
 
 from ddip_study import roi_bias_against  # noqa: E402
 
-from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS  # noqa: E402
+from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS, ROI_BIAS_TARGET  # noqa: E402
 
 STUDIES = Path(__file__).resolve().parents[1] / "docs" / "reconstruction"
 BUNDLED = ("study_data_correction.json", "study_realisation1.json", "study_realisation2.json")
@@ -44,12 +44,16 @@ CONFIGURATIONS: Dict[str, Tuple[str, Sequence[str], Sequence[str]]] = {
     "DDIP, sharp prior, window overlap 0.5": ("ddip_overlap0.5", SHARP_OVERLAP, SHARP_OVERLAP_AMYLOID),
     "DDPM denoiser on OSEM (not DDIP)": ("ddpm", BUNDLED, BUNDLED[:2]),
 }
-ROI_LIMIT = 0.03
+
+
+def typographic(text: str) -> str:
+    """``text`` with its minus signs as docs/RECONSTRUCTION.md writes them."""
+    return text.replace("-", "\u2212")
 
 
 def signed(value: float) -> str:
-    """``value`` in dB with its sign, the minus as docs/RECONSTRUCTION.md writes it."""
-    return f"{value:+.2f}".replace("-", "\u2212")
+    """``value`` in dB with its sign."""
+    return typographic(f"{value:+.2f}")
 
 
 def cases(files: Sequence[str], row: str, regime: str) -> List[Tuple[dict, dict]]:
@@ -68,14 +72,15 @@ def roi_bias_cell(biases: np.ndarray) -> str:
     Args:
         biases: one row per case, one column per ROI of ``PAPER_ROIS``.
     """
-    within = int(np.sum(np.abs(biases).max(axis=1) <= ROI_LIMIT))
+    within = int(np.sum(np.abs(biases).max(axis=1) <= ROI_BIAS_TARGET))
     roi_means = biases.mean(axis=0)
     worst = int(np.argmax(np.abs(roi_means)))
-    return (f"{within} of {len(biases)}; {100 * roi_means[worst]:+.1f} % ".replace("-", "\u2212")
-            + f"({PAPER_ROIS[worst].replace('_', ' ')})")
+    return f"{within} of {len(biases)}; {typographic(f'{100 * roi_means[worst]:+.1f}')} % " \
+           f"({PAPER_ROIS[worst].replace('_', ' ')})"
 
 
 def fulldose_biases(fdg: List[Tuple[dict, dict]]) -> np.ndarray:
+    """Each case's bias per ROI of ``PAPER_ROIS`` against full-dose OSEM."""
     return np.array([[scores[f"bias_fulldose_{roi}"] for roi in PAPER_ROIS] for scores, _ in fdg])
 
 
