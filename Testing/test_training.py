@@ -492,8 +492,38 @@ def test_train_ddpm_trains_a_corrective_model_on_its_bases_predictions(tmp_path,
     assert "needs --base-model" in caplog.text
 
 
+def test_train_ddpm_init_from_fine_tunes_a_trained_model(tmp_path, monkeypatch, caplog):
+    """``--init-from``: the run starts from that folder's weights (with a zero learning rate, the saved model is
+    them) and records their checksum; another network's folder is refused before any simulation."""
+    pairs = synthetic_training_pairs()
+    simulated = itertools.cycle([pairs[:1], pairs[1:]])
+    monkeypatch.setattr(dataset, "simulate_pairs", lambda *args, **kwargs: next(simulated))
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for subject in ("04", "05"):
+        (labels / BRAINWEB_LABELS.format(subject)).touch()
+    network = ["--channels", "16", "16", "--patch-size", "16", "--condition-dropout", "1"]
+    first = train(training_network(build_parser().parse_args(["train-ddpm", "--labels-dir", "l", "--out", "r",
+                                                              *network])),
+                  dataclasses.replace(QUICK, condition_dropout=1.0), pairs[:1], pairs[1:], tmp_path / "first")
+    command = ["train-ddpm", "--labels-dir", str(labels), "--subjects", "04", "--validation-subjects", "05",
+               "--steps", "2", "--batch-size", "2", "--learning-rate", "0", "--init-from", str(first)]
+
+    assert main([*command, *network, "--out", str(tmp_path / "tuned")]) == 0
+    initial, _, initial_manifest = load_model(first)
+    tuned, _, manifest = load_model(tmp_path / "tuned" / "model")
+    assert manifest["info"]["fine_tuned_from_sha256"] == initial_manifest["sha256"]
+    for name, tensor in initial.state_dict().items():
+        torch.testing.assert_close(tuned.state_dict()[name], tensor, rtol=0, atol=0)
+
+    monkeypatch.setattr(dataset, "simulate_pairs", lambda *args, **kwargs: pytest.fail("simulated before refusing"))
+    wider = ["--channels", "16", "32", "--patch-size", "16", "--condition-dropout", "1"]
+    assert main([*command, *wider, "--out", str(tmp_path / "other")]) == 2
+    assert "holds another network" in caplog.text
+
+
 @pytest.mark.parametrize("extra, bundled", [(["--objective", "corrective", "--base-model", "unet"], bundled_model_dir()),
-                                            (["--condition-dropout", "1"], bundled_prior_dir())],
+                                            (["--condition-dropout", "1", "--target", "truth"], bundled_prior_dir())],
                          ids=["denoiser", "ddip_prior"])
 def test_train_ddpm_trains_the_bundled_models_design(extra, bundled):
     # The README's commands for them; a corrective model's residual scale is measured on its pairs.

@@ -10,6 +10,9 @@ full-dose OSEM over the paper's ROIs.
 
     python benchmarks/ddip_sharpening.py --labels-dir ../shared/data/brainweb --subjects 50 51 52 \
         --out docs/reconstruction/sharpening.json
+
+That run (2026-12-04) had the defaults of its day: the prior now kept in docs/reconstruction/prior_blurred, and
+window overlap 0.25. Run today, the script measures today's defaults and bundled prior.
 """
 
 from __future__ import annotations

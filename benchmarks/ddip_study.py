@@ -17,7 +17,7 @@ of its distribution. Rows per case:
   the mean (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha
   that was the default when the row was computed); the default row also its blend at each of the evaluation's
   alphas;
-- ``truth_blurred``: the PSF-blurred truth itself, what every trained model here learns.
+- ``truth_blurred``: the PSF-blurred truth itself, the denoiser's target (the bundled prior's is the truth).
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
 hypometabolism recovery, ROI bias against full-dose OSEM and, from the ``truth_blurred`` row, against the blurred
@@ -97,7 +97,7 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     # A prior trained with MR dropout, with the MR weighed less: less of the FDG pattern the MR stands for?
     "ddip_psf3_mr0.5": {"psf_fwhm_mm": 3.0, "mr_guidance": 0.5},
     "ddip_samples4": {"samples": 4},
-    "ddip_overlap0.5": {"overlap": 0.5},  # the sliding windows' overlap (0.25)
+    "ddip_overlap0.5": {"overlap": 0.5},  # the sliding windows' overlap (the default since 2026-12-05; 0.25 before)
     "ddip_steps5": {"steps": 5},  # DDIM steps (10)
     "ddip_steps20": {"steps": 20},
     "ddip_em1": {"em_updates": 1},  # EM updates per data step (2)
@@ -174,7 +174,8 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     panels = dict(np.load(panels_path)) if panels_path.is_file() else {
         "truth": sitk.GetArrayFromImage(case.truth)[z], "osem_full": sitk.GetArrayFromImage(case.osem[FULL_DOSE])[z],
         f"osem_dose{dose}": osem_array[z]}
-    prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, device=args.device, threads=args.threads)
+    prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, overlap=args.overlap, device=args.device,
+                       threads=args.threads)
 
     def ddip_row(config: DDIPConfig, name: str = "ddip") -> dict:
         default = name == "ddip"
@@ -207,7 +208,8 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         "osem": lambda: scorer(osem_array),
         "gaussian": lambda: [{"fwhm_voxels": f, **scorer(gaussian_fwhm(osem_array, f))} for f in GAUSSIAN_FWHMS],
         "ddip": lambda: ddip_row(prior),
-        # What every trained model here learns: a perfect estimate of it, scored as the methods are.
+        # The denoiser's target, the truth at the scanner's resolution: a perfect estimate of it, scored as the
+        # methods are.
         "truth_blurred": lambda: scorer(scorer.truth_blurred),
     }
     if args.dip:
@@ -313,6 +315,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels-dir", type=Path, required=True)
     parser.add_argument("--prior", type=Path, help="a model trained with --condition-dropout (default: the bundled prior)")
+    parser.add_argument("--overlap", type=float, default=DDIPConfig.overlap,
+                        help="the default row's window overlap, which the ablations change from (default "
+                             f"{DDIPConfig.overlap:g}; 0.25 with --prior docs/reconstruction/prior_blurred repeats "
+                             "the studies run before 2026-12-05)")
     parser.add_argument("--work", type=Path, required=True, help="the cache of every row (resumable)")
     parser.add_argument("--subjects", nargs="+", default=["50", "51"])
     parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])

@@ -29,7 +29,7 @@ from ddip_study import roi_bias_against  # noqa: E402
 from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS, ROI_BIAS_TARGET  # noqa: E402
 
 STUDIES = Path(__file__).resolve().parents[1] / "docs" / "reconstruction"
-BUNDLED = ("study_data_correction.json", "study_realisation1.json", "study_realisation2.json")
+FORMER = ("study_data_correction.json", "study_realisation1.json", "study_realisation2.json")
 SHARP = ("study_prior_sharp_second.json", "study_prior_sharp_second_realisation1.json",
          "study_prior_sharp_second_realisation2.json")
 SHARP_AMYLOID = ("study_prior_sharp_second_amyloid.json",)
@@ -38,11 +38,13 @@ SHARP_OVERLAP = ("study_prior_sharp_overlap.json", "study_prior_sharp_overlap_re
 SHARP_OVERLAP_AMYLOID = ("study_prior_sharp_overlap.json", "study_prior_sharp_overlap_realisation1_amyloid.json")
 # name -> (the study row, the FDG studies, the amyloid-like studies)
 CONFIGURATIONS: Dict[str, Tuple[str, Sequence[str], Sequence[str]]] = {
-    "DDIP, bundled prior (the default)": ("ddip", BUNDLED, BUNDLED[:2]),
-    "DDIP, sharp prior": ("ddip", SHARP, SHARP_AMYLOID),
-    "DDIP, sharp prior + PSF model": ("ddip_psf3", SHARP[:2], SHARP_AMYLOID),
-    "DDIP, sharp prior, window overlap 0.5": ("ddip_overlap0.5", SHARP_OVERLAP, SHARP_OVERLAP_AMYLOID),
-    "DDPM denoiser on OSEM (not DDIP)": ("ddpm", BUNDLED, BUNDLED[:2]),
+    "DDIP, bundled (sharp) prior, window overlap 0.5: the default since 2026-12-05": (
+        "ddip_overlap0.5", SHARP_OVERLAP, SHARP_OVERLAP_AMYLOID),
+    "DDIP, sharp prior, window overlap 0.25": ("ddip", SHARP, SHARP_AMYLOID),
+    "DDIP, sharp prior, overlap 0.25 + PSF model": ("ddip_psf3", SHARP[:2], SHARP_AMYLOID),
+    "DDIP, former prior (of the blurred truth), overlap 0.25: the default until 2026-12-05": (
+        "ddip", FORMER, FORMER[:2]),
+    "DDPM denoiser on OSEM (not DDIP)": ("ddpm", FORMER, FORMER[:2]),
 }
 
 

@@ -66,8 +66,9 @@ from PETStabilityDenoiseLib.training.dataset import (
 from PETStabilityDenoiseLib.training.trainer import CHECKPOINT_FILE, MODEL_DIR, TrainingSettings, train
 
 log = logging.getLogger("ddpm_design")
-# The sharp prior's second training, kept outside the wheel (docs/RECONSTRUCTION.md).
-KEPT_SHARP_PRIOR = Path(__file__).resolve().parent.parent / "docs" / "reconstruction" / "prior_sharp"
+# The prior bundled until 2026-12-05 (candidate ddip_prior), kept outside the wheel: the fine-tuned candidates
+# below started from it (docs/RECONSTRUCTION.md).
+FORMER_PRIOR = Path(__file__).resolve().parent.parent / "docs" / "reconstruction" / "prior_blurred"
 DDIP_CHAIN = DDIPConfig()
 
 # name -> (network, training target, other training settings)
@@ -97,31 +98,32 @@ CANDIDATES: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
     # truth_blurred - base in the network's range over the training pairs' heads, as base_pairs logs it: 0.0441
     # for the bundled U-Net baseline (0.0434 over the held-out validation pairs).
     "ddpm_corrective": (DDPMConfig(corrective=True, residual_scale=0.044, matched_steps=2), "truth_blurred", {}),
-    # DDIP's prior, a separate model since dropout costs the denoiser (above): p(PET | MR) only, on every timestep
-    # (DDIP's chain takes any steps from any start).
+    # DDIP's first prior (FORMER_PRIOR), a separate model since dropout costs the denoiser (above): p(PET | MR)
+    # only, on every timestep (DDIP's chain takes any steps from any start).
     "ddip_prior": (DDPMConfig(), "truth_blurred", {"condition_dropout": 1.0}),
-    # The bundled prior fine-tuned on DDIP's own chain only (its default DDIM steps from its default T'), at a
+    # The former prior fine-tuned on DDIP's own chain only (its default DDIM steps from its default T'), at a
     # third of the learning rate; --steps counts the fine-tuning steps. Seed 1: the run of docs/RECONSTRUCTION.md.
     "ddip_prior_matched": (DDPMConfig(matched_steps=DDIP_CHAIN.steps, matched_start_fraction=DDIP_CHAIN.start_fraction),
                            "truth_blurred", {"condition_dropout": 1.0, "learning_rate": 1e-4, "seed": 1}),
     # Its control: the same fine-tuning at every timestep. Does the gain come from DDIP's chain, or from more
-    # training of the bundled prior?
+    # training of the former prior?
     "ddip_prior_continued": (DDPMConfig(), "truth_blurred",
                              {"condition_dropout": 1.0, "learning_rate": 1e-4, "seed": 1}),
-    # The bundled prior fine-tuned towards the truth before the scanner's PSF, at every timestep and at its own
-    # training's learning rate (the target moves): a prior for DDIP with the PSF in its data step (--psf-fwhm).
+    # The former prior fine-tuned towards the truth before the scanner's PSF, at every timestep and at its own
+    # training's learning rate (the target moves): first meant for DDIP with the PSF in its data step (--psf-fwhm);
+    # bundled since 2026-12-05 (data/ddip_prior), without it and with window overlap 0.5.
     "ddip_prior_sharp": (DDPMConfig(), "truth", {"condition_dropout": 1.0, "learning_rate": 3e-4, "seed": 1}),
-    # The kept sharp prior (docs/reconstruction/prior_sharp) trained on with its MR dropped for half the patches,
-    # so that it also models p(PET): does weighing the MR less at inference (--mr-guidance) keep the sharp
+    # The sharp prior (data/ddip_prior) trained on with its MR dropped for half the patches, so that it also
+    # models p(PET): does weighing the MR less at inference (--mr-guidance) keep the sharp
     # prior's FDG gain off another tracer?
     "ddip_prior_sharp_mr_dropout": (DDPMConfig(), "truth", {"condition_dropout": 1.0, "mr_dropout": 0.5,
                                                             "learning_rate": 3e-4, "seed": 1}),
 }
 # name -> the model folder whose weights a candidate starts from, instead of a fresh network
-FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": bundled_prior_dir,
-                                                  "ddip_prior_continued": bundled_prior_dir,
-                                                  "ddip_prior_sharp": bundled_prior_dir,
-                                                  "ddip_prior_sharp_mr_dropout": lambda: KEPT_SHARP_PRIOR}
+FINE_TUNED_FROM: Dict[str, Callable[[], Path]] = {"ddip_prior_matched": lambda: FORMER_PRIOR,
+                                                  "ddip_prior_continued": lambda: FORMER_PRIOR,
+                                                  "ddip_prior_sharp": lambda: FORMER_PRIOR,
+                                                  "ddip_prior_sharp_mr_dropout": bundled_prior_dir}
 SCORES = ("psnr_blurred", "ssim_blurred", "wm_cov", "lesion_cr", "hypo_recovery")
 
 

@@ -16,7 +16,9 @@ work is split:
 3. ``engine``, there: ``benchmarks/bench_engine.py``'s quick report (the DIP fit's epoch, on the CPU and CUDA).
 
 The runs of 2026-12-04 (docs/RECONSTRUCTION.md, "A prior trained on a GPU"; SUBJECT50_LABELS is BrainWeb subject
-50's label file in ../shared/data/brainweb):
+50's label file in ../shared/data/brainweb). "The bundled prior" was then the one now kept in
+docs/reconstruction/prior_blurred, and DDIP's window overlap 0.25: to repeat them, give that folder as
+``--initial-model`` (and ``--models``) and copy it to the GPU machine with the data.
 
     petstab simulate --labels SUBJECT50_LABELS --out CASE \
         --doses 0.1 --sinograms

@@ -13,7 +13,7 @@ These subjects are among the models' training subjects, though not these phantom
 uptake, texture, lesions and noise for each variant (seeds apart from the evaluation's).
 
     python benchmarks/tune_diffusion_alpha.py --model MODEL_DIR --out docs/ddpm/alpha
-    python benchmarks/tune_diffusion_alpha.py --method ddip --realisations 1 --out docs/reconstruction/alpha_data_correction
+    python benchmarks/tune_diffusion_alpha.py --method ddip --realisations 1 --out docs/reconstruction/alpha_sharp_prior
 
 Each case is cached in ``<out>/cases/`` under the model's checksum (and the DDPM sampler's revision, or DDIP's
 settings' hash). Writes
@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--method", choices=("ddpm", "ddip"), default="ddpm")
     parser.add_argument("--model", type=Path, help="the diffusion model's folder (default: the bundled one: for "
                         "ddip, the bundled prior)")
+    parser.add_argument("--overlap", type=float, default=DDIPConfig.overlap,
+                        help=f"ddip: the window overlap (default {DDIPConfig.overlap:g}; the runs before 2026-12-05 "
+                             "used 0.25, with --model docs/reconstruction/prior_blurred)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--subjects", nargs="+", default=["04", "05"])
     parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])
@@ -82,7 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     args.model = args.model or (bundled_prior_dir() if args.method == "ddip" else bundled_model_dir())
-    ddip = DDIPConfig(model_dir=str(args.model), device="cpu", threads=args.threads)
+    ddip = DDIPConfig(model_dir=str(args.model), overlap=args.overlap, device="cpu", threads=args.threads)
     checksum = model_manifest(args.model)["sha256"][:12]
     if args.method == "ddpm":  # results of an older sampling chain are not this one's
         checksum += SAMPLER_TAG

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .errors import InputError, OutputError
 from .settings import (
@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-subjects", nargs="+", help="held-out subjects (default: 50 51 52 53 54)")
     p.add_argument("--out", required=True, type=Path, help="training folder: checkpoint, loss.csv, model/")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                   help="fine-tune: start from the weights of this model folder (of the network these options "
+                        "describe) instead of a fresh network, as the bundled DDIP prior was trained")
     p.add_argument("--profile", choices=sorted(TRAINING_PROFILES), default="cpu",
                    help="training budget: cpu (minutes on 2 cores) or gpu (longer, more variants); default cpu")
     p.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2, 0.5], help="low-dose fractions to train on")
@@ -621,7 +624,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     from .volumes.io import read_volume
 
     check_training_folder(args.out, args.resume)
-    training_network(args, residual_scale=1.0)  # the options' errors before minutes of simulation
+    # The options' errors before minutes of simulation.
+    initial_weights, initial_manifest = _initial_weights(args.init_from, training_network(args, residual_scale=1.0))
     if args.time_limit_minutes is not None and not args.time_limit_minutes > 0:
         raise InputError(f"--time-limit-minutes must be positive; got {args.time_limit_minutes}")
     base_manifest = load_model(args.base_model, kind="regression")[2] if args.objective == "corrective" else {}
@@ -680,6 +684,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
         info["base_sha256"] = base_manifest["sha256"]
     config = training_network(args, measured_scale)
     network = MODEL_KINDS[model_kind(config)][1](config)
+    if initial_manifest:
+        info["fine_tuned_from_sha256"] = initial_manifest["sha256"]
     log.info("Network (%s): %s, %d parameters; target %s; training on %s", args.objective, config.channels,
              count_parameters(network), settings.target, device)
 
@@ -688,12 +694,31 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
         log.info("step %d/%d: loss %.5f%s (%.0f s)", row.step, row.steps, row.train_loss, validation, row.elapsed_s)
 
     model_dir = train(config, settings, train_pairs, validation_pairs, args.out, device=device, resume=args.resume,
-                      info=info, progress=report,
+                      info=info, progress=report, initial_weights=initial_weights,
                       time_limit_s=None if args.time_limit_minutes is None else 60 * args.time_limit_minutes)
     if args.objective == "corrective":
         attach_base(model_dir, args.base_model)
     log.info("Model written to %s", model_dir)
     return 0
+
+
+def _initial_weights(model_dir: Optional[Path], config: Any) -> Tuple[Optional[dict], dict]:
+    """The weights that ``train-ddpm --init-from model_dir`` fine-tunes, and their manifest; none without it.
+
+    Raises:
+        InputError: the folder holds another network than ``config`` builds.
+    """
+    from .engine.ddpm.weights import MODEL_KINDS, load_model, model_kind
+
+    if model_dir is None:
+        return None, {}
+    initial, initial_config, manifest = load_model(model_dir, kind=model_kind(config))
+    try:
+        MODEL_KINDS[model_kind(config)][1](config).load_state_dict(initial.state_dict())
+    except RuntimeError:
+        raise InputError(f"--init-from {model_dir} holds another network ({initial_config}) than these options "
+                         f"describe ({config}): give the options it was trained with") from None
+    return initial.state_dict(), manifest
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -67,9 +67,9 @@ DEFAULT_OSEM_SUBSETS = 21
 DEFAULT_ALPHAS: Dict[str, float] = {"dip": 0.3, "ddpm": 0.6}
 # The default method's.
 DEFAULT_ALPHA = DEFAULT_ALPHAS[DEFAULT_METHOD]
-# DDIP's blend with its OSEM image, chosen by the same rule on the same tuning subjects for its mean with the final
-# data correction (docs/RECONSTRUCTION.md; 0.2 before it).
-DDIP_ALPHA = 0.1
+# DDIP's blend with its OSEM image, chosen by the same rule on the same tuning subjects for the bundled prior and
+# DDIP's defaults (docs/RECONSTRUCTION.md; 0.1 with the former prior and the final data correction, 0.2 before).
+DDIP_ALPHA = 0.2
 
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "DEVICES", "DEFAULT_DEVICE", "FILE_FORMATS", "DICOM_FORMAT",

@@ -181,7 +181,8 @@ class DDIPConfig:
     (``tomography.ResolutionModel``); 0 (the default): none, as OSEM. On a held-out brain, the simulator's 3 mm
     gained 0.1 dB of PSNR against the truth and lost 0.8 dB against the blurred truth, with more noise.
     ``overlap``: of the network's sliding windows (``--overlap``); more fades the window edges in the std, and
-    takes longer.
+    takes longer. With the bundled prior, 0.5 (the default) gained 0.12 to 0.15 dB of PSNR over 0.25 on held-out
+    brains, at 1.6 to 1.8 times the run time.
     ``data_correction_fwhm_mm``: after the last step, the data step runs once more on each run's image, and the
     part of its change coarser than a Gaussian of this FWHM (within the head) is added to the image: the
     regional means follow the data, the detail stays the network's. 0: off, the run's image is the network's.
@@ -206,7 +207,7 @@ class DDIPConfig:
     em_subsets: int = DEFAULT_OSEM_SUBSETS
     refresh_estimate: bool = False
     psf_fwhm_mm: float = 0.0
-    overlap: float = 0.25
+    overlap: float = 0.5
     data_correction_fwhm_mm: float = 6.0
     mr_guidance: float = 1.0
     seed: int = 0

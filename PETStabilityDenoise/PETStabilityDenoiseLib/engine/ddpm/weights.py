@@ -49,7 +49,7 @@ def bundled_model_dir() -> Path:
 
 def bundled_prior_dir() -> Path:
     """DDIP's prior p(PET | MR) shipped with the library, in ``data/ddip_prior``: the same network, trained with
-    its low-dose condition always dropped."""
+    its low-dose condition always dropped, towards the activity before the scanner's PSF."""
     return DATA_DIR / "ddip_prior"
 
 
