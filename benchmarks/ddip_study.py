@@ -87,6 +87,7 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     "ddip_rank8": {"lora_rank": 8},
     "ddip_start0.2": {"start_fraction": 0.2},
     "ddip_start0.6": {"start_fraction": 0.6},
+    "ddip_start0.8": {"start_fraction": 0.8},  # T' 0.6 T beat 0.4 T with the sharp prior: does the trend go on?
     "ddip_finetune4": {"finetune_steps": 4},
     "ddip_lr3e-3": {"learning_rate": 3e-3},
     "ddip_psf3": {"psf_fwhm_mm": 3.0},  # the brain scanner's PSF (simulation/scanners.py), modelled in the data step
