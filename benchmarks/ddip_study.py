@@ -175,7 +175,8 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
     panels = dict(np.load(panels_path)) if panels_path.is_file() else {
         "truth": sitk.GetArrayFromImage(case.truth)[z], "osem_full": sitk.GetArrayFromImage(case.osem[FULL_DOSE])[z],
         f"osem_dose{dose}": osem_array[z]}
-    prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, overlap=args.overlap, device=args.device,
+    prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, overlap=args.overlap,
+                       start_fraction=args.start_fraction, device=args.device,
                        threads=args.threads)
 
     def ddip_row(config: DDIPConfig, name: str = "ddip") -> dict:
@@ -320,6 +321,9 @@ def main() -> None:
                         help="the default row's window overlap, which the ablations change from (default "
                              f"{DDIPConfig.overlap:g}; 0.25 with --prior docs/reconstruction/prior_blurred repeats "
                              "the studies run before 2026-12-05)")
+    parser.add_argument("--start-fraction", type=float, default=DDIPConfig.start_fraction,
+                        help=f"the default row's start time T' as a fraction of T (default "
+                             f"{DDIPConfig.start_fraction:g})")
     parser.add_argument("--work", type=Path, required=True, help="the cache of every row (resumable)")
     parser.add_argument("--subjects", nargs="+", default=["50", "51"])
     parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])

@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=DDIPConfig.overlap,
                         help=f"ddip: the window overlap (default {DDIPConfig.overlap:g}; the runs before 2026-12-05 "
                              "used 0.25, with --model docs/reconstruction/prior_blurred)")
+    parser.add_argument("--start-fraction", type=float, default=DDIPConfig.start_fraction,
+                        help=f"ddip: the start time T' as a fraction of T (default {DDIPConfig.start_fraction:g})")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--subjects", nargs="+", default=["04", "05"])
     parser.add_argument("--doses", type=float, nargs="+", default=[0.1, 0.2])
@@ -85,7 +87,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     args.model = args.model or (bundled_prior_dir() if args.method == "ddip" else bundled_model_dir())
-    ddip = DDIPConfig(model_dir=str(args.model), overlap=args.overlap, device="cpu", threads=args.threads)
+    ddip = DDIPConfig(model_dir=str(args.model), overlap=args.overlap, start_fraction=args.start_fraction,
+                      device="cpu", threads=args.threads)
     checksum = model_manifest(args.model)["sha256"][:12]
     if args.method == "ddpm":  # results of an older sampling chain are not this one's
         checksum += SAMPLER_TAG
