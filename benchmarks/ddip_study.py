@@ -11,10 +11,9 @@ of its distribution. Rows per case:
   that its Gaussian sweep equals this one: ``dip_blend`` (OSEM + the DIP blend at DIP's default alpha),
   ``ddpm`` (OSEM + the diffusion model's mean), ``ddpm_blend`` (at the DDPM's alpha) and ``unet`` (its baseline);
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
-- ``ddip`` with the default settings (the bundled prior, or ``--prior``), and the ``--ablations`` chosen from
-  ``ABLATIONS`` (at the first dose only, on the realistic cases unless ``--ablation-regimes`` says otherwise, of
-  ``--ablation-subjects``). DDIP rows score
-  the mean (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha
+- ``ddip`` with the default settings (the bundled prior, or ``--prior``; ``--overlap`` and ``--start-fraction``
+  change its own), and the ``--ablations`` chosen from ``ABLATIONS`` (at the first dose only, on the realistic
+  cases unless ``--ablation-regimes`` says otherwise, of ``--ablation-subjects``). DDIP rows score the mean (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha
   that was the default when the row was computed); the default row also its blend at each of the evaluation's
   alphas;
 - ``truth_blurred``: the PSF-blurred truth itself, the denoiser's target (the bundled prior's is the truth).
@@ -176,8 +175,7 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         "truth": sitk.GetArrayFromImage(case.truth)[z], "osem_full": sitk.GetArrayFromImage(case.osem[FULL_DOSE])[z],
         f"osem_dose{dose}": osem_array[z]}
     prior = DDIPConfig(model_dir=str(args.prior) if args.prior else None, overlap=args.overlap,
-                       start_fraction=args.start_fraction, device=args.device,
-                       threads=args.threads)
+                       start_fraction=args.start_fraction, device=args.device, threads=args.threads)
 
     def ddip_row(config: DDIPConfig, name: str = "ddip") -> dict:
         default = name == "ddip"

@@ -1,7 +1,7 @@
 """Issue 14's 1/10-dose targets, per DDIP configuration, from the studies kept in docs/reconstruction.
 
-Reads the JSON that ``benchmarks/ddip_study.py`` wrote for each configuration (the noise realisations it was measured on)
-and prints one markdown row per configuration, for the table at the top of docs/RECONSTRUCTION.md:
+Reads the JSON that ``benchmarks/ddip_study.py`` wrote for each configuration (the noise realisations it was
+measured on) and prints one markdown row per configuration, for the table at the top of docs/RECONSTRUCTION.md:
 
     python benchmarks/ddip_targets.py
 
