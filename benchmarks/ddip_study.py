@@ -13,9 +13,9 @@ of its distribution. Rows per case:
 - ``ddpm`` (``--ddpm``, where not imported): OSEM denoised by the bundled diffusion model;
 - ``ddip`` with the default settings (the bundled prior, or ``--prior``; ``--overlap`` and ``--start-fraction``
   change its own), and the ``--ablations`` chosen from ``ABLATIONS`` (at the first dose only, on the realistic
-  cases unless ``--ablation-regimes`` says otherwise, of ``--ablation-subjects``). DDIP rows score the mean (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha
-  that was the default when the row was computed); the default row also its blend at each of the evaluation's
-  alphas;
+  cases unless ``--ablation-regimes`` says otherwise, of ``--ablation-subjects``). DDIP rows score the mean
+  (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha that was
+  the default when the row was computed); the default row also its blend at each of the evaluation's alphas;
 - ``truth_blurred``: the PSF-blurred truth itself, the denoiser's target (the bundled prior's is the truth).
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
