@@ -15,7 +15,10 @@ of its distribution. Rows per case:
   change its own), and the ``--ablations`` chosen from ``ABLATIONS`` (at the first dose only, on the realistic
   cases unless ``--ablation-regimes`` says otherwise, of ``--ablation-subjects``). DDIP rows score the mean
   (``network_output``) and the blend at ``DDIP_ALPHA`` (row ``<name>_blend_alpha<a>``, with the alpha that was
-  the default when the row was computed); the default row also its blend at each of the evaluation's alphas;
+  the default when the row was computed); the default row also its blend at each of the evaluation's alphas,
+  and (rows run since 2026-12-06) its mean smoothed within the head by a Gaussian of each FWHM in
+  ``SMOOTHING_FWHMS_MM`` (row ``<name>_smoothed<f>mm``: a measurement of trading resolution for ROI bias against
+  full-dose OSEM, not a product setting);
 - ``truth_blurred``: the PSF-blurred truth itself, the denoiser's target (the bundled prior's is the truth).
 
 Scores are ``Scorer``'s (PSNR and SSIM against the truth and its PSF-blurred version, PVR, WM CoV, lesion and
@@ -50,7 +53,7 @@ import torch
 from PETStabilityDenoiseLib.engine.blend import blend
 from PETStabilityDenoiseLib.engine.ddpm.sampling import SAMPLER_TAG
 from PETStabilityDenoiseLib.engine.ddpm.weights import bundled_prior_dir
-from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm
+from PETStabilityDenoiseLib.engine.filters import gaussian_fwhm, masked_gaussian, sigma_voxels
 from PETStabilityDenoiseLib.engine.pipeline import denoise, denoise_ddpm
 from PETStabilityDenoiseLib.engine.reconstruct import ddip_image, osem_image
 from PETStabilityDenoiseLib.evaluation.analysis import PAPER_ROIS, with_mean_bias
@@ -69,6 +72,7 @@ from PETStabilityDenoiseLib.evaluation.study import (
 from PETStabilityDenoiseLib.settings import DDIP_ALPHA, DEFAULT_ALPHAS, DDIPConfig, DDPMSamplingConfig, get_preset
 from PETStabilityDenoiseLib.simulation import DEFAULT_DOSES, simulate_case
 from PETStabilityDenoiseLib.simulation.case import SimulatedCase, labels_path
+from PETStabilityDenoiseLib.volumes.geometry import head_mask, resample_to_reference
 
 log = logging.getLogger("ddip_study")
 
@@ -107,6 +111,9 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     "ddip_data_correction8": {"data_correction_fwhm_mm": 8.0},
 }
 MATCHED_KEYS = ("lesion_cr", "hypo_recovery")
+# The default row's mean, smoothed within the head: how much PSNR against the truth does it cost to bring the ROI
+# means down to full-dose OSEM's, whose resolution is coarser than the sharp prior's estimate?
+SMOOTHING_FWHMS_MM = (1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
 # The evaluation's rows imported by --evaluation: name here -> (method, setting) in its results.csv.
 EVALUATION_ROWS = {"dip_blend": ("blend", DEFAULT_ALPHAS["dip"]), "ddpm": ("ddpm", None),
                    "ddpm_blend": ("ddpm_blend", DEFAULT_ALPHAS["ddpm"]), "unet": ("unet", None)}
@@ -193,6 +200,10 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         row["blend_sweep"] = [{"alpha": alpha, **scorer(blend(osem_array, mean, std, alpha,
                                                               stability_mean=result.stability_mean)[0])}
                               for alpha in ALPHAS]
+        head = head_mask(osem_array, sitk.GetArrayFromImage(resample_to_reference(case.mr, osem)).astype(np.float32))
+        spacing = osem.GetSpacing()[::-1]
+        row["smoothed"] = [{"fwhm_mm": fwhm, **scorer(np.where(head, masked_gaussian(
+                               mean, head, sigma_voxels(fwhm, spacing)), mean))} for fwhm in SMOOTHING_FWHMS_MM]
         return row
 
     def dip_row() -> dict:
@@ -279,11 +290,14 @@ def case_rows(subject: str, dose: float, regime: str, args) -> Dict[str, dict]:
         scores = dict(record["rows"])
         blended = scores.pop("blend", None)  # a DDIP row's blend at the default alpha of its day: a row of its own
         sweep_rows = scores.pop("blend_sweep", [])
+        smoothed_rows = scores.pop("smoothed", [])
         summary[name] = summarised(scores, record["seconds"])
         if blended is not None:
             summary[f"{name}_blend_alpha{blended.pop('alpha'):g}"] = summarised(blended, None)
         for row in sweep_rows:
             summary[f"{name}_blend_alpha{row.pop('alpha'):g}"] = summarised(row, None)
+        for row in smoothed_rows:
+            summary[f"{name}_smoothed{row.pop('fwhm_mm'):g}mm"] = summarised(row, None)
     return summary
 
 

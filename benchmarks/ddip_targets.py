@@ -38,11 +38,15 @@ SHARP_OVERLAP = ("study_prior_sharp_overlap.json", "study_prior_sharp_overlap_re
 SHARP_OVERLAP_AMYLOID = ("study_prior_sharp_overlap.json", "study_prior_sharp_overlap_realisation1_amyloid.json")
 # T' 0.6 T (measured, not adopted): realisation 0 on every subject, realisation 1 on subject 53 only.
 START_LATER = ("study_start0.6.json", "study_start0.6_realisation1.json")
+# The default's mean smoothed within the head (measured, not adopted): realisations 0 and 1, amyloid-like on 0.
+SMOOTHED = ("study_smoothing.json", "study_smoothing_realisation1.json")
 # name -> (the study row, the FDG studies, the amyloid-like studies)
 CONFIGURATIONS: Dict[str, Tuple[str, Sequence[str], Sequence[str]]] = {
     "DDIP, bundled (sharp) prior, window overlap 0.5: the default since 2026-12-05": (
         "ddip_overlap0.5", SHARP_OVERLAP, SHARP_OVERLAP_AMYLOID),
     "DDIP, the default with T' 0.6 T (measured, not adopted)": ("ddip", START_LATER, START_LATER[:1]),
+    "DDIP, the default's mean smoothed by a 2 mm Gaussian (measured, not adopted)": (
+        "ddip_smoothed2mm", SMOOTHED, SMOOTHED[:1]),
     "DDIP, sharp prior, window overlap 0.25": ("ddip", SHARP, SHARP_AMYLOID),
     "DDIP, sharp prior, overlap 0.25 + PSF model": ("ddip_psf3", SHARP[:2], SHARP_AMYLOID),
     "DDIP, former prior (of the blurred truth), overlap 0.25: the default until 2026-12-05": (
