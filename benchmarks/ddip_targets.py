@@ -38,8 +38,8 @@ SHARP_OVERLAP = ("study_prior_sharp_overlap.json", "study_prior_sharp_overlap_re
 SHARP_OVERLAP_AMYLOID = ("study_prior_sharp_overlap.json", "study_prior_sharp_overlap_realisation1_amyloid.json")
 # T' 0.6 T (measured, not adopted): realisation 0 on every subject, realisation 1 on subject 53 only.
 START_LATER = ("study_start0.6.json", "study_start0.6_realisation1.json")
-# The default's mean smoothed within the head (measured, not adopted): realisations 0 and 1, amyloid-like on 0.
-SMOOTHED = ("study_smoothing.json", "study_smoothing_realisation1.json")
+# The default's mean smoothed within the head (measured, not adopted): realisations 0 to 2, amyloid-like on 0.
+SMOOTHED = ("study_smoothing.json", "study_smoothing_realisation1.json", "study_smoothing_realisation2.json")
 # name -> (the study row, the FDG studies, the amyloid-like studies)
 CONFIGURATIONS: Dict[str, Tuple[str, Sequence[str], Sequence[str]]] = {
     "DDIP, bundled (sharp) prior, window overlap 0.5: the default since 2026-12-05": (
